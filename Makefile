@@ -1,0 +1,45 @@
+# Tether: `make demo` runs a local mesh, `make test` runs everything CI runs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+TOOLS := .tools
+# Use uv from PATH if present; otherwise bootstrap a pinned copy with pip into .tools/.
+UV := $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
+PROTO_ROOT := shared/src
+PROTOS := $(shell find $(PROTO_ROOT)/tether/shared/proto -name '*.proto' | sort)
+
+.PHONY: help sync test lint typecheck unit proto proto-check clean
+
+help:
+	@echo "make test    - lint, typecheck and run every test (what CI runs)"
+	@echo "make proto   - regenerate the gRPC code from the .proto files"
+
+$(TOOLS)/bin/uv:
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) uv.lock pyproject.toml $(wildcard */pyproject.toml services/*/pyproject.toml)
+	$(UV) sync --locked --all-packages
+	@touch $@
+
+sync: .venv/.synced
+
+lint: sync
+	$(UV) run --no-sync ruff check .
+	$(UV) run --no-sync ruff format --check .
+
+typecheck: sync
+	$(UV) run --no-sync mypy shared/src cli/src services/*/src
+
+unit: sync
+	$(UV) run --no-sync pytest
+
+test: lint typecheck unit
+
+proto: sync
+	$(UV) run --no-sync python -m grpc_tools.protoc -I $(PROTO_ROOT) \
+	  --python_out=$(PROTO_ROOT) --pyi_out=$(PROTO_ROOT) --grpc_python_out=$(PROTO_ROOT) $(PROTOS)
+
+clean:
+	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
