@@ -1,0 +1,1 @@
+"""Discovery sources: where the writer learns which endpoints each service has."""

@@ -1,0 +1,256 @@
+"""Kubernetes objects in, desired endpoint sets out (pure: raw API JSON objects, no client, no I/O).
+
+The index keeps trimmed copies of Services, EndpointSlices (discovery.k8s.io/v1) and Pods, and knows
+which services a pod's change affects. Endpoint conditions follow the EndpointSlice API: ``ready`` nil means
+ready; ``terminating`` endpoints are left out; not-ready ones stay in the set with ``ready=False``.
+A pod is meshed when it runs the ``tether-proxy`` container: only meshed pods get a TLS identity
+(``<sa>.<ns>.serviceaccount.identity.<trust-domain>``) and the h2 protocol hint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tether.destination.model import Endpoint, ServicePort, Workload, service_key
+from tether.destination.reconcile import DesiredService, normalise
+from tether.shared.identity_names import InvalidIdentityName, workload_identity
+
+Kind = Literal["services", "endpointslices", "pods"]
+KINDS: tuple[Kind, ...] = ("services", "endpointslices", "pods")
+PROXY_CONTAINER = "tether-proxy"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ObjectRef = tuple[str, str]  # (namespace, name)
+
+
+class MalformedObject(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    ports: tuple[ServicePort, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SliceEndpoint:
+    addresses: tuple[str, ...]
+    ready: bool
+    terminating: bool
+    pod: ObjectRef | None
+
+
+@dataclass(frozen=True, slots=True)
+class SliceInfo:
+    service: str  # service key
+    ports: tuple[tuple[str, int], ...]
+    endpoints: tuple[SliceEndpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    serviceaccount: str
+    meshed: bool
+    workload: Workload | None
+
+
+def object_ref(obj: Mapping[str, Any]) -> ObjectRef:
+    metadata = obj.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+        raise MalformedObject("object has no metadata.name")
+    return (str(metadata.get("namespace") or ""), metadata["name"])
+
+
+def parse_service(obj: Mapping[str, Any]) -> ServiceInfo | None:
+    spec = obj.get("spec") or {}
+    if spec.get("type") == "ExternalName":
+        return None
+    ports = []
+    for port in spec.get("ports") or []:
+        if (port.get("protocol") or "TCP") != "TCP" or not isinstance(port.get("port"), int):
+            continue
+        ports.append(ServicePort(name=str(port.get("name") or ""), port=int(port["port"])))
+    return ServiceInfo(ports=tuple(ports))
+
+
+def parse_slice(obj: Mapping[str, Any]) -> SliceInfo | None:
+    namespace, _ = object_ref(obj)
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    service = labels.get(SERVICE_NAME_LABEL)
+    if not service or obj.get("addressType") not in ("IPv4", "IPv6"):
+        return None
+    ports = tuple(
+        (str(p.get("name") or ""), int(p["port"]))
+        for p in obj.get("ports") or []
+        if isinstance(p.get("port"), int) and (p.get("protocol") or "TCP") == "TCP"
+    )
+    endpoints = []
+    for endpoint in obj.get("endpoints") or []:
+        conditions = endpoint.get("conditions") or {}
+        ref = endpoint.get("targetRef") or {}
+        pod = (str(ref.get("namespace") or namespace), str(ref["name"])) if ref.get("kind") == "Pod" and ref.get("name") else None
+        endpoints.append(
+            SliceEndpoint(
+                addresses=tuple(str(a) for a in endpoint.get("addresses") or []),
+                ready=conditions.get("ready") is not False,
+                terminating=conditions.get("terminating") is True,
+                pod=pod,
+            )
+        )
+    return SliceInfo(service=service_key(namespace, service), ports=ports, endpoints=tuple(endpoints))
+
+
+def parse_pod(obj: Mapping[str, Any]) -> PodInfo:
+    metadata = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
+    meshed = any(c.get("name") == PROXY_CONTAINER for c in containers)
+    owner = next((r for r in metadata.get("ownerReferences") or [] if r.get("controller")), None)
+    workload = None
+    if owner is not None and owner.get("kind") and owner.get("name"):
+        kind, name = str(owner["kind"]), str(owner["name"])
+        template_hash = (metadata.get("labels") or {}).get("pod-template-hash")
+        if kind == "ReplicaSet" and template_hash and name.endswith("-" + template_hash):
+            workload = Workload("deployment", name[: -len(template_hash) - 1])
+        else:
+            workload = Workload(kind.lower(), name)
+    return PodInfo(
+        serviceaccount=str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"),
+        meshed=meshed,
+        workload=workload,
+    )
+
+
+class KubeIndex:
+    def __init__(self, trust_domain: str) -> None:
+        self.trust_domain = trust_domain
+        self._services: dict[ObjectRef, ServiceInfo] = {}
+        self._slices: dict[ObjectRef, SliceInfo] = {}
+        self._slices_by_service: dict[str, set[ObjectRef]] = {}
+        self._pods: dict[ObjectRef, PodInfo] = {}
+        self._services_by_pod: dict[ObjectRef, dict[str, int]] = {}
+
+    def keys(self) -> set[str]:
+        return {service_key(ns, name) for ns, name in self._services}
+
+    def apply(self, kind: Kind, event_type: str, obj: Mapping[str, Any]) -> set[str]:
+        """An ADDED, MODIFIED or DELETED watch event; returns the service keys it may have changed."""
+        ref = object_ref(obj)
+        if event_type == "DELETED":
+            return self._remove(kind, ref)
+        return self._upsert(kind, ref, obj)
+
+    def replace(self, kind: Kind, objects: Iterable[Mapping[str, Any]]) -> set[str]:
+        """A fresh list of every object of ``kind`` (after a relist): returns the keys that may differ."""
+        fresh = {object_ref(o): o for o in objects}
+        existing: Iterable[ObjectRef]
+        existing = {"services": self._services, "endpointslices": self._slices, "pods": self._pods}[kind]
+        changed: set[str] = set()
+        for ref in [r for r in existing if r not in fresh]:
+            changed |= self._remove(kind, ref)
+        for ref, obj in fresh.items():
+            changed |= self._upsert(kind, ref, obj)
+        return changed
+
+    def _upsert(self, kind: Kind, ref: ObjectRef, obj: Mapping[str, Any]) -> set[str]:
+        if kind == "services":
+            service = parse_service(obj)
+            if service is None:
+                return self._remove(kind, ref)
+            if self._services.get(ref) == service:
+                return set()
+            self._services[ref] = service
+            return {service_key(*ref)}
+        if kind == "endpointslices":
+            parsed = parse_slice(obj)
+            if parsed is None:
+                return self._remove(kind, ref)
+            previous = self._slices.get(ref)
+            if previous == parsed:
+                return set()
+            changed = self._remove(kind, ref) if previous is not None else set()
+            self._slices[ref] = parsed
+            self._slices_by_service.setdefault(parsed.service, set()).add(ref)
+            for pod in _pods_of(parsed):
+                counts = self._services_by_pod.setdefault(pod, {})
+                counts[parsed.service] = counts.get(parsed.service, 0) + 1
+            return changed | {parsed.service}
+        pod_info = parse_pod(obj)
+        if self._pods.get(ref) == pod_info:
+            return set()
+        self._pods[ref] = pod_info
+        return set(self._services_by_pod.get(ref, {}))
+
+    def _remove(self, kind: Kind, ref: ObjectRef) -> set[str]:
+        if kind == "services":
+            return {service_key(*ref)} if self._services.pop(ref, None) is not None else set()
+        if kind == "endpointslices":
+            previous = self._slices.pop(ref, None)
+            if previous is None:
+                return set()
+            refs = self._slices_by_service.get(previous.service, set())
+            refs.discard(ref)
+            if not refs:
+                self._slices_by_service.pop(previous.service, None)
+            for pod in _pods_of(previous):
+                counts = self._services_by_pod.get(pod, {})
+                counts[previous.service] = counts.get(previous.service, 1) - 1
+                if counts[previous.service] <= 0:
+                    del counts[previous.service]
+                if not counts:
+                    self._services_by_pod.pop(pod, None)
+            return {previous.service}
+        if self._pods.pop(ref, None) is None:
+            return set()
+        return set(self._services_by_pod.get(ref, {}))
+
+    def desired(self, key: str) -> DesiredService | None:
+        namespace, _, name = key.partition(".")
+        service = self._services.get((namespace, name))
+        if service is None:
+            return None
+        names = {p.name for p in service.ports}
+        endpoints: list[Endpoint] = []
+        for slice_ref in sorted(self._slices_by_service.get(key, ())):
+            info = self._slices[slice_ref]
+            ports = {port_name: port for port_name, port in info.ports if port_name in names}
+            if not ports:
+                continue
+            for slice_endpoint in info.endpoints:
+                if slice_endpoint.terminating:
+                    continue
+                for address in slice_endpoint.addresses:
+                    endpoint = self._endpoint(address, ports, slice_endpoint)
+                    if endpoint is not None:
+                        endpoints.append(endpoint)
+        return normalise(namespace, name, service.ports, endpoints)
+
+    def _endpoint(self, address: str, ports: dict[str, int], source: SliceEndpoint) -> Endpoint | None:
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            return None
+        pod = self._pods.get(source.pod) if source.pod else None
+        identity = None
+        if pod is not None and pod.meshed and source.pod is not None:
+            try:
+                identity = workload_identity(pod.serviceaccount, source.pod[0], self.trust_domain)
+            except InvalidIdentityName:
+                identity = None
+        return Endpoint(
+            address=address,
+            ports=dict(ports),
+            ready=source.ready,
+            identity=identity,
+            protocol_hint="h2" if identity else None,
+            pod=source.pod[1] if source.pod else None,
+            workload=pod.workload if pod else None,
+            serviceaccount=pod.serviceaccount if pod else None,
+            origin="kubernetes",
+        )
+
+
+def _pods_of(info: SliceInfo) -> set[ObjectRef]:
+    return {e.pod for e in info.endpoints if e.pod is not None}

@@ -1,0 +1,101 @@
+"""h2 connections configured for forwarding.
+
+The stock h2 state machine moves the whole connection to CLOSED as soon as a
+GOAWAY is sent or received, after which frames for streams that are still in
+flight are rejected. A proxy must keep those streams flowing while it drains,
+so GOAWAY here only records the peer's intent; deciding which streams may
+still be opened is the forwarding layer's job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from h2.config import H2Configuration
+from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
+from h2.events import ConnectionTerminated
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes, Settings
+
+#: Per-stream receive window we advertise. Bounds what one stream may buffer in the proxy.
+STREAM_WINDOW = 256 * 1024
+#: Per-connection receive window. Bounds what all streams of one connection may buffer.
+CONNECTION_WINDOW = 1024 * 1024
+#: Streams a peer may open on one downstream connection.
+DEFAULT_MAX_CONCURRENT_STREAMS = 2048
+MAX_HEADER_LIST_SIZE = 64 * 1024
+_DEFAULT_WINDOW = 65_535
+
+_DRAINABLE_TRANSITIONS = dict(H2ConnectionStateMachine._transitions)
+for _state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN):
+    _DRAINABLE_TRANSITIONS[(_state, ConnectionInputs.SEND_GOAWAY)] = (None, _state)
+    _DRAINABLE_TRANSITIONS[(_state, ConnectionInputs.RECV_GOAWAY)] = (None, _state)
+
+
+class _DrainableStateMachine(H2ConnectionStateMachine):
+    _transitions = _DRAINABLE_TRANSITIONS
+
+
+class ForwardingH2Connection(H2Connection):  # type: ignore[misc]
+    """An H2Connection whose open streams survive GOAWAY in either direction."""
+
+    def __init__(self, config: H2Configuration) -> None:
+        super().__init__(config=config)
+        self.state_machine = _DrainableStateMachine()
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        # Unlike upstream h2 this neither closes the connection nor discards queued
+        # output: responses to streams the peer still expects must go out.
+        self.state_machine.process_input(ConnectionInputs.RECV_GOAWAY)
+        event = ConnectionTerminated()
+        try:
+            event.error_code = ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+def _configuration(client_side: bool) -> H2Configuration:
+    # Inbound headers come from untrusted peers and are validated; outbound headers
+    # are those validated inbound (or built by the proxy), so validating and
+    # normalising them again would only cost time. Headers stay bytes end to end.
+    return H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_inbound_headers=True,
+        normalize_inbound_headers=False,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        split_outbound_cookies=False,
+    )
+
+
+_SERVER_CONFIG = _configuration(client_side=False)
+_CLIENT_CONFIG = _configuration(client_side=True)
+
+
+def new_server_connection(max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS) -> H2Connection:
+    """A server-side connection with the SETTINGS already queued."""
+    return _initiated(ForwardingH2Connection(_SERVER_CONFIG), max_concurrent_streams)
+
+
+def new_client_connection() -> H2Connection:
+    """A client-side connection with the preface and SETTINGS already queued."""
+    return _initiated(ForwardingH2Connection(_CLIENT_CONFIG), DEFAULT_MAX_CONCURRENT_STREAMS)
+
+
+def _initiated(conn: H2Connection, max_concurrent_streams: int) -> H2Connection:
+    initial_values = {
+        SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
+        SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+        SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+    }
+    if conn.config.client_side:
+        initial_values[SettingCodes.ENABLE_PUSH] = 0
+    conn.local_settings = Settings(client=conn.config.client_side, initial_values=initial_values)
+    conn.initiate_connection()
+    # The connection window is not a SETTING: it starts at 65,535 and can only grow.
+    conn.increment_flow_control_window(CONNECTION_WINDOW - _DEFAULT_WINDOW)
+    return conn

@@ -1,0 +1,1 @@
+"""Tether public_api."""

@@ -1,0 +1,28 @@
+"""The public API's configuration (flags and TETHER_PUBLIC_API_* variables)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta
+
+from tether.shared.config import CommonConfig, parse_hostport
+
+
+class PublicApiConfig(CommonConfig, frozen=True, kw_only=True):
+    admin_addr: Annotated[
+        str, Meta(description="admin HTTP listener (/live, /ready, /metrics), host:port")
+    ] = "0.0.0.0:9995"
+    grpc_addr: Annotated[str, Meta(description="gRPC listener for the tether.public.v1.Api service")] = (
+        "0.0.0.0:8085"
+    )
+    heartbeat_timeout: Annotated[
+        float, Meta(gt=0, le=600, description="seconds without a heartbeat before a component counts as gone")
+    ] = 6.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            parse_hostport(self.grpc_addr)
+        except ValueError as exc:
+            raise ValueError(f"grpc_addr: {exc}") from None

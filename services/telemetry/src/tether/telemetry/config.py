@@ -1,0 +1,25 @@
+"""The telemetry service's configuration (flags and TETHER_TELEMETRY_* variables)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta
+
+from tether.shared.config import CommonConfig, parse_hostport
+
+
+class TelemetryConfig(CommonConfig, frozen=True, kw_only=True):
+    admin_addr: Annotated[
+        str, Meta(description="admin HTTP listener (/live, /ready, /metrics), host:port")
+    ] = "0.0.0.0:9997"
+    grpc_addr: Annotated[str, Meta(description="gRPC listener for proxies' Telemetry/Report streams")] = (
+        "0.0.0.0:8087"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            parse_hostport(self.grpc_addr)
+        except ValueError as exc:
+            raise ValueError(f"grpc_addr: {exc}") from None

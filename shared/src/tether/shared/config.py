@@ -1,0 +1,267 @@
+"""Configuration: parsed once at the entry point into a frozen, validated msgspec Struct.
+
+Every option of a service is a field of its config Struct. The same field is reachable as a CLI flag
+(``--nats-url``) and as an environment variable (``TETHER_NATS_URL`` for the common options,
+``TETHER_<SERVICE>_<OPTION>`` for a service's own). Flags win over the environment, the environment over
+defaults. Unknown flags and unknown ``TETHER_<SERVICE>_*`` variables are rejected, and every error names the
+option and the value it expected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import msgspec
+from msgspec import Meta
+
+from tether.shared.errors import ConfigError
+
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6) and validate both halves."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected host:port, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    elif ":" in host:
+        raise ValueError(f"IPv6 addresses need brackets, as in [::1]:8080; got {value!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port_text!r} in {value!r}")
+    return host, int(port_text)
+
+
+def _check_addr(name: str, value: str) -> None:
+    try:
+        parse_hostport(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+
+
+class CommonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Options every Tether service takes, under the same names."""
+
+    nats_url: Annotated[str, Meta(description="NATS server URL(s), comma separated")] = (
+        "nats://127.0.0.1:4222"
+    )
+    admin_addr: Annotated[
+        str, Meta(description="admin HTTP listener (/live, /ready, /metrics), host:port")
+    ] = "0.0.0.0:9990"
+    log_format: Annotated[
+        LogFormat, Meta(description="log format: json, console, or auto (console on a tty)")
+    ] = "auto"
+    log_level: Annotated[LogLevel, Meta(description="minimum log level")] = "info"
+    shutdown_grace: Annotated[
+        float, Meta(ge=0.0, le=300.0, description="seconds to drain on SIGTERM before exiting")
+    ] = 1.5
+
+    def __post_init__(self) -> None:
+        _check_addr("admin_addr", self.admin_addr)
+        for url in self.nats_url.split(","):
+            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError(f"nats_url: expected nats://host:port, got {url.strip()!r}")
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+
+
+COMMON_FIELDS = frozenset(CommonConfig.__struct_fields__)
+
+ConfigT = TypeVar("ConfigT", bound=CommonConfig)
+
+
+class OptionSpec(msgspec.Struct, frozen=True):
+    field: str
+    flag: str
+    env: str
+    default: Any
+    help: str
+    kind: Any
+
+
+def _env_prefix(service: str) -> str:
+    return "TETHER_" + service.upper().replace("-", "_") + "_"
+
+
+def option_specs(cls: type[CommonConfig], service: str) -> list[OptionSpec]:
+    """Every option of ``cls``: its flag, environment variable, default and help text."""
+    hints = get_type_hints(cls, include_extras=True)
+    defaults = dict(zip(cls.__struct_fields__, _struct_defaults(cls), strict=True))
+    specs = []
+    for name in cls.__struct_fields__:
+        hint = hints[name]
+        description = ""
+        kind = hint
+        if get_origin(hint) is Annotated:
+            kind, *extras = get_args(hint)
+            description = " ".join(m.description for m in extras if isinstance(m, Meta) and m.description)
+        env = ("TETHER_" if name in COMMON_FIELDS else _env_prefix(service)) + name.upper()
+        specs.append(
+            OptionSpec(
+                field=name,
+                flag="--" + name.replace("_", "-"),
+                env=env,
+                default=defaults[name],
+                help=description,
+                kind=kind,
+            )
+        )
+    return specs
+
+
+def _struct_defaults(cls: type[msgspec.Struct]) -> list[Any]:
+    fields = cls.__struct_fields__
+    raw = cls.__struct_defaults__
+    padded = [msgspec.NODEFAULT] * (len(fields) - len(raw)) + list(raw)
+    return [value.factory() if isinstance(value, msgspec._core.Factory) else value for value in padded]
+
+
+def _is_sequence(kind: Any) -> bool:
+    return get_origin(kind) in (tuple, list)
+
+
+def _is_bool(kind: Any) -> bool:
+    return kind is bool
+
+
+def _describe(kind: Any) -> str:
+    origin = get_origin(kind)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(kind))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(kind))
+    if _is_sequence(kind):
+        return "a comma-separated list"
+    return getattr(kind, "__name__", str(kind))
+
+
+def _coerce(spec: OptionSpec, raw: str) -> Any:
+    if _is_sequence(spec.kind):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if _is_bool(spec.kind):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{spec.flag} / {spec.env}: expected true or false, got {raw!r}")
+    return raw
+
+
+def build_parser(
+    cls: type[CommonConfig], service: str, prog: str, description: str = ""
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_options(parser, cls, service)
+    return parser
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type[CommonConfig], service: str) -> None:
+    for spec in option_specs(cls, service):
+        default = spec.default
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
+        if default is msgspec.NODEFAULT:
+            shown = "required"
+        parser.add_argument(
+            spec.flag,
+            dest=spec.field,
+            default=None,
+            metavar=spec.field.upper(),
+            help=f"{spec.help} [env {spec.env}] (default: {shown}; {_describe(spec.kind)})",
+        )
+
+
+def config_from(
+    cls: type[ConfigT],
+    service: str,
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+) -> ConfigT:
+    """Merge defaults < environment < flags and validate into ``cls``. Raises ConfigError."""
+    specs = {spec.field: spec for spec in option_specs(cls, service)}
+    known_env = {spec.env for spec in specs.values()}
+    prefix = _env_prefix(service)
+    unknown = sorted(k for k in environ if k.startswith(prefix) and k not in known_env)
+    if unknown:
+        raise ConfigError(
+            f"unknown environment variable {unknown[0]}: {service} options are "
+            + ", ".join(sorted(s.env for s in specs.values() if s.env.startswith(prefix)))
+        )
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, spec in specs.items():
+        raw = flags.get(name)
+        source = spec.flag
+        if raw is None and spec.env in environ:
+            raw, source = environ[spec.env], spec.env
+        if raw is not None:
+            values[name] = _coerce(spec, raw)
+            sources[name] = source
+    try:
+        return msgspec.convert(values, type=cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc, specs, sources, values)) from None
+
+
+def _explain(
+    exc: msgspec.ValidationError,
+    specs: Mapping[str, OptionSpec],
+    sources: Mapping[str, str],
+    values: Mapping[str, Any],
+) -> str:
+    message = str(exc)
+    field = None
+    expected = True
+    if "- at `$." in message:
+        field = message.rsplit("- at `$.", 1)[1].rstrip("`").split("[")[0]
+        message = message.rsplit(" - at ", 1)[0]
+    elif ": " in message and message.split(": ", 1)[0] in specs:
+        field, message = message.split(": ", 1)
+        expected = False  # a __post_init__ check already says what it expected
+    elif message.startswith("Object missing required field `"):
+        field = message.split("`")[1]
+    if field is None or field not in specs:
+        return f"invalid configuration: {message}"
+    spec = specs[field]
+    given = f" (got {values[field]!r} from {sources[field]})" if field in values else ""
+    hint = f"; expected {_describe(spec.kind)}" if expected else ""
+    return f"{spec.flag} / {spec.env}: {message}{hint}{given}"
+
+
+def load_config(
+    cls: type[ConfigT],
+    service: str,
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    prog: str | None = None,
+    description: str = "",
+) -> ConfigT:
+    """Parse ``argv`` and ``environ`` into ``cls``; print a one-line error and exit 2 when invalid."""
+    parser = build_parser(cls, service, prog or f"tether-{service}", description)
+    namespace = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    return config_or_exit(parser, cls, service, vars(namespace), os.environ if environ is None else environ)
+
+
+def config_or_exit(
+    parser: argparse.ArgumentParser,
+    cls: type[ConfigT],
+    service: str,
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+) -> ConfigT:
+    try:
+        return config_from(cls, service, flags, environ)
+    except ConfigError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")

@@ -1,0 +1,37 @@
+"""grpc.aio servers, built the same way by every service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+# Keep idle client connections alive through NAT/conntrack, and let clients ping on idle streams.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+]
+
+
+async def start_grpc_server(
+    addr: str,
+    register: Callable[[grpc.aio.Server], None],
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    extra_options: list[tuple[str, int]] | None = None,
+) -> tuple[grpc.aio.Server, int]:
+    """Start a grpc.aio server on ``addr`` (port 0 picks a free one); returns the server and its port."""
+    server = grpc.aio.server(options=SERVER_OPTIONS + (extra_options or []))
+    register(server)
+    port = (
+        server.add_secure_port(addr, credentials)
+        if credentials is not None
+        else server.add_insecure_port(addr)
+    )
+    if port == 0:
+        raise OSError(f"could not bind gRPC listener on {addr}")
+    await server.start()
+    return server, port
