@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +44,21 @@ _KV_OPERATION = "KV-Operation"
 _MARKER_REASON = "Nats-Marker-Reason"
 
 
+def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float) -> float:
+    """Exponential backoff with full-range jitter: ``jitter`` in [0, 1) picks a point in [d/2, d)."""
+    delay = min(cap, base * (2 ** min(attempt, 16)))
+    return delay * (0.5 + jitter / 2)
+
+
+def _reconnect_handler(base: float, cap: float) -> Callable[[list[Any], dict[str, Any]], tuple[Any, float]]:
+    def choose(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
+        # The server tried least recently is the one with the fewest reconnect attempts.
+        server = min(servers, key=lambda candidate: candidate.reconnects)
+        return server, backoff_delay(server.reconnects, base=base, cap=cap, jitter=random.random())
+
+    return choose
+
+
 def _subject_label(subject: str) -> str:
     # Bound the label's cardinality: keep the first four tokens (tether.v1.<domain>.<kind>).
     return ".".join(subject.split(".")[:4])
@@ -63,11 +79,13 @@ class Bus:
         *,
         name: str,
         initial_timeout: float | None = 10.0,
-        reconnect_wait: float = 0.25,
+        reconnect_wait: float = 0.1,
+        reconnect_cap: float = 2.0,
     ) -> Bus:
-        """Connect, retrying with jittered exponential backoff for up to ``initial_timeout`` seconds.
+        """Connect within ``initial_timeout`` seconds (None: wait forever).
 
-        After the first connection nats-py reconnects forever; subscriptions are re-established by it.
+        Once connected, it reconnects forever with jittered exponential backoff from ``reconnect_wait`` up to
+        ``reconnect_cap`` seconds; nats-py re-establishes the subscriptions.
         """
         urls = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else servers
         bound = log.bind(bus=name)
@@ -87,6 +105,7 @@ class Bus:
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": reconnect_wait,
+            "reconnect_to_server_handler": _reconnect_handler(reconnect_wait, reconnect_cap),
             "connect_timeout": 2,
             "error_cb": on_error,
             "disconnected_cb": on_disconnect,
