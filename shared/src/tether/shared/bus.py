@@ -46,7 +46,7 @@ _MARKER_REASON = "Nats-Marker-Reason"
 
 def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float) -> float:
     """Exponential backoff with full-range jitter: ``jitter`` in [0, 1) picks a point in [d/2, d)."""
-    delay = min(cap, base * (2 ** min(attempt, 16)))
+    delay: float = min(cap, base * 2.0 ** min(attempt, 16))
     return delay * (0.5 + jitter / 2)
 
 
