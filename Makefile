@@ -9,11 +9,12 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
 PROTO_ROOT := shared/src
 PROTOS := $(shell find $(PROTO_ROOT)/tether/shared/proto -name '*.proto' | sort)
 
-.PHONY: help sync test lint typecheck unit proto proto-check clean
+.PHONY: help sync test lint typecheck unit proto clean bench bench-proxy-tools
 
 help:
 	@echo "make test    - lint, typecheck and run every test (what CI runs)"
 	@echo "make proto   - regenerate the gRPC code from the .proto files"
+	@echo "make bench-<name> - run bench/<name>/run.py (identity, destination, proxy); make bench runs all"
 
 $(TOOLS)/bin/uv:
 	python3 -m venv $(TOOLS)
@@ -43,3 +44,17 @@ proto: sync
 
 clean:
 	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
+
+BENCHES := $(notdir $(patsubst %/,%,$(dir $(wildcard bench/*/run.py))))
+
+# h2load, nghttpd and nghttpx come from Debian's nghttp2 packages.
+bench-proxy-tools:
+	@command -v h2load >/dev/null && command -v nghttpd >/dev/null && command -v nghttpx >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq nghttp2-client nghttp2-server nghttp2-proxy >/dev/null)
+
+bench-proxy: bench-proxy-tools
+
+bench-%: sync
+	$(UV) run --no-sync python bench/$*/run.py $(BENCH_ARGS)
+
+bench: $(addprefix bench-,$(BENCHES))
