@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tether.shared.natsserver import EmbeddedNats
 
@@ -19,3 +21,15 @@ async def nats_server(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
         yield server
     finally:
         await server.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Tests may configure logging into a buffer; put the process-wide configuration back afterwards."""
+    saved_structlog = structlog.get_config()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved_structlog)
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
