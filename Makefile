@@ -52,7 +52,7 @@ bench-proxy-tools:
 	@command -v h2load >/dev/null && command -v nghttpd >/dev/null && command -v nghttpx >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq nghttp2-client nghttp2-server nghttp2-proxy >/dev/null)
 
-bench-proxy: bench-proxy-tools
+bench-proxy bench-identity: bench-proxy-tools
 
 bench-%: sync
 	$(UV) run --no-sync python bench/$*/run.py $(BENCH_ARGS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from tether.identity.observe import CertifyReporter, EventPublisher, IdentityMet
 from tether.identity.ratelimit import BucketPolicy
 from tether.identity.server import IdentityServer, ServerSettings
 from tether.identity.tokens import TokenVerifier
-from tether.identity.tokens.local import LocalTokenVerifier, mint_token
+from tether.identity.tokens.local import LocalTokenVerifier, TokenKey, mint_token
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.logging import configure
 from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -152,7 +153,7 @@ def ca(tmp_path: Path, secrets: Secrets) -> CaOnDisk:
 
 @dataclass
 class TokenMinter:
-    key: ed25519.Ed25519PrivateKey
+    key: TokenKey
     secrets: Secrets
 
     def __call__(self, identity: WorkloadIdentity = WEB, ttl: timedelta = timedelta(hours=1)) -> bytes:
@@ -164,8 +165,8 @@ class TokenMinter:
 
 @pytest.fixture
 def mint(secrets: Secrets) -> TokenMinter:
-    key = ed25519.Ed25519PrivateKey.generate()
-    secrets.add_private_key(key)
+    key = TokenKey(os.urandom(32))
+    secrets.add(key.secret)
     return TokenMinter(key, secrets)
 
 
@@ -190,7 +191,9 @@ class RunningIdentity:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
 
-def client_channel(port: int, anchor_pem: bytes, server_name: str, host: str = "127.0.0.1") -> grpc.aio.Channel:
+def client_channel(
+    port: int, anchor_pem: bytes, server_name: str, host: str = "127.0.0.1"
+) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(
         f"{host}:{port}",
         grpc.ssl_channel_credentials(root_certificates=anchor_pem),
@@ -202,9 +205,7 @@ StartServer = Callable[..., Any]
 
 
 @pytest.fixture
-async def start_identity(
-    ca: CaOnDisk, mint: TokenMinter, secrets: Secrets
-) -> AsyncIterator[StartServer]:
+async def start_identity(ca: CaOnDisk, mint: TokenMinter, secrets: Secrets) -> AsyncIterator[StartServer]:
     """Starts identity servers (real grpc.aio over TLS) and a client channel to each; stops them after."""
     running: list[tuple[RunningIdentity, EventPublisher | None, TokenVerifier]] = []
 
@@ -223,7 +224,7 @@ async def start_identity(
         events = EventPublisher(publish, metrics) if publish is not None else None
         if events is not None:
             events.start()
-        chosen = verifier or LocalTokenVerifier(mint.key.public_key(), TRUST_DOMAIN)
+        chosen = verifier or LocalTokenVerifier(mint.key, TRUST_DOMAIN)
         server = IdentityServer(
             CertifierSettings(
                 trust_domain=TRUST_DOMAIN,
@@ -238,7 +239,9 @@ async def start_identity(
         )
         port = await server.start()
         channel = client_channel(port, ca.anchor.certificate_pem, server.identity.dns_name)
-        handle = RunningIdentity(server, channel, identity_pb2_grpc.IdentityStub(channel), registry, ca, secrets)
+        handle = RunningIdentity(
+            server, channel, identity_pb2_grpc.IdentityStub(channel), registry, ca, secrets
+        )
         running.append((handle, events, chosen))
         return handle
 

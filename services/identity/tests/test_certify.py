@@ -11,7 +11,6 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
@@ -20,7 +19,9 @@ from tether.shared.identity_names import WorkloadIdentity
 WEB = WorkloadIdentity("web", "shop", "cluster.local")
 
 
-def verify_chain(anchor_pem: bytes, leaf_der: bytes, chain_der: list[bytes], identity: WorkloadIdentity) -> None:
+def verify_chain(
+    anchor_pem: bytes, leaf_der: bytes, chain_der: list[bytes], identity: WorkloadIdentity
+) -> None:
     """Runs cryptography's RFC 5280 path validation as both a TLS client and a TLS server would."""
     store = Store(x509.load_pem_x509_certificates(anchor_pem))
     leaf = x509.load_der_x509_certificate(leaf_der)
@@ -42,8 +43,12 @@ async def test_proxy_certifies_and_chain_verifies_against_trust_anchor(
     response = await running.certify(WEB.dns_name, mint(WEB), csr)
 
     after = datetime.now(UTC)
-    verify_chain(running.ca.anchor.certificate_pem, response.leaf_certificate,
-                 list(response.intermediate_certificates), WEB)
+    verify_chain(
+        running.ca.anchor.certificate_pem,
+        response.leaf_certificate,
+        list(response.intermediate_certificates),
+        WEB,
+    )
     leaf = x509.load_der_x509_certificate(response.leaf_certificate)
     assert list(response.intermediate_certificates) == [
         running.ca.issuer.certificate.public_bytes(serialization.Encoding.DER)
@@ -129,8 +134,12 @@ async def test_two_replicas_share_only_the_files(start_identity: Any, mint: Any,
     for running in (first, second):
         _, csr = csr_for(WEB)
         response = await running.certify(WEB.dns_name, mint(WEB), csr)
-        verify_chain(running.ca.anchor.certificate_pem, response.leaf_certificate,
-                     list(response.intermediate_certificates), WEB)
+        verify_chain(
+            running.ca.anchor.certificate_pem,
+            response.leaf_certificate,
+            list(response.intermediate_certificates),
+            WEB,
+        )
 
 
 async def test_logs_audit_issuance_without_secret_material(
@@ -149,5 +158,3 @@ async def test_logs_audit_issuance_without_secret_material(
     issued = next(line for line in lines if line["event"] == "certificate_issued")
     assert issued["identity"] == WEB.dns_name and len(issued["fingerprint_sha256"]) == 64
     assert "forged" not in log_output.getvalue()
-
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from datetime import UTC, datetime
 from typing import Any
@@ -64,25 +65,28 @@ async def test_rotation_under_load(start_identity: Any, ca: Any, csr_for: Any, m
     assert running.server.authority is not None and running.server.authority.generation == 2
 
     # New connections get a serving certificate from the new issuer.
-    await poll(lambda: _serving_issuer(running) == new_issuer.certificate.subject)
-    assert _serving_certificate(running).not_valid_before_utc <= datetime.now(UTC)
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while (
+        serving := await asyncio.to_thread(_serving_certificate, running)
+    ).issuer != new_issuer.certificate.subject:
+        assert asyncio.get_running_loop().time() < deadline, "serving certificate was not re-issued"
+        await asyncio.sleep(0.01)
+    assert serving.not_valid_before_utc <= datetime.now(UTC)
+    assert serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    ) == [running.server.identity.dns_name]
 
 
 def _serving_certificate(running: Any) -> x509.Certificate:
     context = ssl.create_default_context(cadata=running.ca.anchor.certificate_pem.decode())
     context.set_alpn_protocols(["h2"])
-    import socket
-
-    with socket.create_connection(("127.0.0.1", running.server.port), timeout=5) as raw, context.wrap_socket(
-        raw, server_hostname=running.server.identity.dns_name
-    ) as tls:
+    with (
+        socket.create_connection(("127.0.0.1", running.server.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=running.server.identity.dns_name) as tls,
+    ):
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
-
-
-def _serving_issuer(running: Any) -> x509.Name:
-    return _serving_certificate(running).issuer
 
 
 async def poll(condition: Any, timeout: float = 10.0) -> None:

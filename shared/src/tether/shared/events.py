@@ -6,6 +6,7 @@ readers bumps it. docs/events.md documents each subject and payload with an exam
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TypeVar
 
 import msgspec
@@ -27,6 +28,38 @@ class Heartbeat(Event, frozen=True, kw_only=True):
     version: str
     uptime_seconds: float
     ready: bool
+
+
+class IdentityIssued(Event, frozen=True, kw_only=True):
+    """A leaf certificate was issued. Published on ``tether.v1.identity.issued``."""
+
+    identity: str
+    spiffe_id: str
+    # Lowercase hex, no leading zeros; unique per leaf (128 random bits).
+    serial: str
+    not_before: datetime
+    not_after: datetime
+    # SHA-256 of the leaf's DER, lowercase hex.
+    fingerprint_sha256: str
+    # SHA-256 of the signing issuer certificate's DER, so consumers can tell issuers apart.
+    issuer_fingerprint_sha256: str
+    replica: str
+    issued_at: datetime
+
+
+class IdentityRejected(Event, frozen=True, kw_only=True):
+    """A Certify request was refused. Published on ``tether.v1.identity.rejected``."""
+
+    # A stable code, see tether.identity.errors.Reason.
+    reason: str
+    # The gRPC status name returned to the caller, e.g. "INVALID_ARGUMENT".
+    status: str
+    # The requested identity if it is a well-formed identity name, otherwise "".
+    identity: str
+    # The caller's IP address as seen by this replica.
+    peer: str
+    replica: str
+    rejected_at: datetime
 
 
 _encoder = msgspec.json.Encoder()

@@ -5,7 +5,7 @@ Files written to the output directory:
 - `ca.key`     trust anchor key (0600): only needed to sign future issuers; keep it offline, never mount it.
 - `issuer.crt` issuer (intermediate CA) certificate (ECDSA P-256, 1 year), signed by the anchor.
 - `issuer.key` issuer key (0600); mounted into the identity service only.
-- `token-signing.key` Ed25519 key (0600) for `local` tokens; identity service and `mint-token` only.
+- `token-signing.key` HMAC key (0600) for `local` tokens; identity service and `mint-token` only.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tether.identity.issuance import random_serial
-from tether.identity.tokens.local import generate_signing_key_pem
+from tether.identity.tokens.local import generate_token_key_file
 from tether.shared.identity_names import DEFAULT_TRUST_DOMAIN, validate_trust_domain
 
 TRUST_ANCHOR_LIFETIME = timedelta(days=3650)
@@ -140,7 +140,7 @@ def bootstrap(out: Path, now: datetime, trust_domain: str = DEFAULT_TRUST_DOMAIN
     issuer = generate_issuer(anchor, now, trust_domain)
     write_file(paths["ca.key"], anchor.key_pem, 0o600)
     write_file(paths["issuer.key"], issuer.key_pem, 0o600)
-    write_file(paths["token-signing.key"], generate_signing_key_pem(), 0o600)
+    write_file(paths["token-signing.key"], generate_token_key_file(), 0o600)
     write_file(paths["ca.crt"], anchor.certificate_pem, 0o644)
     write_file(paths["issuer.crt"], issuer.certificate_pem, 0o644)
     return paths

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from tether.identity import der
 from tether.identity.errors import IssuerLoadError
 from tether.identity.issuance import Issuer, fingerprint_sha256, issue_leaf
 from tether.shared.identity_names import WorkloadIdentity
@@ -26,6 +28,10 @@ from tether.shared.identity_names import WorkloadIdentity
 _SIGNATURE_HASHES: dict[type[ec.EllipticCurve], hashes.HashAlgorithm] = {
     ec.SECP256R1: hashes.SHA256(),
     ec.SECP384R1: hashes.SHA384(),
+}
+_SIGNATURE_ALGORITHMS: dict[type[ec.EllipticCurve], bytes] = {
+    ec.SECP256R1: der.ECDSA_WITH_SHA256,
+    ec.SECP384R1: der.ECDSA_WITH_SHA384,
 }
 _MAX_CHAIN = 8
 
@@ -65,7 +71,9 @@ def _load_pem_certificates(pem: bytes, what: str) -> list[x509.Certificate]:
 def parse_trust_anchors(pem: bytes) -> TrustAnchors:
     """Parses the trust anchor bundle; it must hold CA certificates only, and no private key."""
     if b"PRIVATE KEY" in pem:
-        raise IssuerLoadError("trust anchor file contains a private key; it must hold public certificates only")
+        raise IssuerLoadError(
+            "trust anchor file contains a private key; it must hold public certificates only"
+        )
     certificates = _load_pem_certificates(pem, "trust anchor file")
     if not all(_is_ca(certificate) for certificate in certificates):
         raise IssuerLoadError("every trust anchor must be a CA certificate")
@@ -96,7 +104,7 @@ def verify_chain(chain: list[x509.Certificate], anchors: TrustAnchors, now: date
         _check_validity(certificate, now, what)
         if not _is_ca(certificate):
             raise IssuerLoadError(f"{what} is not a CA certificate")
-    for child, parent in zip(chain, chain[1:], strict=False):
+    for child, parent in itertools.pairwise(chain):
         try:
             child.verify_directly_issued_by(parent)
         except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
@@ -149,7 +157,9 @@ def load_issuer(
         pass
     verify_chain(chain, anchors, now)
     try:
-        subject_key_identifier = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        subject_key_identifier = certificate.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier
+        ).value
         authority_key_identifier = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
             subject_key_identifier
         )
@@ -163,6 +173,11 @@ def load_issuer(
         authority_key_identifier=authority_key_identifier,
         signature_hash=_SIGNATURE_HASHES[type(key.curve)],
         fingerprint_sha256=fingerprint_sha256(chain_der[0]),
+        name_der=certificate.subject.public_bytes(),
+        signature_algorithm_der=_SIGNATURE_ALGORITHMS[type(key.curve)],
+        authority_key_identifier_der=der.extension(
+            der.OID_AUTHORITY_KEY_IDENTIFIER, authority_key_identifier.public_bytes(), critical=False
+        ),
     )
     _probe(issuer, anchors, trust_domain, now)
     return issuer
@@ -259,11 +274,15 @@ class AuthorityState:
         if contents.issuer_certificate is None or contents.issuer_key is None:
             raise IssuerLoadError("issuer certificate or key file cannot be read")
         anchors = parse_trust_anchors(contents.trust_anchors)
-        issuer = load_issuer(anchors, contents.issuer_certificate, contents.issuer_key, now, self._trust_domain)
+        issuer = load_issuer(
+            anchors, contents.issuer_certificate, contents.issuer_key, now, self._trust_domain
+        )
         self._generation += 1
         return Authority(anchors=anchors, issuer=issuer, generation=self._generation)
 
-    def _keep_previous_if_still_trusted(self, contents: FileContents, now: datetime, error: str) -> Observation:
+    def _keep_previous_if_still_trusted(
+        self, contents: FileContents, now: datetime, error: str
+    ) -> Observation:
         # Trying again on the next poll even if the bytes do not change lets an issuer whose NotBefore
         # was slightly in the future become usable.
         self._last_digest = None

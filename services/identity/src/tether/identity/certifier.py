@@ -65,7 +65,9 @@ class CertifyRequest:
 class CertifyObserver(Protocol):
     """Told about every outcome (metrics, events, audit log). Must not block."""
 
-    def issued(self, identity: WorkloadIdentity, leaf: IssuedLeaf, authority: Authority, now: datetime) -> None: ...
+    def issued(
+        self, identity: WorkloadIdentity, leaf: IssuedLeaf, authority: Authority, now: datetime
+    ) -> None: ...
 
     def rejected(self, rejection: Rejection, request: CertifyRequest, now: datetime) -> None: ...
 
@@ -106,7 +108,9 @@ class Certifier:
         csr = validate_csr(request.csr_der, identity)
         authenticated = await self._verifier.verify(request.token, now)
         if authenticated != identity:
-            raise PermissionDenied(Reason.IDENTITY_MISMATCH, "token is for a different identity than requested")
+            raise PermissionDenied(
+                Reason.IDENTITY_MISMATCH, "token is for a different identity than requested"
+            )
         if not self._identity_limiter.allow(identity.dns_name, monotonic):
             raise RateLimited(Reason.RATE_LIMITED, "too many requests for this identity; retry later")
         # The issuer may have rotated or expired while the token was being reviewed.

@@ -1,5 +1,9 @@
 """Building and signing leaf certificates. Pure: the issuer, a public key, an identity and the time in;
-a signed certificate out."""
+a signed certificate out.
+
+Every leaf has one fixed shape (see `issue_leaf`), written straight to DER with der.py; the tests check
+it byte for byte against cryptography's CertificateBuilder.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tether.identity import der
 from tether.shared.identity_names import WorkloadIdentity
 
 BACKDATE = timedelta(seconds=20)
@@ -32,8 +37,15 @@ _LEAF_KEY_USAGE = x509.KeyUsage(
     encipher_only=False,
     decipher_only=False,
 )
-_LEAF_EXTENDED_KEY_USAGE = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+_LEAF_EXTENDED_KEY_USAGE = x509.ExtendedKeyUsage(
+    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+)
 _NOT_A_CA = x509.BasicConstraints(ca=False, path_length=None)
+_NOT_A_CA_DER = der.extension(der.OID_BASIC_CONSTRAINTS, _NOT_A_CA.public_bytes(), critical=True)
+_LEAF_KEY_USAGE_DER = der.extension(der.OID_KEY_USAGE, _LEAF_KEY_USAGE.public_bytes(), critical=True)
+_LEAF_EXTENDED_KEY_USAGE_DER = der.extension(
+    der.OID_EXTENDED_KEY_USAGE, _LEAF_EXTENDED_KEY_USAGE.public_bytes(), critical=False
+)
 
 
 def fingerprint_sha256(der: bytes) -> str:
@@ -51,6 +63,10 @@ class Issuer:
     authority_key_identifier: x509.AuthorityKeyIdentifier
     signature_hash: hashes.HashAlgorithm
     fingerprint_sha256: str
+    # DER pieces every leaf repeats, encoded once.
+    name_der: bytes
+    signature_algorithm_der: bytes
+    authority_key_identifier_der: bytes
 
     @property
     def not_after(self) -> datetime:
@@ -61,7 +77,8 @@ class Issuer:
         return self.certificate.not_valid_before_utc
 
     def __repr__(self) -> str:
-        return f"Issuer(subject={self.certificate.subject.rfc4514_string()!r}, fp={self.fingerprint_sha256[:16]})"
+        subject = self.certificate.subject.rfc4514_string()
+        return f"Issuer(subject={subject!r}, fingerprint={self.fingerprint_sha256[:16]})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +109,7 @@ def issue_leaf(
     identity: WorkloadIdentity,
     now: datetime,
     lifetime: timedelta = DEFAULT_LEAF_LIFETIME,
+    serial: int | None = None,
 ) -> IssuedLeaf:
     """Signs a leaf for `identity` valid from `now - 20 s` for `lifetime`, clamped to the issuer's expiry."""
     if lifetime < MIN_LEAF_LIFETIME:
@@ -104,33 +122,48 @@ def issue_leaf(
         raise ValueError("issuer has expired")
     dns_name = identity.dns_name
     long_name = len(dns_name) > _MAX_COMMON_NAME
-    subject = x509.Name([]) if long_name else x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)])
-    alt_names = x509.SubjectAlternativeName(
-        [x509.DNSName(dns_name), x509.UniformResourceIdentifier(identity.spiffe_id)]
+    serial = random_serial() if serial is None else serial
+    spki = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    serial = random_serial()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.certificate.subject)
-        .public_key(public_key)
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(_NOT_A_CA, critical=True)
-        .add_extension(_LEAF_KEY_USAGE, critical=True)
-        .add_extension(_LEAF_EXTENDED_KEY_USAGE, critical=False)
-        .add_extension(alt_names, critical=long_name)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(issuer.authority_key_identifier, critical=False)
+    point = public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    if long_name:
+        subject = der.sequence()
+    else:
+        common_name = der.sequence(der.OID_COMMON_NAME, der.tlv(0x0C, dns_name.encode("ascii")))
+        subject = der.sequence(der.tlv(0x31, common_name))
+    alt_names = der.sequence(
+        der.tlv(0x82, dns_name.encode("ascii")), der.tlv(0x86, identity.spiffe_id.encode("ascii"))
     )
-    certificate = builder.sign(issuer.private_key, issuer.signature_hash)
-    der = certificate.public_bytes(serialization.Encoding.DER)
+    # RFC 5280 4.2.1.2 method 1, as cryptography's SubjectKeyIdentifier.from_public_key.
+    key_identifier = der.octet_string(hashlib.sha1(point, usedforsecurity=False).digest())
+    extensions = b"".join(
+        (
+            _NOT_A_CA_DER,
+            _LEAF_KEY_USAGE_DER,
+            _LEAF_EXTENDED_KEY_USAGE_DER,
+            der.extension(der.OID_SUBJECT_ALT_NAME, alt_names, critical=long_name),
+            der.extension(der.OID_SUBJECT_KEY_IDENTIFIER, key_identifier, critical=False),
+            issuer.authority_key_identifier_der,
+        )
+    )
+    tbs = der.sequence(
+        der.VERSION_3,
+        der.positive_integer(serial),
+        issuer.signature_algorithm_der,
+        issuer.name_der,
+        der.sequence(der.time(not_before), der.time(not_after)),
+        subject,
+        spki,
+        der.tlv(0xA3, der.sequence(extensions)),
+    )
+    signature = issuer.private_key.sign(tbs, ec.ECDSA(issuer.signature_hash))
+    certificate_der = der.sequence(tbs, issuer.signature_algorithm_der, der.bit_string(signature))
     return IssuedLeaf(
-        certificate_der=der,
+        certificate_der=certificate_der,
         chain_der=issuer.chain_der,
         serial=serial,
         not_before=not_before,
         not_after=not_after,
-        fingerprint_sha256=fingerprint_sha256(der),
+        fingerprint_sha256=fingerprint_sha256(certificate_der),
     )

@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from tether.identity.ca import Authority
 from tether.identity.certifier import CertifyRequest
 from tether.identity.errors import Rejection
-from tether.identity.events import SUBJECT_ISSUED, SUBJECT_REJECTED, IdentityIssued, IdentityRejected
 from tether.identity.issuance import IssuedLeaf
+from tether.shared import subjects
+from tether.shared.events import IdentityIssued, IdentityRejected
 from tether.shared.identity_names import InvalidIdentityName, WorkloadIdentity, parse_identity
 
 log = structlog.get_logger(__name__)
@@ -30,7 +31,9 @@ class IdentityMetrics:
             "tether_identity_certificates_issued", "Leaf certificates issued.", registry=registry
         )
         self.rejected = Counter(
-            "tether_identity_certify_rejections", "Certify requests refused, by reason.", ["reason"],
+            "tether_identity_certify_rejections",
+            "Certify requests refused, by reason.",
+            ["reason"],
             registry=registry,
         )
         self.certify_seconds = Histogram(
@@ -48,11 +51,14 @@ class IdentityMetrics:
             "tether_identity_issuer_loaded", "1 when a valid issuer is loaded.", registry=registry
         )
         self.issuer_reload_failures = Counter(
-            "tether_identity_issuer_reload_failures", "Issuer file changes that could not be loaded.",
+            "tether_identity_issuer_reload_failures",
+            "Issuer file changes that could not be loaded.",
             registry=registry,
         )
         self.events_dropped = Counter(
-            "tether_identity_events_dropped", "Events dropped because the bus was too slow.", registry=registry
+            "tether_identity_events_dropped",
+            "Events dropped because the bus was too slow.",
+            registry=registry,
         )
 
     def authority_changed(self, authority: Authority | None) -> None:
@@ -117,16 +123,21 @@ def _claimed_identity(name: str) -> str:
 
 
 class CertifyReporter:
-    """The `CertifyObserver` of a running service."""
+    """The `CertifyObserver` of a running service. Create it after logging is configured: it binds its
+    audit logger once, so each issuance skips structlog's per-call lazy-proxy bind."""
 
     def __init__(self, replica: str, metrics: IdentityMetrics, events: EventPublisher | None) -> None:
         self._replica = replica
         self._metrics = metrics
         self._events = events
+        self._audit = log.bind()
+        self._rejected_by_reason: dict[str, Counter] = {}
 
-    def issued(self, identity: WorkloadIdentity, leaf: IssuedLeaf, authority: Authority, now: datetime) -> None:
+    def issued(
+        self, identity: WorkloadIdentity, leaf: IssuedLeaf, authority: Authority, now: datetime
+    ) -> None:
         self._metrics.issued.inc()
-        log.info(
+        self._audit.info(
             "certificate_issued",
             identity=identity.dns_name,
             serial=leaf.serial_hex,
@@ -145,12 +156,16 @@ class CertifyReporter:
                 replica=self._replica,
                 issued_at=now,
             )
-            self._events.emit(SUBJECT_ISSUED, event)
+            self._events.emit(subjects.IDENTITY_ISSUED, event)
 
     def rejected(self, rejection: Rejection, request: CertifyRequest, now: datetime) -> None:
-        self._metrics.rejected.labels(reason=rejection.reason.value).inc()
+        reason = rejection.reason.value
+        counter = self._rejected_by_reason.get(reason)
+        if counter is None:
+            counter = self._rejected_by_reason[reason] = self._metrics.rejected.labels(reason=reason)
+        counter.inc()
         identity = _claimed_identity(request.identity)
-        log.warning(
+        self._audit.warning(
             "certify_rejected",
             reason=rejection.reason.value,
             status=rejection.status,
@@ -166,4 +181,4 @@ class CertifyReporter:
                 replica=self._replica,
                 rejected_at=now,
             )
-            self._events.emit(SUBJECT_REJECTED, event)
+            self._events.emit(subjects.IDENTITY_REJECTED, event)

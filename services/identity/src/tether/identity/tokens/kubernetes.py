@@ -41,7 +41,11 @@ class KubernetesTokenVerifier:
         self._pool = ThreadPoolExecutor(max_workers=max_concurrent_reviews, thread_name_prefix="token-review")
 
     def _review(self, token: str) -> Any:
-        body = k8s.V1TokenReview(spec=k8s.V1TokenReviewSpec(token=token, audiences=[self._audience]))
+        body = k8s.V1TokenReview(
+            api_version="authentication.k8s.io/v1",
+            kind="TokenReview",
+            spec=k8s.V1TokenReviewSpec(token=token, audiences=[self._audience]),
+        )
         return self._api.create_token_review(body, _request_timeout=self._timeout)
 
     async def verify(self, token: bytes, now: datetime) -> WorkloadIdentity:
@@ -73,9 +77,24 @@ class KubernetesTokenVerifier:
             return parse_kubernetes_username(status.user.username or "", self._trust_domain)
         except InvalidIdentityName:
             raise Unauthenticated(
-                Reason.TOKEN_INVALID, "token does not belong to a ServiceAccount (system:serviceaccount:<ns>:<sa>)"
+                Reason.TOKEN_INVALID,
+                "token does not belong to a ServiceAccount (system:serviceaccount:<ns>:<sa>)",
             ) from None
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._api_client.close)
+
+
+def api_client_for(
+    host: str, bearer_token: str | None, ca_cert_file: str | None, verify_tls: bool = True
+) -> k8s.ApiClient:
+    """An API client for `host` authenticating with the service's own ServiceAccount token."""
+    configuration = k8s.Configuration()
+    configuration.host = host
+    configuration.verify_ssl = verify_tls
+    configuration.ssl_ca_cert = ca_cert_file
+    if bearer_token is not None:
+        configuration.api_key = {"authorization": bearer_token}
+        configuration.api_key_prefix = {"authorization": "Bearer"}
+    return k8s.ApiClient(configuration)

@@ -1,0 +1,88 @@
+"""Events on a real nats-server: the documented schema of tether.v1.identity.issued / .rejected."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+import grpc
+import msgspec
+import pytest
+from cryptography import x509
+
+from tether.shared import subjects
+from tether.shared.bus import Bus
+from tether.shared.events import IdentityIssued, IdentityRejected
+from tether.shared.identity_names import WorkloadIdentity
+
+WEB = WorkloadIdentity("web", "shop", "cluster.local")
+
+ISSUED_FIELDS = {
+    "schema_version",
+    "identity",
+    "spiffe_id",
+    "serial",
+    "not_before",
+    "not_after",
+    "fingerprint_sha256",
+    "issuer_fingerprint_sha256",
+    "replica",
+    "issued_at",
+}
+REJECTED_FIELDS = {"schema_version", "reason", "status", "identity", "peer", "replica", "rejected_at"}
+
+
+async def test_issued_and_rejected_events(
+    nats_server: Any, start_identity: Any, csr_for: Any, mint: Any, ca: Any
+) -> None:
+    publisher = await Bus.connect(nats_server.url, name="identity-test")
+    subscriber = await Bus.connect(nats_server.url, name="audit-test")
+    raw: dict[str, list[bytes]] = {subjects.IDENTITY_ISSUED: [], subjects.IDENTITY_REJECTED: []}
+
+    async def collect(message: Any) -> None:
+        raw[message.subject].append(message.data)
+
+    for subject in raw:
+        await subscriber.client.subscribe(subject, cb=collect)
+    await subscriber.flush()
+    try:
+        running = await start_identity(publish=publisher.publish, replica="identity-7")
+        _, csr = csr_for(WEB)
+        token = mint(WEB)
+        response = await running.certify(WEB.dns_name, token, csr)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await running.certify(WEB.dns_name, token, b"garbage")
+        deadline = asyncio.get_running_loop().time() + 5
+        while not (raw[subjects.IDENTITY_ISSUED] and raw[subjects.IDENTITY_REJECTED]):
+            assert asyncio.get_running_loop().time() < deadline, "events did not arrive"
+            await asyncio.sleep(0.01)
+    finally:
+        await publisher.close()
+        await subscriber.close()
+
+    issued_json = msgspec.json.decode(raw[subjects.IDENTITY_ISSUED][0])
+    assert set(issued_json) == ISSUED_FIELDS
+    issued = msgspec.json.decode(raw[subjects.IDENTITY_ISSUED][0], type=IdentityIssued)
+    leaf = x509.load_der_x509_certificate(response.leaf_certificate)
+    assert issued.schema_version == 1
+    assert issued.identity == WEB.dns_name and issued.spiffe_id == WEB.spiffe_id
+    assert issued.serial == format(leaf.serial_number, "x")
+    assert issued.not_after == leaf.not_valid_after_utc and issued.not_before == leaf.not_valid_before_utc
+    assert issued.fingerprint_sha256 == hashlib.sha256(response.leaf_certificate).hexdigest()
+    assert (
+        issued.issuer_fingerprint_sha256 == hashlib.sha256(response.intermediate_certificates[0]).hexdigest()
+    )
+    assert issued.replica == "identity-7"
+    assert isinstance(issued_json["not_after"], str) and issued_json["not_after"].endswith("Z")
+
+    rejected_json = msgspec.json.decode(raw[subjects.IDENTITY_REJECTED][0])
+    assert set(rejected_json) == REJECTED_FIELDS
+    rejected = msgspec.json.decode(raw[subjects.IDENTITY_REJECTED][0], type=IdentityRejected)
+    assert rejected.reason == "csr_malformed" and rejected.status == "INVALID_ARGUMENT"
+    assert rejected.identity == WEB.dns_name and rejected.peer == "127.0.0.1"
+    assert rejected.replica == "identity-7"
+
+    # Neither event carries the token, the CSR or anything like a key.
+    for payload in raw[subjects.IDENTITY_ISSUED] + raw[subjects.IDENTITY_REJECTED]:
+        assert token not in payload and csr.hex().encode() not in payload and b"KEY" not in payload
