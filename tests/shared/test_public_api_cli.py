@@ -1,0 +1,61 @@
+"""`tether version` and `tether check` against a real public API fed by real heartbeats over NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+from tether.public_api.config import PublicApiConfig
+from tether.public_api.service import PublicApiService
+from tether.shared.config import config_from
+from tether.shared.natsserver import EmbeddedNats
+from tether.shared.runtime import Runtime
+from tether.telemetry.config import TelemetryConfig
+from tether.telemetry.service import TelemetryService
+
+
+async def _run_cli(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        f"{sys.prefix}/bin/tether", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await process.communicate()
+    return process.returncode or 0, out.decode()
+
+
+async def test_version_and_check(nats_server: EmbeddedNats) -> None:
+    common = {"nats_url": nats_server.url, "admin_addr": "127.0.0.1:0"}
+    api_service = PublicApiService(
+        config_from(PublicApiConfig, "public-api", {**common, "grpc_addr": "127.0.0.1:0"}, {})
+    )
+    api = Runtime("public-api", api_service.config, api_service, version="9.9.9")
+    telemetry_config = config_from(TelemetryConfig, "telemetry", common, {})
+    telemetry = Runtime("telemetry", telemetry_config, TelemetryService(telemetry_config), version="9.9.9")
+    await api.start()
+    await telemetry.start()
+    try:
+        addr = f"127.0.0.1:{api_service.port}"
+        deadline = time.monotonic() + 10
+        while True:
+            code, out = await _run_cli("--api-addr", addr, "version")
+            if "telemetry: 9.9.9" in out and "public-api: 9.9.9" in out:
+                break
+            assert time.monotonic() < deadline, out
+            await asyncio.sleep(0.1)
+        assert code == 0
+        assert f"telemetry: 9.9.9 ({telemetry.instance}, ready)" in out
+
+        code, out = await _run_cli("--api-addr", addr, "check")
+        assert code == 1, "destination and identity are not running, so the check must fail"
+        assert "[FAIL] destination is running and ready (0/0 instances ready)" in out
+        assert "[ok] telemetry is running and ready (1/1 instances ready)" in out
+        assert "[ok] public API is connected to NATS" in out
+    finally:
+        await telemetry.stop()
+        await api.stop()
+
+
+async def test_cli_reports_an_unreachable_api() -> None:
+    code, out = await _run_cli("--api-addr", "127.0.0.1:1", "--timeout", "0.5", "version")
+    assert code == 2
+    assert "cannot reach the public API at 127.0.0.1:1" in out
