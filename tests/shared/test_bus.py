@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tether.shared.bus import SYNCED, Bus, KvEntry, Synced
-from tether.shared.errors import BusError, RevisionMismatch
+from tether.shared.errors import BusError, InvalidValue, RevisionMismatch
 from tether.shared.events import Event
 from tether.shared.natsserver import EmbeddedNats, free_port
 
@@ -99,6 +99,17 @@ async def test_kv_put_with_expected_revision(nats_server: EmbeddedNats) -> None:
     entry = await kv.get("a", Ping)
     assert entry == KvEntry(key="a", revision=second, value=Ping(seq=2))
     assert await kv.get("missing", Ping) is None
+
+    garbage_revision = await kv.put_raw("g", b"{not json")
+    with pytest.raises(InvalidValue) as invalid:
+        await kv.get("g", Ping)
+    assert invalid.value.revision == garbage_revision
+
+    with pytest.raises(RevisionMismatch):
+        await kv.delete("a", expected_revision=first)
+    await kv.delete("a", expected_revision=second)
+    deleted = await kv.get("a", Ping)
+    assert deleted is not None and deleted.value is None and deleted.revision > second
     await bus.close()
 
 

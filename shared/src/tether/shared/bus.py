@@ -25,7 +25,7 @@ from nats.js import api as js_api
 from prometheus_client import Counter
 
 from tether.shared import events
-from tether.shared.errors import BusError, RevisionMismatch
+from tether.shared.errors import BusError, InvalidValue, RevisionMismatch
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,8 @@ MESSAGES_RECEIVED = Counter("tether_bus_messages_received_total", "Messages deco
 Handler = Callable[[T, str], Awaitable[None]]
 
 _KV_OPERATION = "KV-Operation"
+# JetStream's "wrong last sequence" API errors: an expected-revision write lost the race.
+_WRONG_LAST_SEQUENCE = (10071, 10164)
 _MARKER_REASON = "Nats-Marker-Reason"
 
 
@@ -257,21 +259,35 @@ class KeyValue:
         return int(await self._store.put(key, data))
 
     async def get(self, key: str, value_type: type[T]) -> KvEntry[T] | None:
+        """The key's latest entry: None if it never existed, ``value=None`` if it was deleted.
+
+        Raises InvalidValue (with the revision) when the stored bytes do not decode as ``value_type``.
+        """
         try:
             entry = await self._store.get(key)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        except nats.js.errors.KeyNotFoundError as missing:
+            # nats-py reports a deleted key as not found, carrying the delete marker's entry.
+            if missing.entry is not None:
+                return KvEntry(key=key, revision=int(missing.entry.revision), value=None)
             return None
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"get {self.bucket}/{key} failed: {exc}") from exc
-        return KvEntry(
-            key=key, revision=int(entry.revision), value=msgspec.json.decode(entry.value, type=value_type)
-        )
+        revision = int(entry.revision)
+        try:
+            value = msgspec.json.decode(entry.value, type=value_type)
+        except msgspec.DecodeError as exc:
+            raise InvalidValue(self.bucket, key, revision, str(exc)) from None
+        return KvEntry(key=key, revision=revision, value=value)
 
     async def delete(self, key: str, *, expected_revision: int | None = None) -> None:
         try:
             await self._store.delete(key, last=expected_revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise RevisionMismatch(self.bucket, key, expected_revision) from None
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                raise RevisionMismatch(self.bucket, key, expected_revision) from None
+            raise BusError(f"delete {self.bucket}/{key} failed: {exc}") from exc
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"delete {self.bucket}/{key} failed: {exc}") from exc
 

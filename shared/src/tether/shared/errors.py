@@ -26,3 +26,13 @@ class RevisionMismatch(BusError):
         self.bucket = bucket
         self.key = key
         self.expected = expected
+
+
+class InvalidValue(BusError):
+    """A key-value entry holds bytes that do not decode as the expected type."""
+
+    def __init__(self, bucket: str, key: str, revision: int, error: str) -> None:
+        super().__init__(f"{bucket}/{key} at revision {revision} does not decode: {error}")
+        self.bucket = bucket
+        self.key = key
+        self.revision = revision

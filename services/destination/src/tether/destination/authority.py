@@ -56,9 +56,8 @@ def parse_authority(
     host = host.removesuffix(".")
     labels = host.split(".")
     cluster_suffix = ["svc", *cluster_domain.lower().split(".")]
-    if len(labels) == 2 + len(cluster_suffix) and labels[2:] == cluster_suffix:
-        service, namespace = labels[0], labels[1]
-    elif len(labels) == 3 and labels[2] == "svc":
+    fully_qualified = len(labels) == 2 + len(cluster_suffix) and labels[2:] == cluster_suffix
+    if fully_qualified or (len(labels) == 3 and labels[2] == "svc"):
         service, namespace = labels[0], labels[1]
     elif len(labels) == 2:
         service, namespace = labels

@@ -16,16 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tether.shared.events import Event
-
 SAFETY = 0.8
-
-
-class LeaseRecord(Event, frozen=True, kw_only=True):
-    """Value of the lease key. ``holder`` empty: released, anyone may take it at once."""
-
-    holder: str
-    ttl_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +60,9 @@ class LeaseCore:
             self._observed_revision = revision
             self._observed_holder = holder
             self._observed_at = now
-        if self._held_revision is not None and revision is not None and revision > self._held_revision:
-            if holder != self.me:
-                self._held_revision = None  # someone else wrote it: we lost it
+        held = self._held_revision
+        if held is not None and revision is not None and revision > held and holder != self.me:
+            self._held_revision = None  # someone else wrote it: we lost it
 
     def next_action(self, now: float) -> LeaseAction:
         if self._held_revision is not None:

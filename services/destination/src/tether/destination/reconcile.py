@@ -35,11 +35,16 @@ class DesiredService:
 
 @dataclass(frozen=True, slots=True)
 class Current:
-    """What the bucket holds for a key: the latest revision and its decoded value (None if garbage)."""
+    """What the bucket holds for a key: the latest revision and its decoded value (None if garbage).
+
+    ``deleted``: the latest revision is a deletion; the key is absent, but a new write must still expect
+    that revision and continue its generations.
+    """
 
     revision: int
     value: EndpointSet | None
     generation: int = 0
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +102,7 @@ def plan(
 
 def _plan_key(key: str, want: DesiredService | None, have: Current | None, writer: str) -> Write | None:
     if want is None:
-        if have is None:
+        if have is None or have.deleted:
             return None
         generation = max(have.generation, have.value.generation if have.value else 0) + 1
         namespace, _, service = key.partition(".")
@@ -113,16 +118,23 @@ def _plan_key(key: str, want: DesiredService | None, have: Current | None, write
                 deleted=True,
             ),
         )
-    if have is not None and have.value is not None:
-        if have.value.ports == want.ports and have.value.endpoints == want.endpoints:
-            return None
+    unchanged = (
+        have is not None
+        and have.value is not None
+        and not have.deleted
+        and have.value.ports == want.ports
+        and have.value.endpoints == want.endpoints
+    )
+    if unchanged:
+        return None
     previous_generation = 0
     old_endpoints: tuple[Endpoint, ...] = ()
     if have is not None:
         previous_generation = have.generation
         if have.value is not None:
             previous_generation = max(previous_generation, have.value.generation)
-            old_endpoints = have.value.endpoints
+            if not have.deleted:
+                old_endpoints = have.value.endpoints
     generation = previous_generation + 1
     added, removed = diff_endpoints(old_endpoints, want.endpoints)
     value = EndpointSet(

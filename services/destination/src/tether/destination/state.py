@@ -54,6 +54,7 @@ class EndpointStore:
     def __init__(self) -> None:
         self._sets: dict[str, Stored] = {}
         self._revisions: dict[str, int] = {}
+        self._deleted: set[str] = set()
 
     def get(self, key: str) -> EndpointSet | None:
         stored = self._sets.get(key)
@@ -62,6 +63,10 @@ class EndpointStore:
     def revision(self, key: str) -> int | None:
         """The latest revision seen for the key, garbage and deletions included."""
         return self._revisions.get(key)
+
+    def is_deleted(self, key: str) -> bool:
+        """Whether the key's latest revision is a deletion."""
+        return key in self._deleted
 
     def items(self) -> dict[str, Stored]:
         return dict(self._sets)
@@ -74,9 +79,11 @@ class EndpointStore:
             return Ignored(key)
         self._revisions[key] = revision
         if data is None:
+            self._deleted.add(key)
             if self._sets.pop(key, None) is None:
                 return Ignored(key)
             return Applied(key, None)
+        self._deleted.discard(key)
         try:
             value = decode_endpoint_set(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

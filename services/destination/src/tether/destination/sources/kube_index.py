@@ -90,7 +90,11 @@ def parse_slice(obj: Mapping[str, Any]) -> SliceInfo | None:
     for endpoint in obj.get("endpoints") or []:
         conditions = endpoint.get("conditions") or {}
         ref = endpoint.get("targetRef") or {}
-        pod = (str(ref.get("namespace") or namespace), str(ref["name"])) if ref.get("kind") == "Pod" and ref.get("name") else None
+        pod = (
+            (str(ref.get("namespace") or namespace), str(ref["name"]))
+            if ref.get("kind") == "Pod" and ref.get("name")
+            else None
+        )
         endpoints.append(
             SliceEndpoint(
                 addresses=tuple(str(a) for a in endpoint.get("addresses") or []),
@@ -145,8 +149,13 @@ class KubeIndex:
     def replace(self, kind: Kind, objects: Iterable[Mapping[str, Any]]) -> set[str]:
         """A fresh list of every object of ``kind`` (after a relist): returns the keys that may differ."""
         fresh = {object_ref(o): o for o in objects}
-        existing: Iterable[ObjectRef]
-        existing = {"services": self._services, "endpointslices": self._slices, "pods": self._pods}[kind]
+        existing: list[ObjectRef]
+        if kind == "services":
+            existing = list(self._services)
+        elif kind == "endpointslices":
+            existing = list(self._slices)
+        else:
+            existing = list(self._pods)
         changed: set[str] = set()
         for ref in [r for r in existing if r not in fresh]:
             changed |= self._remove(kind, ref)

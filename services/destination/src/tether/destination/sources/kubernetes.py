@@ -19,7 +19,7 @@ from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
-from kubernetes.watch.watch import iter_resp_lines
+from kubernetes.watch import watch as kube_watch
 
 from tether.destination.metrics import DestinationMetrics
 from tether.destination.model import EndpointSet
@@ -40,9 +40,11 @@ def api_client_for(api_url: str) -> Any:
         configuration.host = api_url
     else:
         try:
-            kube_config.load_incluster_config(client_configuration=configuration)
+            load_incluster: Any = kube_config.load_incluster_config
+            load_incluster(client_configuration=configuration)
         except ConfigException:
-            kube_config.load_kube_config(client_configuration=configuration)
+            load_kubeconfig: Any = kube_config.load_kube_config
+            load_kubeconfig(client_configuration=configuration)
     return kube_client.ApiClient(configuration)
 
 
@@ -184,7 +186,10 @@ class KubernetesSource:
         continue_token: str | None = None
         while True:
             response = self._list_functions[kind](
-                limit=LIST_PAGE_SIZE, _continue=continue_token, _preload_content=False, _request_timeout=(5, 60)
+                limit=LIST_PAGE_SIZE,
+                _continue=continue_token,
+                _preload_content=False,
+                _request_timeout=(5, 60),
             )
             try:
                 body = json.loads(response.data)
@@ -207,7 +212,8 @@ class KubernetesSource:
         )
         self._responses[kind] = response
         try:
-            for line in iter_resp_lines(response):
+            lines: Any = kube_watch.iter_resp_lines
+            for line in lines(response):
                 if self._stopping.is_set():
                     break
                 if not line:

@@ -43,7 +43,9 @@ class LocalState:
     def load_file(self, text: str, path: str) -> set[str]:
         """Replaces the file's services; raises RegistryFileError and keeps the old ones if invalid."""
         services = parse_registry(text, path, self.trust_domain)
-        changed = {k for k in set(services) | set(self.file_services) if services.get(k) != self.file_services.get(k)}
+        changed = {
+            k for k in set(services) | set(self.file_services) if services.get(k) != self.file_services.get(k)
+        }
         self.file_services = services
         self.file_loaded = True
         return changed
@@ -156,6 +158,9 @@ class LocalSource:
             self._poll_file()
 
     def _poll_file(self) -> None:
+        if not self._path:  # registrations only
+            self._state.file_loaded = True
+            return
         try:
             info = os.stat(self._path)
         except OSError as exc:
@@ -181,7 +186,9 @@ class LocalSource:
         try:
             changed = self._state.load_file(data.decode("utf-8", errors="replace"), self._path)
         except RegistryFileError as exc:
-            self._log.error("registry_file_invalid", line=exc.line, problem=exc.problem, keeping="last good state")
+            self._log.error(
+                "registry_file_invalid", line=exc.line, problem=exc.problem, keeping="last good state"
+            )
             return
         self._log.info("registry_file_loaded", services=len(self._state.file_services), changed=len(changed))
         self._notify(changed)

@@ -67,7 +67,9 @@ class RegistrationTable:
                 del self._by_key[key]
             return key
         address = str(ipaddress.ip_address(reg.address))
-        record = Registered(key, reg.instance, address, reg.port, reg.identity, dict(reg.labels), now + reg.ttl_seconds)
+        record = Registered(
+            key, reg.instance, address, reg.port, reg.identity, dict(reg.labels), now + reg.ttl_seconds
+        )
         instances[reg.instance] = record
         if previous is not None and _same_endpoint(previous, record):
             return None

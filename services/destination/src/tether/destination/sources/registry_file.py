@@ -39,14 +39,18 @@ class _Reader:
         line = node.start_mark.line + 1 if node is not None else 0
         return RegistryFileError(self.path, line, problem)
 
-    def mapping(self, node: yaml.Node, what: str, allowed: set[str], required: set[str]) -> dict[str, yaml.Node]:
+    def mapping(
+        self, node: yaml.Node, what: str, allowed: set[str], required: set[str]
+    ) -> dict[str, yaml.Node]:
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, f"{what} must be a mapping")
         fields: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
             if key not in allowed:
-                raise self.fail(key_node, f"unknown field {key!r} in {what}; expected one of {sorted(allowed)}")
+                raise self.fail(
+                    key_node, f"unknown field {key!r} in {what}; expected one of {sorted(allowed)}"
+                )
             if key in fields:
                 raise self.fail(key_node, f"duplicate field {key!r} in {what}")
             fields[key] = value_node
@@ -123,7 +127,9 @@ def parse_registry(text: str, path: str, trust_domain: str) -> dict[str, Desired
 
 
 def _parse_service(reader: _Reader, node: yaml.Node, trust_domain: str) -> DesiredService:
-    fields = reader.mapping(node, "a service", {"namespace", "name", "ports", "endpoints"}, {"namespace", "name", "ports"})
+    fields = reader.mapping(
+        node, "a service", {"namespace", "name", "ports", "endpoints"}, {"namespace", "name", "ports"}
+    )
     namespace = reader.label(fields["namespace"], "namespace")
     name = reader.label(fields["name"], "name")
     ports: list[ServicePort] = []
@@ -137,7 +143,9 @@ def _parse_service(reader: _Reader, node: yaml.Node, trust_domain: str) -> Desir
         if any(p.port == port for p in ports):
             raise reader.fail(port_node, f"port {port} is declared twice")
         ports.append(ServicePort(name=port_name, port=port))
-        targets[port_name] = reader.port(port_fields["target_port"], "target_port") if "target_port" in port_fields else port
+        targets[port_name] = (
+            reader.port(port_fields["target_port"], "target_port") if "target_port" in port_fields else port
+        )
     if not ports:
         raise reader.fail(fields["ports"], "a service needs at least one port")
     endpoints: list[Endpoint] = []
@@ -160,7 +168,9 @@ def _parse_endpoint(reader: _Reader, node: yaml.Node, targets: dict[str, int], t
         raise reader.fail(node, "give either port or ports, not both")
     if "port" in fields:
         if len(targets) != 1:
-            raise reader.fail(fields["port"], "port is ambiguous for a multi-port service; use ports: {name: port}")
+            raise reader.fail(
+                fields["port"], "port is ambiguous for a multi-port service; use ports: {name: port}"
+            )
         ports = {next(iter(targets)): reader.port(fields["port"], "port")}
     if "ports" in fields:
         ports_node = fields["ports"]

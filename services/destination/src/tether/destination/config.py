@@ -1,0 +1,68 @@
+"""The destination service's options (``--grpc-addr`` / ``TETHER_DESTINATION_GRPC_ADDR`` and so on)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta
+
+from tether.shared.config import CommonConfig, parse_hostport
+from tether.shared.identity_names import InvalidIdentityName, validate_trust_domain
+
+
+class DestinationConfig(CommonConfig, frozen=True, kw_only=True):
+    grpc_addr: Annotated[str, Meta(description="Destination gRPC listener, host:port")] = "0.0.0.0:8086"
+    source: Annotated[
+        Literal["kubernetes", "local"], Meta(description="where endpoints come from: kubernetes or local")
+    ] = "kubernetes"
+    registry_file: Annotated[
+        str,
+        Meta(description="local source: YAML registry of services and endpoints (empty: registrations only)"),
+    ] = "/etc/tether/registry.yaml"
+    registry_poll_interval: Annotated[
+        float, Meta(gt=0.0, le=60.0, description="local source: seconds between checks of the registry file")
+    ] = 0.5
+    registration_ttl: Annotated[
+        float,
+        Meta(
+            gt=0.0, le=3600.0, description="seconds a new leader keeps registrations it finds in the bucket"
+        ),
+    ] = 10.0
+    kube_api_url: Annotated[
+        str, Meta(description="kubernetes source: API server URL (empty: in-cluster config, then kubeconfig)")
+    ] = ""
+    kube_watch_timeout: Annotated[
+        int, Meta(ge=1, le=3600, description="kubernetes source: seconds before a watch is renewed")
+    ] = 300
+    trust_domain: Annotated[str, Meta(description="trust domain of workload identities")] = "cluster.local"
+    cluster_domain: Annotated[str, Meta(description="Kubernetes cluster DNS domain in authorities")] = (
+        "cluster.local"
+    )
+    keepalive_interval: Annotated[
+        float, Meta(gt=0.0, le=600.0, description="seconds of idleness before a stream gets a keep-alive")
+    ] = 10.0
+    max_streams_per_peer: Annotated[
+        int, Meta(ge=1, description="concurrent Get streams allowed from one client address")
+    ] = 10_000
+    lease_ttl: Annotated[
+        float,
+        Meta(
+            gt=0.0,
+            le=60.0,
+            description="writer lease: seconds without renewal before another replica takes over",
+        ),
+    ] = 9.0
+    resync_interval: Annotated[
+        float, Meta(gt=0.0, description="seconds between full reconciliations of the bucket by the leader")
+    ] = 60.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            parse_hostport(self.grpc_addr)
+        except ValueError as exc:
+            raise ValueError(f"grpc_addr: {exc}") from None
+        try:
+            validate_trust_domain(self.trust_domain)
+        except InvalidIdentityName as exc:
+            raise ValueError(f"trust_domain: {exc}") from None

@@ -1,0 +1,147 @@
+"""One destination replica: the watch, the served state, the gRPC server, and (when elected) the writer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from tether.destination.config import DestinationConfig
+from tether.destination.lease_keeper import LeaseKeeper
+from tether.destination.metrics import DestinationMetrics
+from tether.destination.server import GRPC_SERVER_OPTIONS, DestinationServicer
+from tether.destination.sources.base import Source
+from tether.destination.sources.local import LocalSource
+from tether.destination.state import EndpointStore, SubscriptionRegistry
+from tether.destination.watcher import EndpointWatcher
+from tether.destination.writer import Writer
+from tether.shared import subjects
+from tether.shared.bus import Bus
+from tether.shared.grpcserver import start_grpc_server
+from tether.shared.proto.destination.v1 import destination_pb2_grpc
+from tether.shared.runtime import Context, Service
+
+log = structlog.get_logger(__name__)
+
+
+class DestinationService(Service):
+    def __init__(self, config: DestinationConfig, metrics_registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.metrics = DestinationMetrics(metrics_registry)
+        self.store = EndpointStore()
+        self.registry = SubscriptionRegistry(self.store)
+        self.grpc_port = 0
+        self.instance = ""
+        self._server: Any = None
+        self._servicer: DestinationServicer | None = None
+        self._watcher: EndpointWatcher | None = None
+        self._source: Source | None = None
+        self._writer: Writer | None = None
+        self._lease: LeaseKeeper | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._lease is not None and self._lease.is_leader
+
+    @property
+    def writer(self) -> Writer | None:
+        return self._writer
+
+    def ready(self) -> bool:
+        return self._watcher is not None and self._watcher.synced.is_set() and self._server is not None
+
+    def _build_source(self, bus: Bus) -> Source:
+        config = self.config
+        if config.source == "local":
+            return LocalSource(
+                bus,
+                config.registry_file,
+                config.trust_domain,
+                self.metrics,
+                poll_interval=config.registry_poll_interval,
+                adopt_ttl=config.registration_ttl,
+            )
+        # Imported here: the kubernetes client takes half a second to import and local meshes never need it.
+        from tether.destination.sources.kubernetes import KubernetesSource, api_client_for
+
+        return KubernetesSource(
+            api_client_for(config.kube_api_url),
+            config.trust_domain,
+            self.metrics,
+            watch_timeout=config.kube_watch_timeout,
+        )
+
+    async def start(self, ctx: Context) -> None:
+        config = self.config
+        bus = ctx.bus
+        self.instance = ctx.instance
+        kv = await bus.kv(subjects.ENDPOINTS_BUCKET)
+        lease_kv = await bus.kv(subjects.LEASES_BUCKET)
+        raw_kv = await bus.jetstream.key_value(subjects.ENDPOINTS_BUCKET)
+        raw_lease_kv = await bus.jetstream.key_value(subjects.LEASES_BUCKET)
+
+        watcher = EndpointWatcher(kv, self.store, self.registry, self.metrics)
+        self._watcher = watcher
+        source = self._build_source(bus)
+        self._source = source
+        writer = Writer(
+            bus,
+            kv,
+            raw_kv,
+            self.store,
+            source,
+            self.metrics,
+            ctx.instance,
+            watcher.synced,
+            resync_interval=config.resync_interval,
+        )
+        self._writer = writer
+        # Every replica skips a garbage value; the leader also rewrites it from the source.
+        watcher.on_rejected = lambda key: writer.mark_dirty({key})
+        watcher.start()
+        writer.start()
+        await source.start(self._writer.mark_dirty)
+        self._lease = LeaseKeeper(
+            lease_kv, raw_lease_kv, ctx.instance, config.lease_ttl, self._writer.leadership_changed
+        )
+        self._lease.start()
+
+        self._servicer = DestinationServicer(
+            self.registry,
+            self.metrics,
+            self._watcher.synced,
+            keepalive_interval=config.keepalive_interval,
+            max_streams_per_peer=config.max_streams_per_peer,
+            cluster_domain=config.cluster_domain,
+        )
+        servicer = self._servicer
+
+        def register(server: Any) -> None:
+            destination_pb2_grpc.add_DestinationServicer_to_server(servicer, server)
+
+        self._server, self.grpc_port = await start_grpc_server(
+            config.grpc_addr, register, extra_options=GRPC_SERVER_OPTIONS
+        )
+        log.info("destination_serving", grpc_port=self.grpc_port, source=config.source)
+
+    async def stop(self, grace: float) -> None:
+        """Drain streams (UNAVAILABLE: reconnect elsewhere), hand the lease over, stop everything."""
+        if self._servicer is not None:
+            self._servicer.drain()
+        if self._lease is not None:
+            await self._lease.stop(release=True)
+        if self._writer is not None:
+            await self._writer.stop()
+        if self._source is not None:
+            await self._source.stop()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._watcher is not None:
+            await self._watcher.stop()
+
+    async def abandon(self) -> None:
+        """Stops without releasing the lease, as a crashed replica would (tests)."""
+        if self._lease is not None:
+            await self._lease.stop(release=False)
+        await self.stop(0)

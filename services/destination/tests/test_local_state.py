@@ -1,0 +1,121 @@
+"""The local source's core: file services merged with heartbeat-kept registrations, time passed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from tether.destination.errors import RegistryFileError
+from tether.destination.model import EndpointSet, WorkloadRegistration
+from tether.destination.sources.local import LocalState
+from tether.destination.sources.registrations import InvalidRegistration
+
+FILE = """\
+services:
+  - namespace: ns
+    name: web
+    ports: [{name: http, port: 80, target_port: 8080}]
+    endpoints:
+      - address: 10.0.0.1
+"""
+
+
+def reg(instance: str, address: str, service: str = "web", **extra: object) -> WorkloadRegistration:
+    return WorkloadRegistration(
+        namespace="ns",
+        service=service,
+        instance=instance,
+        address=address,
+        port=9000,
+        ttl_seconds=5.0,
+        **extra,
+    )  # type: ignore[arg-type]
+
+
+def addresses(state: LocalState, key: str) -> list[str]:
+    desired = state.desired(key)
+    return [e.address for e in desired.endpoints] if desired else []
+
+
+def test_invalid_file_keeps_last_good_services() -> None:
+    state = LocalState("cluster.local")
+    assert state.load_file(FILE, "r.yaml") == {"ns.web"}
+    with pytest.raises(RegistryFileError):
+        state.load_file(FILE.replace("10.0.0.1", "10.0.0.300"), "r.yaml")
+    assert addresses(state, "ns.web") == ["10.0.0.1"]
+    assert state.load_file(FILE, "r.yaml") == set()
+    assert state.load_file("", "r.yaml") == {"ns.web"}
+    assert state.desired("ns.web") is None
+
+
+def test_registration_joins_a_declared_service_on_its_ports() -> None:
+    state = LocalState("cluster.local")
+    state.load_file(FILE, "r.yaml")
+    assert state.register(reg("w-1", "10.0.0.2"), now=0.0) == {"ns.web"}
+    assert state.register(reg("w-1", "10.0.0.2"), now=2.0) == set()  # heartbeat: no change
+    desired = state.desired("ns.web")
+    assert desired is not None
+    registered = desired.endpoints[1]
+    assert (registered.address, registered.ports, registered.origin, registered.instance) == (
+        "10.0.0.2",
+        {"http": 9000},
+        "registration",
+        "w-1",
+    )
+    assert state.expire(6.9) == set()  # the heartbeat at 2.0 extended it to 7.0
+    assert state.expire(7.0) == {"ns.web"}
+    assert addresses(state, "ns.web") == ["10.0.0.1"]
+
+
+def test_registration_into_an_undeclared_service_declares_it() -> None:
+    state = LocalState("cluster.local")
+    state.register(reg("a", "10.0.0.5", service="api"), now=0.0)
+    desired = state.desired("ns.api")
+    assert desired is not None
+    assert [(p.name, p.port) for p in desired.ports] == [("", 9000)]
+    assert state.register(reg("a", "10.0.0.5", service="api", deregister=True), now=1.0) == {"ns.api"}
+    assert state.desired("ns.api") is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"address": "not-an-ip"},
+        {"port": 0},
+        {"ttl_seconds": 0.0},
+        {"instance": ""},
+        {"namespace": "Bad"},
+        {"identity": "x.ns.serviceaccount.identity.other.org"},
+    ],
+)
+def test_invalid_registrations_are_refused(bad: dict[str, object]) -> None:
+    fields: dict[str, object] = {
+        "namespace": "ns",
+        "service": "web",
+        "instance": "i",
+        "address": "10.0.0.1",
+        "port": 80,
+        "ttl_seconds": 5.0,
+    }
+    fields.update(bad)
+    with pytest.raises(InvalidRegistration):
+        LocalState("cluster.local").register(WorkloadRegistration(**fields), now=0.0)  # type: ignore[arg-type]
+
+
+def test_new_leader_adopts_registrations_from_the_bucket_with_a_fresh_ttl() -> None:
+    before = LocalState("cluster.local")
+    before.load_file(FILE, "r.yaml")
+    before.register(reg("w-1", "10.0.0.2"), now=0.0)
+    desired = before.desired("ns.web")
+    assert desired is not None
+    in_bucket = EndpointSet(
+        namespace="ns", service="web", generation=3, ports=desired.ports, endpoints=desired.endpoints
+    )
+
+    after = LocalState("cluster.local")
+    after.load_file(FILE, "r.yaml")
+    assert after.adopt([in_bucket], now=100.0, ttl=10.0) == {"ns.web"}
+    assert addresses(after, "ns.web") == ["10.0.0.1", "10.0.0.2"]
+    assert after.adopt([in_bucket], now=101.0, ttl=10.0) == set()
+    assert after.expire(109.9) == set()
+    assert after.expire(110.0) == {"ns.web"}
+    assert addresses(after, "ns.web") == ["10.0.0.1"]
