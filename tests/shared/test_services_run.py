@@ -23,6 +23,7 @@ from tether.shared.natsserver import EmbeddedNats, free_port
 SERVICES = {
     "telemetry": ("tether.telemetry", ["--grpc-addr", "127.0.0.1:0"]),
     "public-api": ("tether.public_api", ["--grpc-addr", "127.0.0.1:0"]),
+    "destination": ("tether.destination", ["--grpc-addr", "127.0.0.1:0", "--source", "local"]),
 }
 
 

@@ -196,12 +196,16 @@ class Bus:
     async def flush(self, timeout: float = 2.0) -> None:
         await self._nc.flush(timeout=int(timeout) or 1)
 
-    async def close(self) -> None:
-        """Drain subscriptions and pending publishes, then close."""
+    async def close(self, drain_timeout: float = 0.5) -> None:
+        """Drain subscriptions and pending publishes for up to ``drain_timeout`` seconds, then close.
+
+        The bound keeps shutdown inside the runtime's budget: a subscription whose handler is mid-flight
+        (a JetStream consumer waiting on the server, say) must not hold the process open.
+        """
         if self._nc.is_closed:
             return
         with contextlib.suppress(nats.errors.Error, TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(self._nc.drain(), 2.0)
+            await asyncio.wait_for(self._nc.drain(), drain_timeout)
         with contextlib.suppress(nats.errors.Error):
             await self._nc.close()
 

@@ -153,6 +153,7 @@ class Runtime:
             self._heartbeat_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat_task
+        began = time.monotonic()
         if self._service_started:
             try:
                 await asyncio.wait_for(
@@ -160,12 +161,17 @@ class Runtime:
                 )
             except TimeoutError:
                 self.log.warning("service_stop_timed_out")
+        drained = time.monotonic()
         await self._publish_heartbeat()
         if self.admin is not None:
             await self.admin.stop()
         if self.bus is not None:
             await self.bus.close()
-        self.log.info("service_stopped")
+        self.log.info(
+            "service_stopped",
+            drain_seconds=round(drained - began, 3),
+            disconnect_seconds=round(time.monotonic() - drained, 3),
+        )
 
 
 async def serve_until_signalled(runtime: Runtime) -> None:

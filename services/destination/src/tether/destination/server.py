@@ -8,7 +8,6 @@ streams. Streams that stay idle for ``keepalive_interval`` get an empty ``add``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from tether.destination.errors import InvalidRequest
 from tether.destination.metrics import DestinationMetrics
 from tether.destination.state import SubscriptionRegistry
 from tether.destination.view import NOT_IN_MESH, Resolution, StreamCore
+from tether.shared.aio import wait_event
 from tether.shared.proto.destination.v1 import destination_pb2 as pb
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
 
@@ -121,8 +121,7 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
             )
             return
         if not self._synced.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._synced.wait(), self._sync_wait)
+            await wait_event(self._synced, self._sync_wait)
         self._streams_by_peer[peer] = self._streams_by_peer.get(peer, 0) + 1
         pending = _Pending()
         self._open.add(pending)
@@ -150,13 +149,10 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         updates_sent = self._metrics.updates_sent
         try:
             while not self._draining:
-                if not pending.wake.is_set():
-                    try:
-                        await asyncio.wait_for(pending.wake.wait(), self._keepalive)
-                    except TimeoutError:
-                        updates_sent.labels("keepalive").inc()
-                        yield wire.KEEPALIVE
-                        continue
+                if not await wait_event(pending.wake, self._keepalive):
+                    updates_sent.labels("keepalive").inc()
+                    yield wire.KEEPALIVE
+                    continue
                 if self._draining:
                     break
                 resolution = pending.take()

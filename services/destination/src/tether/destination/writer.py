@@ -23,6 +23,7 @@ from tether.destination.reconcile import Current, DesiredService, Put, Write, pl
 from tether.destination.sources.base import Source
 from tether.destination.state import EndpointStore
 from tether.shared import subjects
+from tether.shared.aio import wait_event
 from tether.shared.bus import Bus, KeyValue
 from tether.shared.errors import BusError, RevisionMismatch
 
@@ -93,8 +94,7 @@ class Writer:
         last_resync = time.monotonic()
         while True:
             timeout = max(0.0, last_resync + self._resync_interval - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_event(self._wake, timeout)
             self._wake.clear()
             if time.monotonic() - last_resync >= self._resync_interval:
                 self._full_resync = True

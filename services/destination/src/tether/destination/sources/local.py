@@ -28,6 +28,7 @@ from tether.destination.sources.registrations import (
 )
 from tether.destination.sources.registry_file import parse_registry
 from tether.shared import subjects
+from tether.shared.aio import wait_event
 from tether.shared.bus import Bus, Subscription
 
 log = structlog.get_logger(__name__)
@@ -208,8 +209,7 @@ class LocalSource:
             next_expiry = self._state.registrations.next_expiry()
             timeout = None if next_expiry is None else max(0.0, next_expiry - time.monotonic())
             self._expiry_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._expiry_changed.wait(), timeout)
+            await wait_event(self._expiry_changed, timeout)
             changed = self._state.expire(time.monotonic())
             if changed:
                 self._metrics.source_events.labels("local", "expiry").inc()
