@@ -26,7 +26,8 @@ def family(text: str, name: str) -> list[str]:
     return [
         line
         for line in text.splitlines()
-        if not line.startswith("#") and line.split("{", 1)[0] in (name, f"{name}_bucket", f"{name}_sum", f"{name}_count")
+        if not line.startswith("#")
+        and line.split("{", 1)[0] in (name, f"{name}_bucket", f"{name}_sum", f"{name}_count")
     ]
 
 
@@ -179,7 +180,9 @@ def test_invalid_or_clashing_label_names_are_rejected(labels: tuple[tuple[str, s
 def test_same_label_set_returns_the_same_handle() -> None:
     registry = MetricsRegistry()
     assert registry.route("outbound", "a:80", WEB, "true") is registry.route("outbound", "a:80", WEB, "true")
-    assert registry.route("outbound", "a:80", WEB, "true") is not registry.route("inbound", "a:80", WEB, "true")
+    assert registry.route("outbound", "a:80", WEB, "true") is not registry.route(
+        "inbound", "a:80", WEB, "true"
+    )
     assert registry.tcp("outbound", "dst", WEB) is registry.tcp("outbound", "dst", WEB)
 
 

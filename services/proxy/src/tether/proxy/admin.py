@@ -22,6 +22,8 @@ TEXT_CONTENT_TYPE = b"text/plain; charset=utf-8"
 MAX_BODY_BYTES = 64 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 READ_TIMEOUT_SECONDS = 30.0
+# Small reads keep h11's header-size limit meaningful: it only judges data it could not parse yet.
+READ_CHUNK_BYTES = 8192
 
 
 class AdminResponse(msgspec.Struct, frozen=True):
@@ -162,7 +164,7 @@ class AdminServer:
                 await self._send_error(conn, writer, exc.error_status_hint, b"bad request\n")
                 return
             if event is h11.NEED_DATA:
-                data = await asyncio.wait_for(reader.read(65536), READ_TIMEOUT_SECONDS)
+                data = await asyncio.wait_for(reader.read(READ_CHUNK_BYTES), READ_TIMEOUT_SECONDS)
                 conn.receive_data(data)  # b"" marks the peer's EOF
                 if not data and conn.their_state is h11.IDLE:
                     return

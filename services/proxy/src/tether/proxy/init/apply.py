@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shlex
 import subprocess
 from collections.abc import Callable, Sequence
 
 import msgspec
 
 from tether.proxy.init.config import IptablesMode
-from tether.proxy.init.plan import TABLE, Fragment, InterceptionPlan, parse_nat_state, reconcile
+from tether.proxy.init.plan import (
+    TABLE,
+    Fragment,
+    InterceptionPlan,
+    NatState,
+    Rule,
+    parse_nat_state,
+    reconcile,
+)
 
 
 class ProxyInitError(Exception):
@@ -31,11 +41,11 @@ def run_command(argv: Sequence[str], stdin: str | None) -> CommandResult:
     return CommandResult(done.returncode, done.stdout, done.stderr)
 
 
-def binaries(mode: IptablesMode) -> tuple[str, str]:
-    """(save, restore) executables for an iptables backend."""
+def binaries(mode: IptablesMode) -> tuple[str, str, str]:
+    """(save, restore, iptables) executables for an iptables backend."""
     if mode == "auto":
-        return "iptables-save", "iptables-restore"
-    return f"iptables-{mode}-save", f"iptables-{mode}-restore"
+        return "iptables-save", "iptables-restore", "iptables"
+    return f"iptables-{mode}-save", f"iptables-{mode}-restore", f"iptables-{mode}"
 
 
 class ApplyResult(msgspec.Struct, frozen=True):
@@ -50,9 +60,10 @@ LOCK_WAIT_SECONDS = 10
 
 def apply_plan(plan: InterceptionPlan, mode: IptablesMode, run: Runner = run_command) -> ApplyResult:
     """Make the nat table match ``plan``, changing nothing when it already does."""
-    save_bin, restore_bin = binaries(mode)
+    save_bin, restore_bin, iptables_bin = binaries(mode)
     saved = _run(run, [save_bin, "-t", TABLE], None, f"reading the {TABLE} table")
-    fragment = reconcile(plan, parse_nat_state(saved.stdout))
+    state = parse_nat_state(saved.stdout)
+    fragment = reconcile(plan, state)
     if fragment is None:
         return ApplyResult(changed=False, fragment=None)
     argv = [restore_bin, "--noflush", "--wait", str(LOCK_WAIT_SECONDS)]
@@ -61,8 +72,52 @@ def apply_plan(plan: InterceptionPlan, mode: IptablesMode, run: Runner = run_com
     except FileNotFoundError:
         raise ProxyInitError(_missing(restore_bin)) from None
     if result.returncode != 0:
-        raise ProxyInitError(explain_failure(restore_bin, fragment, result.stderr))
+        message = explain_failure(restore_bin, fragment, result.stderr)
+        if "--- input was ---" in message:
+            found = diagnose(plan, state, iptables_bin, run)
+            if found is not None:
+                rule, reason = found
+                message = f"{iptables_bin} rejected rule `{rule.line}` ({rule.purpose}): {reason}"
+        raise ProxyInitError(message)
     return ApplyResult(changed=True, fragment=fragment)
+
+
+def diagnose(
+    plan: InterceptionPlan, state: NatState, iptables_bin: str, run: Runner
+) -> tuple[Rule, str] | None:
+    """Find the rule the kernel refuses by adding the rules one command at a time, then put ``state`` back.
+
+    Only used after the atomic restore failed without naming a rule: iptables-legacy-restore reports a
+    kernel refusal only as "line <COMMIT> failed". The rules are briefly half-installed meanwhile, which is
+    acceptable because a pod whose proxy-init fails does not start.
+    """
+    base = [iptables_bin, "--wait", str(LOCK_WAIT_SECONDS), "-t", TABLE]
+    added_hooks: list[Rule] = []
+    try:
+        for chain in plan.chains:
+            run([*base, "-F" if chain in state.chains else "-N", chain], None)
+        for rule in (*plan.rules, *plan.hooks):
+            if rule in plan.hooks and rule.line in state.chains.get(rule.chain, []):
+                continue
+            result = run([*base, "-A", rule.chain, *rule.spec.split()], None)
+            if result.returncode != 0:
+                return rule, _first_lines(result.stderr)
+            if rule in plan.hooks:
+                added_hooks.append(rule)
+        return None
+    except FileNotFoundError:
+        return None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            for hook in added_hooks:
+                run([*base, "-D", hook.chain, *hook.spec.split()], None)
+            for chain in plan.chains:
+                run([*base, "-F", chain], None)
+                for line in state.chains.get(chain, []):
+                    run([*base, *shlex.split(line)], None)
+            for chain in plan.chains:
+                if chain not in state.chains:
+                    run([*base, "-X", chain], None)
 
 
 def _run(run: Runner, argv: list[str], stdin: str | None, step: str) -> CommandResult:

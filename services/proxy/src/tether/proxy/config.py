@@ -1,0 +1,65 @@
+"""The proxy's options: ``--outbound-addr`` / ``TETHER_PROXY_OUTBOUND_ADDR`` and so on."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta
+
+from tether.shared.config import CommonConfig, parse_hostport
+
+
+class ProxyConfig(CommonConfig, frozen=True, kw_only=True):
+    admin_addr: Annotated[
+        str, Meta(description="admin HTTP listener (/metrics, /live, /ready), host:port")
+    ] = "0.0.0.0:4191"
+    outbound_addr: Annotated[
+        str, Meta(description="outbound listener: the application's requests, host:port")
+    ] = "127.0.0.1:4140"
+    inbound_addr: Annotated[
+        str, Meta(description="inbound listener: requests for the local application, host:port")
+    ] = "0.0.0.0:4143"
+    inbound_app_host: Annotated[
+        str, Meta(description="address the inbound side forwards to (the application, over loopback)")
+    ] = "127.0.0.1"
+    destination_addr: Annotated[
+        str, Meta(description="destination service (gRPC), host:port; empty disables discovery")
+    ] = "tether-destination.tether.svc.cluster.local:8086"
+    pod_namespace: Annotated[str, Meta(description="namespace of this pod (qualifies short authorities)")] = (
+        "default"
+    )
+    pod_name: Annotated[str, Meta(description="name of this pod")] = ""
+    connect_timeout: Annotated[
+        float, Meta(gt=0.0, le=60.0, description="seconds to establish an upstream connection")
+    ] = 1.0
+    fail_fast_timeout: Annotated[
+        float,
+        Meta(gt=0.0, le=60.0, description="seconds a request may wait for a route before failing fast"),
+    ] = 3.0
+    idle_timeout: Annotated[
+        float,
+        Meta(gt=0.0, description="seconds before an unused destination lookup or connection pool is evicted"),
+    ] = 60.0
+    max_concurrent_streams: Annotated[
+        int, Meta(ge=1, le=2**31 - 1, description="streams a client may open on one connection")
+    ] = 2048
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("outbound_addr", "inbound_addr"):
+            try:
+                parse_hostport(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        if self.destination_addr:
+            try:
+                parse_hostport(self.destination_addr)
+            except ValueError as exc:
+                raise ValueError(f"destination_addr: {exc}") from None
+
+    @property
+    def context_token(self) -> str:
+        """What the destination service is told about this proxy (the namespace qualifies names)."""
+        import json
+
+        return json.dumps({"ns": self.pod_namespace, "pod": self.pod_name}, separators=(",", ":"))

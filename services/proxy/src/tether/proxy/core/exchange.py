@@ -1,0 +1,382 @@
+"""One proxied request/response: a downstream stream paired with an upstream stream.
+
+Each direction is a :class:`Pipe` that moves DATA from the stream it was
+received on to the stream it is sent on, never faster than the receiving peer's
+flow-control window allows. Received bytes are acknowledged to their sender
+only once they have been handed on, so a slow reader slows the writer and what
+the proxy holds per stream is bounded by the window it advertised.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
+
+from tether.proxy.core.headers import (
+    GRPC_UNAVAILABLE,
+    Headers,
+    error_response,
+    grpc_status_of,
+    request_target,
+    status_of,
+    strip_hop_by_hop,
+)
+
+if TYPE_CHECKING:
+    from tether.proxy.core.connection import DownstreamConnection, Http2Connection, UpstreamConnection
+
+
+class ExchangeListener(Protocol):
+    """Observes an exchange's progress (load balancing, metrics)."""
+
+    def response_started(self, exchange: Exchange, now: float) -> None: ...
+
+    def exchange_finished(self, exchange: Exchange, now: float) -> None: ...
+
+
+class State(enum.Enum):
+    ROUTING = "routing"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Pipe:
+    """Buffered DATA (plus END_STREAM and trailers) travelling in one direction."""
+
+    __slots__ = ("buffered", "chunks", "done", "dst", "dst_sid", "ended", "src", "src_sid", "trailers")
+
+    def __init__(self, src: Http2Connection | None, src_sid: int) -> None:
+        self.src = src
+        self.src_sid = src_sid
+        self.dst: Http2Connection | None = None
+        self.dst_sid = 0
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        #: The sender has ended its side of the stream (END_STREAM seen).
+        self.ended = False
+        self.trailers: Headers | None = None
+        #: END_STREAM has been passed on to the receiver.
+        self.done = False
+
+    def push(self, data: bytes, flow_controlled_length: int) -> None:
+        if data:
+            self.chunks.append(data)
+            self.buffered += len(data)
+        padding = flow_controlled_length - len(data)
+        if padding and self.src is not None:
+            self.src.h2.acknowledge_received_data(padding, self.src_sid)
+
+    def discard(self) -> None:
+        """Drop buffered data, returning its flow-control credit to the sender's connection."""
+        src = self.src
+        if self.buffered and src is not None:
+            src.h2.acknowledge_received_data(self.buffered, self.src_sid)
+            src.mark_dirty()
+        self.chunks.clear()
+        self.buffered = 0
+
+    def flush(self, exchange: Exchange) -> None:
+        dst = self.dst
+        if dst is None:
+            return
+        h2 = dst.h2
+        sid = self.dst_sid
+        chunks = self.chunks
+        if chunks:
+            if not dst.writable:
+                dst.blocked[sid] = exchange
+                return
+            window = h2.local_flow_control_window(sid)
+            max_frame = h2.max_outbound_frame_size
+            src = self.src
+            assert src is not None
+            src_h2 = src.h2
+            while chunks:
+                if window <= 0:
+                    dst.blocked[sid] = exchange
+                    dst.mark_dirty()
+                    src.mark_dirty()
+                    return
+                chunk = chunks[0]
+                size = len(chunk)
+                if size > window or size > max_frame:
+                    size = min(window, max_frame)
+                    chunks[0] = chunk[size:]
+                    chunk = chunk[:size]
+                else:
+                    chunks.popleft()
+                window -= size
+                self.buffered -= size
+                last = not chunks and self.ended and self.trailers is None
+                h2.send_data(sid, chunk, end_stream=last)
+                src_h2.acknowledge_received_data(size, self.src_sid)
+                if last:
+                    self.done = True
+            src.mark_dirty()
+        if self.ended and not self.done:
+            if self.trailers is not None:
+                h2.send_headers(sid, self.trailers, end_stream=True)
+            else:
+                h2.end_stream(sid)
+            self.done = True
+        dst.mark_dirty()
+
+
+class Exchange:
+    """The forwarding state of one request; created by a downstream connection, routed by a Router."""
+
+    __slots__ = (
+        "_reset_after_response",
+        "authority",
+        "downstream",
+        "downstream_sid",
+        "failed_by_proxy",
+        "grpc_status",
+        "is_grpc",
+        "listener",
+        "request",
+        "request_headers",
+        "reset_code",
+        "response",
+        "response_started",
+        "route_state",
+        "started_at",
+        "state",
+        "status",
+        "upstream",
+        "upstream_sid",
+    )
+
+    def __init__(
+        self, downstream: DownstreamConnection, stream_id: int, headers: Headers, now: float
+    ) -> None:
+        self.downstream = downstream
+        self.downstream_sid = stream_id
+        self.request_headers: Headers = headers
+        self.authority, self.is_grpc = request_target(headers)
+        self.upstream: UpstreamConnection | None = None
+        self.upstream_sid = 0
+        self.request = Pipe(downstream, stream_id)
+        self.response = Pipe(None, 0)
+        self.response.dst = downstream
+        self.response.dst_sid = stream_id
+        self.state = State.ROUTING
+        self.started_at = now
+        self.response_started = False
+        self.listener: ExchangeListener | None = None
+        #: Opaque per-exchange data owned by the router (e.g. the chosen endpoint).
+        self.route_state: object = None
+        self.status = 0
+        self.grpc_status: int | None = None
+        self.reset_code: int | None = None
+        self.failed_by_proxy = False
+        self._reset_after_response: int | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    def attach(self, upstream: UpstreamConnection, now: float) -> None:
+        """Open the upstream stream and start forwarding; the upstream must have capacity."""
+        if self.state is not State.ROUTING:
+            return
+        h2 = upstream.h2
+        request = self.request
+        sid = h2.get_next_available_stream_id()
+        end = request.ended and not request.chunks and request.trailers is None
+        h2.send_headers(sid, strip_hop_by_hop(self.request_headers), end_stream=end)
+        upstream.exchanges[sid] = self
+        upstream.mark_dirty()
+        self.upstream = upstream
+        self.upstream_sid = sid
+        self.state = State.OPEN
+        request.dst = upstream
+        request.dst_sid = sid
+        request.done = end
+        self.response.src = upstream
+        self.response.src_sid = sid
+        if not end:
+            self.pump(now)
+
+    def fail(self, http_status: int, message: str, now: float) -> None:
+        """Answer the request from the proxy itself (no upstream could be used)."""
+        if self.state is State.CLOSED:
+            return
+        self.failed_by_proxy = True
+        self.status = 200 if self.is_grpc else http_status
+        self.grpc_status = GRPC_UNAVAILABLE if self.is_grpc else None
+        down = self.downstream
+        try:
+            down.h2.send_headers(
+                self.downstream_sid, error_response(self.is_grpc, http_status, message), end_stream=True
+            )
+            if not self.request.ended:
+                # Tell the client to stop sending a body nobody will read.
+                down.h2.reset_stream(self.downstream_sid, ErrorCodes.NO_ERROR)
+        except ProtocolError:
+            pass
+        down.mark_dirty()
+        self._abort(now)
+
+    def pump(self, now: float) -> None:
+        """Move whatever the windows allow in both directions; finish when both are done."""
+        if self.state is not State.OPEN:
+            return
+        request = self.request
+        response = self.response
+        try:
+            if not request.done:
+                request.flush(self)
+            if not response.done:
+                response.flush(self)
+        except ProtocolError:
+            self._reset_both(ErrorCodes.INTERNAL_ERROR, now)
+            return
+        if request.done and response.done:
+            if self._reset_after_response is not None:
+                self._reset_downstream(self._reset_after_response)
+            self._finish(now)
+
+    def response_headers(self, headers: Headers, ended: bool, now: float) -> None:
+        if self.state is not State.OPEN:
+            return
+        self.response_started = True
+        self.status = status_of(headers)
+        if ended and self.is_grpc:
+            self.grpc_status = grpc_status_of(headers)
+        down = self.downstream
+        try:
+            down.h2.send_headers(self.downstream_sid, strip_hop_by_hop(headers), end_stream=ended)
+        except ProtocolError:
+            self._reset_both(ErrorCodes.CANCEL, now)
+            return
+        down.mark_dirty()
+        if self.listener is not None:
+            self.listener.response_started(self, now)
+        if ended:
+            self.response.ended = True
+            self.response.done = True
+            self.pump(now)
+
+    def informational_headers(self, headers: Headers) -> None:
+        if self.state is State.OPEN:
+            try:
+                self.downstream.h2.send_headers(self.downstream_sid, strip_hop_by_hop(headers))
+            except ProtocolError:
+                return
+            self.downstream.mark_dirty()
+
+    def response_trailers(self, headers: Headers) -> None:
+        if self.is_grpc:
+            self.grpc_status = grpc_status_of(headers)
+        self.response.trailers = strip_hop_by_hop(headers)
+
+    def reset_by_downstream(self, error_code: int, now: float) -> None:
+        """The client reset its stream: cancel the upstream stream with the same code."""
+        if self.state is State.CLOSED:
+            return
+        self.reset_code = error_code
+        self._reset_upstream(error_code)
+        self._abort(now)
+
+    def reset_by_upstream(self, error_code: int, now: float) -> None:
+        """The server reset its stream: pass the reset (and its code) to the client."""
+        if self.state is State.CLOSED:
+            return
+        if error_code == ErrorCodes.NO_ERROR and self.response.ended:
+            # The server has answered in full and wants no more of the request body:
+            # deliver the rest of the response, then say the same to the client.
+            self.request.discard()
+            self.request.done = True
+            self._reset_after_response = ErrorCodes.NO_ERROR
+            self.pump(now)
+            return
+        self.reset_code = error_code
+        self._reset_downstream(error_code)
+        self._abort(now)
+
+    def refused_by_upstream(self, now: float) -> None:
+        """The server went away without processing this stream; the client may retry it."""
+        if self.state is State.CLOSED:
+            return
+        self.reset_code = ErrorCodes.REFUSED_STREAM
+        self._reset_downstream(ErrorCodes.REFUSED_STREAM)
+        self._abort(now)
+
+    def downstream_lost(self, now: float) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.reset_code = ErrorCodes.CANCEL
+        self._reset_upstream(ErrorCodes.CANCEL)
+        self._abort(now)
+
+    def upstream_lost(self, now: float) -> None:
+        """The upstream connection failed: answer for it as an unreachable server would look."""
+        if self.state is State.CLOSED:
+            return
+        if not self.response_started:
+            self.fail(502, "upstream connection lost", now)
+            return
+        self.request.discard()
+        self.request.done = True
+        response = self.response
+        if self.is_grpc and not response.ended:
+            # What was received is still delivered, then the stream ends as UNAVAILABLE.
+            response.trailers = error_response(True, 502, "upstream connection lost")[2:]
+            response.ended = True
+            self.grpc_status = GRPC_UNAVAILABLE
+            self.pump(now)
+        elif not response.done:
+            self.reset_code = ErrorCodes.INTERNAL_ERROR
+            self._reset_downstream(ErrorCodes.INTERNAL_ERROR)
+            self._abort(now)
+
+    def _reset_both(self, error_code: int, now: float) -> None:
+        self.reset_code = error_code
+        self._reset_upstream(error_code)
+        self._reset_downstream(error_code)
+        self._abort(now)
+
+    def _reset_upstream(self, error_code: int) -> None:
+        upstream = self.upstream
+        if upstream is not None and not (self.request.done and self.response.ended):
+            try:
+                upstream.h2.reset_stream(self.upstream_sid, error_code)
+            except ProtocolError:
+                return
+            upstream.mark_dirty()
+
+    def _reset_downstream(self, error_code: int) -> None:
+        down = self.downstream
+        try:
+            down.h2.reset_stream(self.downstream_sid, error_code)
+        except ProtocolError:
+            return
+        down.mark_dirty()
+
+    def _abort(self, now: float) -> None:
+        self.request.discard()
+        self.response.discard()
+        self._finish(now)
+
+    def _finish(self, now: float) -> None:
+        self.state = State.CLOSED
+        self.request_headers = ()
+        upstream = self.upstream
+        if upstream is not None:
+            sid = self.upstream_sid
+            upstream.exchanges.pop(sid, None)
+            upstream.blocked.pop(sid, None)
+        down = self.downstream
+        sid = self.downstream_sid
+        down.exchanges.pop(sid, None)
+        down.blocked.pop(sid, None)
+        if self.listener is not None:
+            self.listener.exchange_finished(self, now)
+        if upstream is not None:
+            upstream.stream_released()
+        down.stream_released()

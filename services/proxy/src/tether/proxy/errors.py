@@ -1,0 +1,25 @@
+"""The proxy's exceptions."""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """Root of the proxy's errors."""
+
+
+class UpstreamConnectError(ProxyError):
+    """An upstream connection could not be established."""
+
+    def __init__(self, address: tuple[str, int], reason: str) -> None:
+        super().__init__(f"connecting to {address[0]}:{address[1]}: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+class DestinationStreamError(ProxyError):
+    """A Destination/Get stream failed; ``code`` is the gRPC status code."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"destination stream failed (gRPC status {code}): {message}")
+        self.code = code
+        self.message = message

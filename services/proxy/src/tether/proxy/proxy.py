@@ -1,0 +1,205 @@
+"""The proxy process: listeners, routers, discovery and admin wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from tether.proxy.admin import AdminRoutes, AdminServer
+from tether.proxy.config import ProxyConfig
+from tether.proxy.discovery import DestinationClient, StreamOpener
+from tether.proxy.dstclient import H2DestinationStreams
+from tether.proxy.metrics import MetricsRegistry
+from tether.proxy.origdst import original_destination
+from tether.proxy.pool import Pools
+from tether.proxy.routing import InboundRouter, OutboundRouter
+from tether.proxy.transport import (
+    DownstreamProtocol,
+    Flusher,
+    ListenerContext,
+    OriginalDstResolver,
+    monotonic,
+)
+from tether.shared.config import parse_hostport
+
+log = structlog.get_logger(__name__)
+
+
+class Proxy:
+    """One sidecar proxy. Usable in-process: ``await start()``, ``await stop()``.
+
+    ``original_dst`` and ``destination_streams`` replace SO_ORIGINAL_DST and the
+    gRPC Destination client, for running without iptables or a control plane.
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        original_dst: OriginalDstResolver = original_destination,
+        inbound_original_dst: OriginalDstResolver | None = None,
+        destination_streams: StreamOpener | None = None,
+        with_admin: bool = True,
+    ) -> None:
+        self.config = config
+        self._original_dst = original_dst
+        self._inbound_original_dst = inbound_original_dst or original_dst
+        self._destination_streams = destination_streams
+        self._with_admin = with_admin
+        self.registry = MetricsRegistry(idle_timeout=max(config.idle_timeout, 60.0))
+        self.discovery: DestinationClient | None = None
+        self._grpc_streams: H2DestinationStreams | None = None
+        self._servers: list[asyncio.Server] = []
+        self._contexts: list[ListenerContext] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self.admin: AdminServer | None = None
+        self.shutdown_requested = asyncio.Event()
+        self._started = False
+        self._stopping = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        config = self.config
+        flusher = Flusher(loop)
+        self.outbound_pools = Pools(
+            flusher=flusher,
+            registry=self.registry,
+            direction="outbound",
+            connect_timeout=config.connect_timeout,
+            clock=monotonic,
+        )
+        self.inbound_pools = Pools(
+            flusher=flusher,
+            registry=self.registry,
+            direction="inbound",
+            connect_timeout=config.connect_timeout,
+            clock=monotonic,
+        )
+        self.outbound_router = OutboundRouter(
+            discovery=None,
+            pools=self.outbound_pools,
+            registry=self.registry,
+            fail_fast_timeout=config.fail_fast_timeout,
+        )
+        opener = self._destination_streams
+        if opener is None and config.destination_addr:
+            self._grpc_streams = H2DestinationStreams(
+                config.destination_addr, config.context_token, connect_timeout=config.connect_timeout
+            )
+            opener = self._grpc_streams.open
+        if opener is not None:
+            self.discovery = DestinationClient(opener, on_removed=self.outbound_router.forget)
+            self.outbound_router.discovery = self.discovery
+        self.inbound_router = InboundRouter(
+            app_host=config.inbound_app_host,
+            pools=self.inbound_pools,
+            registry=self.registry,
+            fail_fast_timeout=config.fail_fast_timeout,
+        )
+        outbound = ListenerContext(
+            direction="outbound",
+            flusher=flusher,
+            router=self.outbound_router,
+            registry=self.registry,
+            original_dst=self._original_dst,
+            max_concurrent_streams=config.max_concurrent_streams,
+        )
+        inbound = ListenerContext(
+            direction="inbound",
+            flusher=flusher,
+            router=self.inbound_router,
+            registry=self.registry,
+            original_dst=self._inbound_original_dst,
+            max_concurrent_streams=config.max_concurrent_streams,
+        )
+        self._contexts = [outbound, inbound]
+        for context, addr in ((outbound, config.outbound_addr), (inbound, config.inbound_addr)):
+            host, port = parse_hostport(addr)
+            server = await loop.create_server(
+                lambda context=context: DownstreamProtocol(context),  # type: ignore[misc]
+                host,
+                port,
+                reuse_address=True,
+                backlog=1024,
+            )
+            self._servers.append(server)
+        if self._with_admin:
+            host, port = parse_hostport(config.admin_addr)
+            self.admin = AdminServer(
+                AdminRoutes(
+                    render_metrics=lambda: self.registry.render(monotonic()),
+                    ready=self.ready,
+                    shutdown=self.shutdown_requested.set,
+                ),
+                host,
+                port,
+            )
+            await self.admin.start()
+        self._sweeper = loop.create_task(self._sweep(), name="proxy-sweeper")
+        self._started = True
+        log.info(
+            "proxy_started",
+            outbound_port=self.outbound_port,
+            inbound_port=self.inbound_port,
+            destination=config.destination_addr or None,
+        )
+
+    @property
+    def outbound_port(self) -> int:
+        return int(self._servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def inbound_port(self) -> int:
+        return int(self._servers[1].sockets[0].getsockname()[1])
+
+    def ready(self) -> bool:
+        return self._started and not self._stopping
+
+    async def _sweep(self) -> None:
+        interval = min(self.config.idle_timeout / 4, 10.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = monotonic()
+            timeout = self.config.idle_timeout
+            if self.discovery is not None:
+                self.discovery.evict_idle(now, timeout)
+            self.outbound_pools.evict_idle(now, timeout)
+            self.inbound_pools.evict_idle(now, timeout)
+            self.registry.expire(now)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, GOAWAY every client, wait up to ``grace`` seconds for in-flight requests."""
+        if self._stopping:
+            return
+        self._stopping = True
+        grace = self.config.shutdown_grace if grace is None else grace
+        for server in self._servers:
+            server.close()
+        for context in self._contexts:
+            context.drain()
+        deadline = monotonic() + grace
+        while any(context.connections for context in self._contexts) and monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for context in self._contexts:
+            for protocol in list(context.connections):
+                if protocol.transport is not None:
+                    protocol.transport.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.outbound_router.close()
+        await self.inbound_router.close()
+        if self.discovery is not None:
+            await self.discovery.close()
+        if self._grpc_streams is not None:
+            await self._grpc_streams.close()
+        self.outbound_pools.close()
+        self.inbound_pools.close()
+        if self.admin is not None:
+            await self.admin.close()
+        for server in self._servers:
+            await server.wait_closed()
+        log.info("proxy_stopped")

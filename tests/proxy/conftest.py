@@ -1,0 +1,27 @@
+"""Fixtures for the proxy integration tests (helpers live in proxy_mesh.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+# pytest runs with --import-mode=importlib, which does not put test directories on sys.path; the tests
+# here import their helper module by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from proxy_mesh import Mesh
+
+from tether.shared.natsserver import EmbeddedNats
+
+
+@pytest.fixture
+async def mesh(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Mesh]:
+    world = Mesh(tmp_path, nats_server)
+    try:
+        await world.start_destination()
+        yield world
+    finally:
+        await world.close()

@@ -1,0 +1,312 @@
+"""A small mesh on loopback: real grpcio apps, real proxies, the real destination service and nats-server.
+
+Each "pod" gets its own loopback address (127.0.0.N): its app and its proxy listen there. Without
+iptables in the test, two things are emulated, faithfully to what interception would produce:
+
+* the client app dials its proxy's outbound listener directly and names the service in :authority
+  (with iptables it would dial the service address and be redirected, keeping the same :authority);
+* an endpoint's registered port is its proxy's inbound listener, and that proxy is told the
+  original destination port of the app (what SO_ORIGINAL_DST would report after the redirect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from prometheus_client import CollectorRegistry
+
+from tether.destination.config import DestinationConfig
+from tether.destination.service import DestinationService
+from tether.proxy.config import ProxyConfig
+from tether.proxy.proxy import Proxy
+from tether.shared.natsserver import EmbeddedNats
+from tether.shared.proto.destination.v1 import destination_pb2, destination_pb2_grpc
+from tether.shared.runtime import Runtime
+
+NAMESPACE = "test"
+MESSAGE_LIMIT = 16 * 1024 * 1024
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    ("grpc.enable_retries", 0),
+]
+SERVICE = "test.Echo"
+
+
+def authority(service: str, port: int = 8080) -> str:
+    return f"{service}.{NAMESPACE}.svc.cluster.local:{port}"
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.005)
+
+
+class EchoApp:
+    """A grpcio server with the four call shapes. Requests are raw bytes:
+
+    * Unary: ``echo:<text>`` answers ``<name>:<text>``; ``sleep:<seconds>`` sleeps then answers;
+      ``status:<CODE>`` aborts with that status; ``big:<n>`` answers n bytes; ``meta:`` returns the
+      request's ``x-*`` metadata as initial and trailing metadata; anything else is echoed.
+    * ServerStream: ``<count>:<size>`` yields count messages of size bytes.
+    * ClientStream: answers the total size received and the number of messages.
+    * Bidi: echoes every message back.
+    """
+
+    def __init__(self, name: str, host: str, delay: float = 0.0) -> None:
+        self.name = name
+        self.host = host
+        self.delay = delay
+        self.port = 0
+        self.calls = 0
+        self.in_flight = 0
+        self.cancelled = 0
+        self.cancelled_event = asyncio.Event()
+        self.release = asyncio.Event()
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        handlers = {
+            "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(self.client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi),
+            "Hang": grpc.unary_unary_rpc_method_handler(self.hang),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self.port = server.add_insecure_port(f"{self.host}:0")
+        await server.start()
+        self.server = server
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+
+    async def unary(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        self.calls += 1
+        self.in_flight += 1
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            verb, _, argument = request.partition(b":")
+            if verb == b"sleep":
+                await asyncio.sleep(float(argument))
+            elif verb == b"status":
+                code = grpc.StatusCode[argument.decode()]
+                await context.abort(code, f"asked for {argument.decode()}")
+            elif verb == b"big":
+                return b"b" * int(argument)
+            elif verb == b"echo":
+                return self.name.encode() + b":" + argument
+            elif verb == b"meta":
+                echoed = tuple((k, v) for k, v in context.invocation_metadata() or () if k.startswith("x-"))
+                await context.send_initial_metadata(echoed)
+                context.set_trailing_metadata((*echoed, ("x-trailer-only", "t")))
+            return request
+        finally:
+            self.in_flight -= 1
+
+    async def hang(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Waits until released or cancelled; counts cancellations."""
+        self.calls += 1
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            self.cancelled_event.set()
+            raise
+        return b"released"
+
+    async def server_stream(self, request: bytes, context: grpc.aio.ServicerContext) -> Any:
+        count, _, size = request.partition(b":")
+        for index in range(int(count)):
+            yield index.to_bytes(4, "big") + b"s" * max(int(size) - 4, 0)
+
+    async def client_stream(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:
+        total = 0
+        messages = 0
+        async for message in requests:
+            total += len(message)
+            messages += 1
+        return f"{messages}:{total}".encode()
+
+    async def bidi(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for message in requests:
+            yield message
+
+
+@dataclass
+class Pod:
+    """An app and its proxy on one loopback address."""
+
+    host: str
+    proxy: Proxy
+    app: EchoApp | None = None
+
+    @property
+    def endpoint_port(self) -> int:
+        return self.proxy.inbound_port
+
+    def channel(self, target_authority: str) -> grpc.aio.Channel:
+        """A client channel from this pod's app: through its outbound proxy to ``target_authority``."""
+        return grpc.aio.insecure_channel(
+            f"{self.host}:{self.proxy.outbound_port}",
+            options=[*GRPC_OPTIONS, ("grpc.default_authority", target_authority)],
+        )
+
+
+@dataclass
+class Mesh:
+    tmp_path: Path
+    nats: EmbeddedNats
+    destination: Runtime | None = None
+    destination_service: DestinationService | None = None
+    pods: list[Pod] = field(default_factory=list)
+    services: dict[str, list[Pod]] = field(default_factory=dict)
+    apps: list[EchoApp] = field(default_factory=list)
+    _next_host: int = 2
+
+    @property
+    def registry_file(self) -> Path:
+        return self.tmp_path / "registry.yaml"
+
+    @property
+    def destination_addr(self) -> str:
+        assert self.destination_service is not None
+        return f"127.0.0.1:{self.destination_service.grpc_port}"
+
+    async def start_destination(self) -> None:
+        self.write_registry()
+        config = DestinationConfig(
+            nats_url=self.nats.url,
+            admin_addr="127.0.0.1:0",
+            grpc_addr="127.0.0.1:0",
+            source="local",
+            registry_file=str(self.registry_file),
+            registry_poll_interval=0.02,
+            keepalive_interval=5.0,
+            shutdown_grace=0.2,
+        )
+        self.destination_service = DestinationService(config, CollectorRegistry())
+        self.destination = Runtime("destination", config, self.destination_service, version="test")
+        await self.destination.start()
+        await eventually(self.destination_service.ready, 10.0, "destination ready")
+
+    async def stop_destination(self) -> None:
+        assert self.destination is not None
+        await self.destination.stop()
+
+    def write_registry(self) -> None:
+        lines = ["services:" if self.services else "services: []"]
+        for name, pods in self.services.items():
+            lines += [
+                f"  - namespace: {NAMESPACE}",
+                f"    name: {name}",
+                "    ports: [{name: grpc, port: 8080}]",
+            ]
+            if pods:
+                lines.append("    endpoints:")
+            for index, pod in enumerate(pods):
+                lines += [
+                    f"      - address: {pod.host}",
+                    f"        port: {pod.endpoint_port}",
+                    f"        labels: {{pod: {name}-{index}, deployment: {name}}}",
+                ]
+        temporary = self.registry_file.with_suffix(".tmp")
+        temporary.write_text("\n".join(lines) + "\n")
+        temporary.replace(self.registry_file)
+
+    def _host(self) -> str:
+        host = f"127.0.0.{self._next_host}"
+        self._next_host += 1
+        return host
+
+    async def pod(
+        self,
+        app_name: str | None = None,
+        *,
+        delay: float = 0.0,
+        original_dst: tuple[str, int] | None = None,
+        **config: Any,
+    ) -> Pod:
+        """A pod: an app (when named) and its proxy. ``original_dst`` is what SO_ORIGINAL_DST would
+        report for the pod's outbound connections (None: the app dialled the proxy directly)."""
+        host = self._host()
+        app = None
+        if app_name is not None:
+            app = EchoApp(app_name, host, delay)
+            await app.start()
+        app_port = app.port if app is not None else 0
+        settings: dict[str, Any] = {
+            "outbound_addr": f"{host}:0",
+            "inbound_addr": f"{host}:0",
+            "inbound_app_host": host,
+            "admin_addr": f"{host}:0",
+            "destination_addr": self.destination_addr if self.destination_service else "",
+            "pod_namespace": NAMESPACE,
+            "fail_fast_timeout": 1.0,
+            "connect_timeout": 0.5,
+        }
+        settings.update(config)
+        proxy = Proxy(
+            ProxyConfig(**settings),
+            original_dst=lambda _sock: original_dst,
+            inbound_original_dst=lambda _sock: (host, app_port),
+        )
+        await proxy.start()
+        pod = Pod(host, proxy, app)
+        self.pods.append(pod)
+        return pod
+
+    async def register(self, service: str, pods: Sequence[Pod], timeout: float = 5.0) -> None:
+        """Publish the service's endpoints and wait until the destination service serves exactly them."""
+        self.services[service] = list(pods)
+        self.write_registry()
+        expected = {(pod.host, pod.endpoint_port) for pod in pods}
+        async with grpc.aio.insecure_channel(self.destination_addr) as channel:
+            stub = destination_pb2_grpc.DestinationStub(channel)
+            deadline = time.monotonic() + timeout
+            while True:
+                call = stub.Get(destination_pb2.GetDestination(authority=authority(service)))
+                first = await asyncio.wait_for(call.read(), timeout)
+                call.cancel()
+                served = {(str(ipaddress.IPv4Address(a.addr.ip.ipv4)), a.addr.port) for a in first.add.addrs}
+                if served == expected and (pods or first.no_endpoints.exists):
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"destination serves {served}, expected {expected}")
+                await asyncio.sleep(0.01)
+
+    async def app(self, name: str) -> EchoApp:
+        """An app outside the mesh (no proxy, not registered)."""
+        app = EchoApp(name, self._host())
+        await app.start()
+        self.apps.append(app)
+        return app
+
+    async def close(self) -> None:
+        for app in self.apps:
+            await app.stop()
+        for pod in self.pods:
+            await pod.proxy.stop(grace=0.0)
+            if pod.app is not None:
+                await pod.app.stop()
+        if self.destination is not None:
+            await self.destination.stop()
+
+
+def unary(channel: grpc.aio.Channel, method: str = "Unary") -> Any:
+    """A callable for one unary method of the echo app (requests and responses are raw bytes)."""
+    return channel.unary_unary(f"/{SERVICE}/{method}")
