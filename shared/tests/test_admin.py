@@ -1,10 +1,14 @@
-"""The admin HTTP listener over real sockets."""
+"""The shared admin listener over real sockets, with the control-plane health routes.
+
+The listener's handling of hostile input (garbage, oversized headers and bodies, vanishing peers, HEAD,
+keep-alive) is exercised in services/proxy/tests/test_admin.py through the proxy's routes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from tether.shared.admin import AdminServer, Request, Response, health_routes
+from tether.shared.admin import AdminResponse, AdminServer, Routes, health_routes, text
 
 
 async def _http(port: int, raw: bytes) -> bytes:
@@ -16,34 +20,43 @@ async def _http(port: int, raw: bytes) -> bytes:
     return data
 
 
-async def test_live_ready_metrics_and_errors() -> None:
+def _get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+
+
+async def test_live_ready_metrics_and_extra_routes() -> None:
     state = {"ready": False}
-
-    async def echo(request: Request) -> Response:
-        return Response(200, request.body + request.peer.encode())
-
-    routes = dict(health_routes(lambda: state["ready"]))
-    routes[("POST", "/echo")] = echo
-    server = AdminServer("127.0.0.1", 0, routes)
+    table = health_routes(lambda: state["ready"])
+    table["/whoami"] = {"POST": lambda peer: AdminResponse(200, peer.encode())}
+    server = AdminServer(Routes(table), "127.0.0.1", 0)
     await server.start()
-    port = server.bound_port
     try:
-        assert b" 200 " in await _http(port, b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert b" 503 " in await _http(port, b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b" 200 " in await _http(server.port, _get("/live"))
+        assert b" 503 " in await _http(server.port, _get("/ready"))
         state["ready"] = True
-        assert b" 200 " in await _http(port, b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        metrics = await _http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b" 200 " in await _http(server.port, _get("/ready"))
+        metrics = await _http(server.port, _get("/metrics"))
         assert b"text/plain; version=0.0.4" in metrics and b"python_info" in metrics
-        assert b" 404 " in await _http(port, b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert b" 405 " in await _http(
-            port, b"POST /live HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        assert b" 404 " in await _http(server.port, _get("/nope"))
+        wrong_method = await _http(
+            server.port, b"POST /live HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
-        echoed = await _http(
-            port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+        assert b" 405 " in wrong_method and b"allow: GET, HEAD" in wrong_method
+        whoami = await _http(
+            server.port, b"POST /whoami HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )
-        assert echoed.endswith(b"abc127.0.0.1")
-        assert b" 400 " in await _http(port, b"NOT HTTP AT ALL\r\n\r\n")
-        # Still serving after garbage.
-        assert b" 200 " in await _http(port, b"GET /live HTTP/1.0\r\n\r\n")
+        assert whoami.endswith(b"127.0.0.1")
+        assert b" 400 " in await _http(server.port, b"NOT HTTP AT ALL\r\n\r\n")
+        assert b" 200 " in await _http(server.port, b"GET /live HTTP/1.0\r\n\r\n"), (
+            "still serving after garbage"
+        )
     finally:
-        await server.stop()
+        await server.close()
+
+
+def test_routes_are_pure() -> None:
+    routes = Routes({"/x": {"GET": lambda _peer: text(200, "x")}})
+    assert routes.handle("GET", "/x?debug=1", "10.0.0.1")[0].status == 200
+    assert routes.handle("HEAD", "/x", "10.0.0.1")[0].status == 200
+    assert routes.handle("PUT", "/x", "10.0.0.1")[0].status == 405
+    assert routes.handle("GET", "/y", "10.0.0.1")[0].status == 404

@@ -20,7 +20,7 @@ import structlog
 import uvloop
 
 from tether.shared import subjects
-from tether.shared.admin import AdminServer, Route, health_routes
+from tether.shared.admin import AdminServer, Route, Routes, health_routes
 from tether.shared.bus import Bus
 from tether.shared.config import CommonConfig, parse_hostport
 from tether.shared.errors import BusError
@@ -67,8 +67,8 @@ class Service(abc.ABC):
         """Whether the service can serve requests now (drives ``/ready`` and heartbeats)."""
         return True
 
-    def admin_routes(self) -> Mapping[tuple[str, str], Route]:
-        """Extra admin HTTP routes, beyond /live, /ready and /metrics."""
+    def admin_routes(self) -> Mapping[str, Mapping[str, Route]]:
+        """Extra admin HTTP routes (path → method → route), beyond /live, /ready and /metrics."""
         return {}
 
 
@@ -108,9 +108,9 @@ class Runtime:
 
     async def start(self) -> None:
         host, port = parse_hostport(self.config.admin_addr)
-        routes = dict(health_routes(self.ready))
-        routes.update(self.service.admin_routes())
-        self.admin = AdminServer(host, port, routes)
+        routes = health_routes(self.ready)
+        routes.update({path: dict(methods) for path, methods in self.service.admin_routes().items()})
+        self.admin = AdminServer(Routes(routes), host, port)
         await self.admin.start()
         self.bus = await Bus.connect(
             self.config.nats_servers, name=f"{self.name}-{self.instance}", initial_timeout=None
@@ -121,7 +121,7 @@ class Runtime:
         await self.service.start(ctx)
         self._service_started = True
         self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="heartbeats")
-        self.log.info("service_started", admin_addr=f"{host}:{self.admin.bound_port}")
+        self.log.info("service_started", admin_addr=f"{host}:{self.admin.port}")
 
     async def _heartbeats(self) -> None:
         while True:
@@ -164,7 +164,7 @@ class Runtime:
         drained = time.monotonic()
         await self._publish_heartbeat()
         if self.admin is not None:
-            await self.admin.stop()
+            await self.admin.close()
         if self.bus is not None:
             await self.bus.close()
         self.log.info(

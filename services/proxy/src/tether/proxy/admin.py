@@ -1,51 +1,24 @@
-"""The proxy's admin listener (default 0.0.0.0:4191): /metrics, /live, /ready and POST /shutdown.
+"""The proxy's admin routes (default 0.0.0.0:4191): /metrics, /live, /ready and POST /shutdown.
 
-HTTP/1.1 parsing is h11's (sans-IO); this module routes requests and adapts h11 to asyncio streams.
-Malformed requests get a 400 and the connection is closed; nothing a peer sends can stop the listener.
+The listener is the shared one (tether.shared.admin); what is proxy-specific is the metrics renderer and
+``POST /shutdown``, which jobs use to stop their sidecar and which is accepted from loopback only.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import ipaddress
 from collections.abc import Callable
 
-import h11
-import msgspec
 import structlog
+
+from tether.shared.admin import AdminResponse, AdminServer, AfterResponse, Routes, health_routes, is_loopback
+
+__all__ = ["AdminRoutes", "AdminServer", "is_loopback"]
 
 log = structlog.get_logger(__name__)
 
-METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
-TEXT_CONTENT_TYPE = b"text/plain; charset=utf-8"
-MAX_BODY_BYTES = 64 * 1024
-MAX_HEADER_BYTES = 16 * 1024
-READ_TIMEOUT_SECONDS = 30.0
-# Small reads keep h11's header-size limit meaningful: it only judges data it could not parse yet.
-READ_CHUNK_BYTES = 8192
 
-
-class AdminResponse(msgspec.Struct, frozen=True):
-    status: int
-    body: bytes
-    content_type: bytes = TEXT_CONTENT_TYPE
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything unparsable."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
-class AdminRoutes:
-    """What each admin request gets, independent of sockets."""
+class AdminRoutes(Routes):
+    """The proxy's route table over its metrics registry, readiness and shutdown callbacks."""
 
     def __init__(
         self,
@@ -54,183 +27,13 @@ class AdminRoutes:
         ready: Callable[[], bool],
         shutdown: Callable[[], None],
     ) -> None:
-        self._render_metrics = render_metrics
-        self._ready = ready
-        self._shutdown = shutdown
-
-    def handle(
-        self, method: str, target: str, peer_host: str
-    ) -> tuple[AdminResponse, Callable[[], None] | None]:
-        """The response, and an action to run once it has been sent (the shutdown)."""
-        path = target.split("?", 1)[0]
-        reads = ("GET", "HEAD")
-        if path == "/metrics":
-            if method not in reads:
-                return _not_allowed(b"GET, HEAD"), None
-            return AdminResponse(200, self._render_metrics().encode(), METRICS_CONTENT_TYPE), None
-        if path == "/live":
-            if method not in reads:
-                return _not_allowed(b"GET, HEAD"), None
-            return AdminResponse(200, b"live\n"), None
-        if path == "/ready":
-            if method not in reads:
-                return _not_allowed(b"GET, HEAD"), None
-            if self._ready():
-                return AdminResponse(200, b"ready\n"), None
-            return AdminResponse(503, b"not ready\n"), None
-        if path == "/shutdown":
-            if method != "POST":
-                return _not_allowed(b"POST"), None
+        def request_shutdown(peer_host: str) -> tuple[AdminResponse, AfterResponse | None]:
             if not is_loopback(peer_host):
                 log.warning("admin_shutdown_refused", peer=peer_host)
                 return AdminResponse(403, b"shutdown is only accepted from loopback\n"), None
             log.info("admin_shutdown_requested", peer=peer_host)
-            return AdminResponse(202, b"shutting down\n"), self._shutdown
-        return AdminResponse(404, b"not found\n"), None
+            return AdminResponse(202, b"shutting down\n"), shutdown
 
-
-def _not_allowed(allow: bytes) -> AdminResponse:
-    return AdminResponse(405, b"method not allowed\n", headers=((b"allow", allow),))
-
-
-class AdminServer:
-    """asyncio listener feeding each connection's bytes through an h11 state machine."""
-
-    def __init__(self, routes: AdminRoutes, host: str = "0.0.0.0", port: int = 4191) -> None:
-        self._routes = routes
-        self._host = host
-        self._port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful when started with port 0)."""
-        if self._server is None or not self._server.sockets:
-            raise RuntimeError("admin server is not listening")
-        return int(self._server.sockets[0].getsockname()[1])
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self._host, self._port)
-        log.info("admin_listening", host=self._host, port=self.port)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def __aenter__(self) -> AdminServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._connections.add(task)
-        peer = writer.get_extra_info("peername")
-        peer_host = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        try:
-            await self._serve(reader, writer, peer_host)
-        except (ConnectionError, TimeoutError):
-            pass
-        except Exception:
-            log.exception("admin_connection_failed", peer=peer_host)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            if task is not None:
-                self._connections.discard(task)
-
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_host: str
-    ) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-        request: h11.Request | None = None
-        body_size = 0
-        while True:
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                log.info("admin_bad_request", peer=peer_host, error=str(exc))
-                await self._send_error(conn, writer, exc.error_status_hint, b"bad request\n")
-                return
-            if event is h11.NEED_DATA:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK_BYTES), READ_TIMEOUT_SECONDS)
-                conn.receive_data(data)  # b"" marks the peer's EOF
-                if not data and conn.their_state is h11.IDLE:
-                    return
-                continue
-            if isinstance(event, h11.Request):
-                request, body_size = event, 0
-            elif isinstance(event, h11.Data):
-                body_size += len(event.data)
-                if body_size > MAX_BODY_BYTES:
-                    await self._send_error(conn, writer, 413, b"request body too large\n")
-                    return
-            elif isinstance(event, h11.EndOfMessage) and request is not None:
-                after = await self._respond(conn, writer, request, peer_host)
-                if after is not None:
-                    after()
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
-                    return
-                conn.start_next_cycle()
-                request = None
-            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return
-
-    async def _respond(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: h11.Request, peer_host: str
-    ) -> Callable[[], None] | None:
-        method = request.method.decode("ascii", "replace")
-        target = request.target.decode("ascii", "replace")
-        try:
-            response, after = self._routes.handle(method, target, peer_host)
-        except Exception:
-            log.exception("admin_handler_failed", path=target)
-            response, after = AdminResponse(500, b"internal error\n"), None
-        await self._send(conn, writer, response, include_body=method != "HEAD")
-        return after
-
-    async def _send(
-        self,
-        conn: h11.Connection,
-        writer: asyncio.StreamWriter,
-        response: AdminResponse,
-        include_body: bool = True,
-    ) -> None:
-        headers = [
-            (b"content-type", response.content_type),
-            (b"content-length", str(len(response.body)).encode()),
-            *response.headers,
-        ]
-        data = conn.send(h11.Response(status_code=response.status, headers=headers)) or b""
-        if include_body and response.body:
-            data += conn.send(h11.Data(data=response.body)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
-        writer.write(data)
-        await writer.drain()
-
-    async def _send_error(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body: bytes
-    ) -> None:
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        try:
-            await self._send(
-                conn,
-                writer,
-                AdminResponse(status, body, headers=((b"connection", b"close"),)),
-                include_body=True,
-            )
-        except h11.LocalProtocolError:
-            # The request was too broken for h11 to frame a response; closing is all that is left.
-            return
+        table = health_routes(ready, lambda: render_metrics().encode())
+        table["/shutdown"] = {"POST": request_shutdown}
+        super().__init__(table)
