@@ -30,8 +30,20 @@ lint: sync
 	$(UV) run --no-sync ruff check .
 	$(UV) run --no-sync ruff format --check .
 
+# Test directories whose conftest.py puts the directory on sys.path so its tests import sibling helpers by bare
+# name (pytest runs with --import-mode=importlib). mypy resolves those imports only with the directory on MYPYPATH,
+# which also makes its conftest.py the top-level module `conftest`, colliding with the root conftest.py and with
+# each other; so each such directory gets its own mypy run.
+SIBLING_IMPORT_TEST_DIRS := tests/netns tests/proxy
+# Every other directory holding tests (services/telemetry/tests may be empty, which mypy refuses).
+TEST_DIRS := $(filter-out $(addsuffix /,$(SIBLING_IMPORT_TEST_DIRS)), \
+  $(sort $(dir $(wildcard shared/tests/*.py cli/tests/*.py services/*/tests/*.py tests/*/*.py))))
+
 typecheck: sync
 	$(UV) run --no-sync mypy shared/src cli/src services/*/src
+	@# bench/proxy imports the netns test harness the same way its tests do.
+	MYPYPATH=tests/netns $(UV) run --no-sync mypy conftest.py $(TEST_DIRS) bench
+	set -e; for dir in $(SIBLING_IMPORT_TEST_DIRS); do MYPYPATH=$$dir $(UV) run --no-sync mypy $$dir; done
 
 unit: sync
 	$(UV) run --no-sync pytest

@@ -293,8 +293,8 @@ def summarise_profile(collapsed: Path, name: str, top: int = 15) -> None:
         self_time[leaf] = self_time.get(leaf, 0) + int(count)
         total += int(count)
     print(f"profile of the {name} proxy ({total} samples, self time):", file=sys.stderr)
-    for leaf, count in sorted(self_time.items(), key=lambda item: -item[1])[:top]:
-        print(f"  {100 * count / max(total, 1):5.1f}%  {leaf}", file=sys.stderr)
+    for leaf, samples in sorted(self_time.items(), key=lambda item: -item[1])[:top]:
+        print(f"  {100 * samples / max(total, 1):5.1f}%  {leaf}", file=sys.stderr)
 
 
 def render_table(results: list[Result]) -> str:

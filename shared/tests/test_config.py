@@ -9,7 +9,8 @@ from typing import Annotated
 import pytest
 from msgspec import Meta
 
-from tether.shared.config import CommonConfig, ConfigError, config_from, option_specs, parse_hostport
+from tether.shared.config import CommonConfig, config_from, option_specs, parse_hostport
+from tether.shared.errors import ConfigError
 
 
 class DemoConfig(CommonConfig, frozen=True, kw_only=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -12,9 +13,13 @@ from tether.shared import subjects
 from tether.shared.bus import Bus
 from tether.shared.natsserver import EmbeddedNats
 
-from .conftest import Mesh, eventually, two_replicas, write_registry
+from .conftest import Mesh, Replica, eventually, two_replicas, write_registry
 
 FAILOVER_BUDGET = 15.0
+
+
+def logged_both_rejections(replica: Replica) -> bool:
+    return "endpoint_value_rejected" in replica.logs() and "kv_decode_failed" in replica.logs()
 
 
 async def test_stopping_the_leader_fails_over_without_spurious_removals(mesh: Mesh, tmp_path: Path) -> None:
@@ -117,7 +122,7 @@ async def test_garbage_in_the_bucket_is_logged_and_skipped(mesh: Mesh, tmp_path:
         await kv.put_raw("shop.web", b"\x00\xffnot json at all")
         for replica in mesh.replicas:
             await eventually(
-                lambda r=replica: "endpoint_value_rejected" in r.logs() and "kv_decode_failed" in r.logs(),
+                partial(logged_both_rejections, replica),
                 what=f"{replica.name} logs the garbage",
             )
         rejected = next(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -14,7 +15,11 @@ from tether.destination.model import EndpointsChanged, EndpointSet, WorkloadRegi
 from tether.shared import subjects
 from tether.shared.bus import Bus
 
-from .conftest import IDENTITY, Mesh, eventually, two_replicas, write_registry
+from .conftest import IDENTITY, Client, Mesh, eventually, two_replicas, write_registry
+
+
+def all_see(clients: list[Client], expected: set[str]) -> bool:
+    return all(c.addresses == expected for c in clients)
 
 
 async def test_initial_set_then_exact_adds_and_removes_in_order(mesh: Mesh, tmp_path: Path) -> None:
@@ -45,7 +50,7 @@ async def test_initial_set_then_exact_adds_and_removes_in_order(mesh: Mesh, tmp_
         steps = [["10.0.0.1", "10.0.0.2", "10.0.0.3"], ["10.0.0.2", "10.0.0.3"], ["10.0.0.3", "10.0.0.4"], []]
         for step in steps:
             write_registry(registry, step)
-            await eventually(lambda s=set(step): all(c.addresses == s for c in clients), what=f"set {step}")
+            await eventually(partial(all_see, clients, set(step)), what=f"set {step}")
         expected = [
             ("add", ("10.0.0.1", "10.0.0.2")),
             ("add", ("10.0.0.3",)),

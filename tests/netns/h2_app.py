@@ -12,6 +12,7 @@ import json
 import socket
 import sys
 import threading
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,8 +25,12 @@ def _address(sockaddr: Any) -> str:
     return f"{sockaddr[0]}:{sockaddr[1]}"
 
 
+def _decoded(headers: Iterable[tuple[bytes, bytes]] | None) -> dict[str, str]:
+    return {name.decode(): value.decode() for name, value in headers or []}
+
+
 def _answer(conn: socket.socket) -> None:
-    h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+    h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     h2conn.initiate_connection()
     conn.sendall(h2conn.data_to_send())
     seen = {"local": _address(conn.getsockname()), "peer": _address(conn.getpeername())}
@@ -36,8 +41,8 @@ def _answer(conn: socket.socket) -> None:
                     h2conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 if not isinstance(event, h2.events.RequestReceived):
                     continue
-                headers = dict(event.headers or [])
-                path = str(headers.get(":path", "/"))
+                headers = _decoded(event.headers)
+                path = headers.get(":path", "/")
                 status = int(path.split("/")[2]) if path.startswith("/status/") else 200
                 body = json.dumps({"authority": headers.get(":authority"), "path": path, **seen}).encode()
                 response = [(":status", str(status)), ("content-type", "application/json")]
@@ -58,7 +63,7 @@ def get(urls: list[str]) -> None:
     first = urlsplit(urls[0])
     authority = first.netloc
     sock = socket.create_connection((first.hostname or "", first.port or 80), timeout=10)
-    h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     h2conn.initiate_connection()
     sock.sendall(h2conn.data_to_send())
     with sock:
@@ -78,7 +83,7 @@ def get(urls: list[str]) -> None:
                     break
                 for event in h2conn.receive_data(data):
                     if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
-                        result["status"] = int(dict(event.headers or [])[":status"])
+                        result["status"] = int(_decoded(event.headers)[":status"])
                     elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream_id:
                         body += event.data or b""
                         h2conn.acknowledge_received_data(event.flow_controlled_length, stream_id)

@@ -210,7 +210,7 @@ def wait_for_line(process: subprocess.Popen[str], expected: str, timeout: float)
     reader.join(5)
     _, stderr = process.communicate()
     raise AssertionError(
-        f"{process.args} did not print {expected!r} within {timeout} s (exit {process.returncode})\n"
+        f"{process.args!r} did not print {expected!r} within {timeout} s (exit {process.returncode})\n"
         f"stdout: {''.join(seen)}\nstderr: {stderr}"
     )
 

@@ -13,6 +13,7 @@ import json
 import socket
 import struct
 import sys
+from functools import partial
 from typing import Any
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
@@ -45,11 +46,7 @@ async def serve(ports: list[int]) -> None:
 
     servers = []
     for port in ports:
-        servers.append(
-            await asyncio.start_server(
-                lambda r, w, p=port: answer(p, r, w), "0.0.0.0", port, reuse_address=True
-            )
-        )
+        servers.append(await asyncio.start_server(partial(answer, port), "0.0.0.0", port, reuse_address=True))
     print("ready", flush=True)
     await asyncio.Event().wait()
 

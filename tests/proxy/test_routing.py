@@ -13,9 +13,16 @@ from collections import Counter
 import grpc
 import grpc.aio
 import pytest
-from proxy_mesh import Mesh, authority, eventually, unary
+from proxy_mesh import Mesh, Pod, authority, eventually, unary
 
 from tether.proxy.core.resolution import Status
+from tether.proxy.discovery import DestinationClient
+
+
+def discovery_of(pod: Pod) -> DestinationClient:
+    """The pod's proxy's discovery client; the mesh starts every proxy with a destination address."""
+    assert pod.proxy.discovery is not None
+    return pod.proxy.discovery
 
 
 async def test_peak_ewma_sends_clearly_less_to_a_slower_endpoint(mesh: Mesh) -> None:
@@ -51,7 +58,7 @@ async def test_removed_endpoint_gets_no_new_requests_and_in_flight_ones_complete
         await eventually(lambda: leave.app is not None and leave.app.in_flight > 0, 5, "calls on 'leave'")
         removed_at = time.monotonic()
         await mesh.register("echo", [keep])
-        resolution = client.proxy.discovery.resolve(authority("echo").encode(), time.monotonic())  # type: ignore[union-attr]
+        resolution = discovery_of(client).resolve(authority("echo").encode(), time.monotonic())
         await eventually(lambda: len(resolution.endpoints) == 1, 1.0, "proxy saw the removal")
         assert time.monotonic() - removed_at < 1.0
         calls_on_leave = leave.app.calls
@@ -82,7 +89,7 @@ async def test_unknown_authority_falls_back_to_the_original_destination(mesh: Me
     client = await mesh.pod(original_dst=(outside.host, outside.port))
     async with client.channel("db.elsewhere.example.com:5432") as channel:
         assert await unary(channel)(b"echo:direct", timeout=5) == b"outside:direct"
-    resolution = client.proxy.discovery.resolve(b"db.elsewhere.example.com:5432", time.monotonic())  # type: ignore[union-attr]
+    resolution = discovery_of(client).resolve(b"db.elsewhere.example.com:5432", time.monotonic())
     assert resolution.status is Status.NOT_IN_MESH
 
 
@@ -103,7 +110,7 @@ async def test_requests_wait_for_endpoints_that_appear_within_the_bound(mesh: Me
     await mesh.register("late", [])
     async with client.channel(authority("late")) as channel:
         pending = asyncio.ensure_future(unary(channel)(b"echo:x", timeout=10))
-        resolution = client.proxy.discovery.resolve(authority("late").encode(), time.monotonic())  # type: ignore[union-attr]
+        resolution = discovery_of(client).resolve(authority("late").encode(), time.monotonic())
         await eventually(lambda: resolution.status is Status.KNOWN, 5, "service known")
         server = await mesh.pod("late")
         await mesh.register("late", [server])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict, Unpack
+
 import pytest
 
 from tether.destination.errors import RegistryFileError
@@ -19,7 +21,15 @@ services:
 """
 
 
-def reg(instance: str, address: str, service: str = "web", **extra: object) -> WorkloadRegistration:
+class OptionalRegistrationFields(TypedDict, total=False):
+    identity: str | None
+    labels: dict[str, str]
+    deregister: bool
+
+
+def reg(
+    instance: str, address: str, service: str = "web", **extra: Unpack[OptionalRegistrationFields]
+) -> WorkloadRegistration:
     return WorkloadRegistration(
         namespace="ns",
         service=service,
@@ -28,7 +38,7 @@ def reg(instance: str, address: str, service: str = "web", **extra: object) -> W
         port=9000,
         ttl_seconds=5.0,
         **extra,
-    )  # type: ignore[arg-type]
+    )
 
 
 def addresses(state: LocalState, key: str) -> list[str]:

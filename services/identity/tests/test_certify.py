@@ -29,6 +29,7 @@ def verify_chain(
     builder = PolicyBuilder().store(store).time(datetime.now(UTC))
     builder.build_server_verifier(x509.DNSName(identity.dns_name)).verify(leaf, intermediates)
     verified = builder.build_client_verifier().verify(leaf, intermediates)
+    assert verified.subjects is not None
     assert x509.DNSName(identity.dns_name) in verified.subjects
     assert x509.UniformResourceIdentifier(identity.spiffe_id) in verified.subjects
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -30,6 +30,9 @@ def _reference(
     long_name = len(identity.dns_name) > 64
     subject = x509.Name([] if long_name else [x509.NameAttribute(NameOID.COMMON_NAME, identity.dns_name)])
     usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+    # Issuer types it as any HashAlgorithm; CertificateBuilder accepts only the SHA-2/SHA-3 family.
+    signature_hash = issuer.signature_hash
+    assert isinstance(signature_hash, hashes.SHA256 | hashes.SHA384)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -52,7 +55,7 @@ def _reference(
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
         .add_extension(issuer.authority_key_identifier, critical=False)
-        .sign(issuer.private_key, issuer.signature_hash)
+        .sign(issuer.private_key, signature_hash)
     )
     return certificate.tbs_certificate_bytes
 
