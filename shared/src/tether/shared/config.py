@@ -42,32 +42,46 @@ def parse_hostport(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def _check_addr(name: str, value: str) -> None:
+def check_addr(name: str, value: str) -> None:
+    """Validate a ``host:port`` option in a ``__post_init__``; the error names the option."""
     try:
         parse_hostport(value)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from None
 
 
-class CommonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Options every Tether service takes, under the same names."""
+class LoggingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Options of every Tether command: how it logs."""
 
-    nats_url: Annotated[str, Meta(description="NATS server URL(s), comma separated")] = (
-        "nats://127.0.0.1:4222"
-    )
-    admin_addr: Annotated[
-        str, Meta(description="admin HTTP listener (/live, /ready, /metrics), host:port")
-    ] = "0.0.0.0:9990"
     log_format: Annotated[
         LogFormat, Meta(description="log format: json, console, or auto (console on a tty)")
     ] = "auto"
     log_level: Annotated[LogLevel, Meta(description="minimum log level")] = "info"
+
+
+class ProcessConfig(LoggingConfig, frozen=True, kw_only=True):
+    """Options of every long-running Tether process (control-plane services and the proxy)."""
+
+    admin_addr: Annotated[
+        str, Meta(description="admin HTTP listener (/live, /ready, /metrics), host:port")
+    ] = "0.0.0.0:9990"
     shutdown_grace: Annotated[
         float, Meta(ge=0.0, le=300.0, description="seconds to drain on SIGTERM before exiting")
     ] = 1.5
 
     def __post_init__(self) -> None:
-        _check_addr("admin_addr", self.admin_addr)
+        check_addr("admin_addr", self.admin_addr)
+
+
+class CommonConfig(ProcessConfig, frozen=True, kw_only=True):
+    """Options every control-plane service takes, under the same names: the process options and NATS."""
+
+    nats_url: Annotated[str, Meta(description="NATS server URL(s), comma separated")] = (
+        "nats://127.0.0.1:4222"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         for url in self.nats_url.split(","):
             if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
                 raise ValueError(f"nats_url: expected nats://host:port, got {url.strip()!r}")
@@ -79,7 +93,7 @@ class CommonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 
 COMMON_FIELDS = frozenset(CommonConfig.__struct_fields__)
 
-ConfigT = TypeVar("ConfigT", bound=CommonConfig)
+ConfigT = TypeVar("ConfigT", bound=LoggingConfig)
 
 
 class OptionSpec(msgspec.Struct, frozen=True):
@@ -95,7 +109,7 @@ def _env_prefix(service: str) -> str:
     return "TETHER_" + service.upper().replace("-", "_") + "_"
 
 
-def option_specs(cls: type[CommonConfig], service: str) -> list[OptionSpec]:
+def option_specs(cls: type[LoggingConfig], service: str) -> list[OptionSpec]:
     """Every option of ``cls``: its flag, environment variable, default and help text."""
     hints = get_type_hints(cls, include_extras=True)
     defaults = dict(zip(cls.__struct_fields__, _struct_defaults(cls), strict=True))
@@ -161,14 +175,14 @@ def _coerce(spec: OptionSpec, raw: str) -> Any:
 
 
 def build_parser(
-    cls: type[CommonConfig], service: str, prog: str, description: str = ""
+    cls: type[LoggingConfig], service: str, prog: str, description: str = ""
 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_options(parser, cls, service)
     return parser
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type[CommonConfig], service: str) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type[LoggingConfig], service: str) -> None:
     for spec in option_specs(cls, service):
         default = spec.default
         shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from tether.shared.config import CommonConfig, parse_hostport
+from tether.shared.config import CommonConfig, check_addr
 from tether.shared.identity_names import InvalidIdentityName, validate_trust_domain
 
 
@@ -58,10 +58,7 @@ class DestinationConfig(CommonConfig, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        try:
-            parse_hostport(self.grpc_addr)
-        except ValueError as exc:
-            raise ValueError(f"grpc_addr: {exc}") from None
+        check_addr("grpc_addr", self.grpc_addr)
         try:
             validate_trust_domain(self.trust_domain)
         except InvalidIdentityName as exc:

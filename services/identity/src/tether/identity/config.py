@@ -12,7 +12,7 @@ from tether.identity.ca import IssuerFiles
 from tether.identity.certifier import CertifierSettings
 from tether.identity.ratelimit import BucketPolicy
 from tether.identity.server import ServerSettings
-from tether.shared.config import CommonConfig, parse_hostport
+from tether.shared.config import CommonConfig, check_addr
 from tether.shared.identity_names import DEFAULT_TRUST_DOMAIN, is_dns1123_label, validate_trust_domain
 
 _SECRET_DIR = "/var/run/tether/identity"
@@ -54,10 +54,7 @@ class IdentityConfig(CommonConfig, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        try:
-            parse_hostport(self.grpc_addr)
-        except ValueError as error:
-            raise ValueError(f"grpc_addr: {error}") from None
+        check_addr("grpc_addr", self.grpc_addr)
         try:
             validate_trust_domain(self.trust_domain)
         except ValueError as error:

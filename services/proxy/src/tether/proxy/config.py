@@ -6,10 +6,10 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from tether.shared.config import CommonConfig, parse_hostport
+from tether.shared.config import ProcessConfig, check_addr
 
 
-class ProxyConfig(CommonConfig, frozen=True, kw_only=True):
+class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
     admin_addr: Annotated[
         str, Meta(description="admin HTTP listener (/metrics, /live, /ready), host:port")
     ] = "0.0.0.0:4191"
@@ -47,15 +47,9 @@ class ProxyConfig(CommonConfig, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("outbound_addr", "inbound_addr"):
-            try:
-                parse_hostport(getattr(self, name))
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
+            check_addr(name, getattr(self, name))
         if self.destination_addr:
-            try:
-                parse_hostport(self.destination_addr)
-            except ValueError as exc:
-                raise ValueError(f"destination_addr: {exc}") from None
+            check_addr("destination_addr", self.destination_addr)
 
     @property
     def context_token(self) -> str:

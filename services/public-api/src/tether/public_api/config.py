@@ -6,7 +6,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from tether.shared.config import CommonConfig, parse_hostport
+from tether.shared.config import CommonConfig, check_addr
 
 
 class PublicApiConfig(CommonConfig, frozen=True, kw_only=True):
@@ -22,7 +22,4 @@ class PublicApiConfig(CommonConfig, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        try:
-            parse_hostport(self.grpc_addr)
-        except ValueError as exc:
-            raise ValueError(f"grpc_addr: {exc}") from None
+        check_addr("grpc_addr", self.grpc_addr)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from tether.shared.config import CommonConfig
+from tether.shared.config import LoggingConfig
 
 IptablesMode = Literal["auto", "nft", "legacy"]
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -39,7 +39,7 @@ class PortRange(msgspec.Struct, frozen=True):
         return str(self.first) if self.first == self.last else f"{self.first}:{self.last}"
 
 
-class ProxyInitConfig(CommonConfig, frozen=True, kw_only=True):
+class ProxyInitConfig(LoggingConfig, frozen=True, kw_only=True):
     """What proxy-init intercepts in the pod's network namespace."""
 
     inbound_port: Annotated[Port, Meta(description="port the proxy accepts redirected inbound TCP on")] = 4143
@@ -65,7 +65,6 @@ class ProxyInitConfig(CommonConfig, frozen=True, kw_only=True):
     ] = "auto"
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if self.inbound_port == self.outbound_port:
             raise ValueError("inbound_port and outbound_port must differ")
         for name in ("inbound_skip_ports", "outbound_skip_ports"):
