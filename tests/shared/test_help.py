@@ -12,10 +12,10 @@ from tether.identity.config import IdentityConfig
 from tether.proxy.config import ProxyConfig
 from tether.proxy.init.config import ProxyInitConfig
 from tether.public_api.config import PublicApiConfig
-from tether.shared.config import CommonConfig, option_specs
+from tether.shared.config import LoggingConfig, option_specs
 from tether.telemetry.config import TelemetryConfig
 
-SCRIPTS: dict[str, tuple[list[str], type[CommonConfig], str]] = {
+SCRIPTS: dict[str, tuple[list[str], type[LoggingConfig], str]] = {
     "destination": (["tether-destination"], DestinationConfig, "destination"),
     "identity": (["tether-identity", "serve"], IdentityConfig, "identity"),
     "telemetry": (["tether-telemetry"], TelemetryConfig, "telemetry"),

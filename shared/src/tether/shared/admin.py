@@ -16,7 +16,6 @@ from typing import Protocol
 import h11
 import msgspec
 import structlog
-from prometheus_client import REGISTRY, generate_latest
 
 log = structlog.get_logger(__name__)
 
@@ -82,11 +81,18 @@ class Routes:
         return answer if isinstance(answer, tuple) else (answer, None)
 
 
+def _render_prometheus_registry() -> bytes:
+    # Imported on first scrape: the proxy serves its own registry and never loads prometheus_client.
+    from prometheus_client import REGISTRY, generate_latest
+
+    return generate_latest(REGISTRY)
+
+
 def health_routes(
     ready: Callable[[], bool], render_metrics: Callable[[], bytes] | None = None
 ) -> dict[str, dict[str, Route]]:
     """``/live`` (the process is up), ``/ready`` (``ready()``), ``/metrics`` (prometheus_client default)."""
-    render = render_metrics or (lambda: generate_latest(REGISTRY))
+    render = render_metrics or _render_prometheus_registry
 
     def live(_peer: str) -> AdminResponse:
         return text(200, "live")
