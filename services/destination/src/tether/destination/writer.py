@@ -98,8 +98,12 @@ class Writer:
             self._wake.clear()
             if time.monotonic() - last_resync >= self._resync_interval:
                 self._full_resync = True
-            if not self._leader or not self._watch_synced.is_set():
+            if not self._leader:
                 continue
+            if not self._watch_synced.is_set():
+                # What the bucket holds decides what to write: wait for the watch's initial values. Nothing
+                # else wakes this loop when they arrive, so wait here rather than skipping the round.
+                await self._watch_synced.wait()
             if self._full_resync and not self._source.synced:
                 continue  # wait for the source; the source's first sync wakes us again
             if self._full_resync:
