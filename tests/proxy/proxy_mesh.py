@@ -57,6 +57,7 @@ class EchoApp:
     """A grpcio server with the four call shapes. Requests are raw bytes:
 
     * Unary: ``echo:<text>`` answers ``<name>:<text>``; ``sleep:<seconds>`` sleeps then answers;
+      ``hold:`` waits until ``release`` is set, then answers;
       ``status:<CODE>`` aborts with that status; ``big:<n>`` answers n bytes; ``meta:`` returns the
       request's ``x-*`` metadata as initial and trailing metadata; anything else is echoed.
     * ServerStream: ``<count>:<size>`` yields count messages of size bytes.
@@ -103,6 +104,8 @@ class EchoApp:
             verb, _, argument = request.partition(b":")
             if verb == b"sleep":
                 await asyncio.sleep(float(argument))
+            elif verb == b"hold":
+                await self.release.wait()
             elif verb == b"status":
                 code = grpc.StatusCode[argument.decode()]
                 await context.abort(code, f"asked for {argument.decode()}")

@@ -102,11 +102,13 @@ async def test_concurrent_streams_are_really_concurrent_through_the_pair(pair: t
     assert server.app is not None
     async with client.channel(authority("echo")) as channel:
         call = unary(channel)
-        calls = [asyncio.ensure_future(call(b"sleep:0.3", timeout=10)) for _ in range(1000)]
+        # Every call is held by the app until all 1,000 are in flight at once, however slow the machine.
+        calls = [asyncio.ensure_future(call(b"hold:", timeout=30)) for _ in range(1000)]
         await eventually(
-            lambda: server.app is not None and server.app.in_flight == 1000, 15, "1000 in flight"
+            lambda: server.app is not None and server.app.in_flight == 1000, 20, "1000 in flight"
         )
-        assert await asyncio.gather(*calls) == [b"sleep:0.3"] * 1000
+        server.app.release.set()
+        assert await asyncio.gather(*calls) == [b"hold:"] * 1000
 
 
 async def test_application_error_status_comes_back_unchanged(pair: tuple[Pod, Pod]) -> None:
