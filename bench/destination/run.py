@@ -7,8 +7,18 @@ the latency is measured from publishing the registration to each of the service'
 matching add or remove (both ends timed in this process). Reports p50/p99/max, the replica's RSS and peak
 RSS, as a table and as JSON.
 
+Reference, measured in the same run once the replica has exited: the raw path a change travels without the
+destination logic. This process puts the replica's own stored endpoint-set values (byte for byte, so about
+the same sizes) round-robin over the same keys into a fresh JetStream KV bucket at the same rate, for
+``--reference-duration`` seconds, and ``raw_watch.py``, a separate process under uvloop, receives them with
+the ``tether.shared.bus`` KV watch a replica uses (values left undecoded); the latency is put -> watch
+delivery. Its p50/p99/max are reported next to the service's with the ratio service / reference. The
+reference has one watcher where the service fans out to two streams per change among 2,000; the targets
+apply to the service only.
+
     .venv/bin/python bench/destination/run.py [--services 1000] [--endpoints 10] [--streams 2000]
-                                              [--rate 100] [--duration 30] [--json out.json]
+                                              [--rate 100] [--duration 30] [--reference-duration 10]
+                                              [--json out.json]
 """
 
 from __future__ import annotations
@@ -23,12 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import msgspec
 
-from tether.destination.model import WorkloadRegistration
+from tether.destination.model import WorkloadRegistration, service_key
 from tether.shared import subjects
 from tether.shared.bus import Bus
 from tether.shared.natsserver import EmbeddedNats
@@ -38,6 +50,7 @@ from tether.shared.proto.destination.v1 import destination_pb2_grpc
 TARGET_P99_MS = 100.0
 TARGET_RSS_MB = 200.0
 STREAMS_PER_CHANNEL = 250
+REFERENCE_BUCKET = "bench_reference"
 
 
 def free_port() -> int:
@@ -121,6 +134,96 @@ async def stream(
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+def latency_stats(latencies_ms: list[float]) -> dict[str, float]:
+    return {
+        "p50": round(percentile(latencies_ms, 0.50), 2),
+        "p99": round(percentile(latencies_ms, 0.99), 2),
+        "max": round(max(latencies_ms, default=float("nan")), 2),
+    }
+
+
+@dataclass
+class RawResult:
+    changes: int
+    achieved_rate: float
+    value_bytes_mean: float
+    latencies_ms: list[float]
+
+
+async def reference(nats_url: str, args: argparse.Namespace) -> RawResult:
+    """The raw path without the destination logic: KV put here, KV watch in a separate process.
+
+    The values are the replica's own stored endpoint sets, byte for byte, put round-robin over the same
+    keys at the same rate, so the put -> watch delivery time is what NATS and a Python watch cost alone.
+    """
+    bus = await Bus.connect(nats_url, name="bench-reference")
+    watcher: asyncio.subprocess.Process | None = None
+    try:
+        endpoints = await bus.kv(subjects.ENDPOINTS_BUCKET, create=False)
+        values: list[tuple[str, bytes]] = []
+        for s in range(args.services):
+            key = service_key("bench", f"svc-{s}")
+            entry = await endpoints.get(key, msgspec.Raw)
+            if entry is None or entry.value is None:
+                raise RuntimeError(f"the replica left no value for {key}")
+            values.append((key, bytes(entry.value)))
+        raw_kv = await bus.kv(REFERENCE_BUCKET)
+        watcher = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("raw_watch.py")),
+            nats_url,
+            REFERENCE_BUCKET,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert watcher.stdout is not None
+        received: dict[int, float] = {}
+        synced = asyncio.Event()
+
+        async def read_watcher(stdout: asyncio.StreamReader) -> None:
+            async for line in stdout:
+                fields = line.split()
+                if fields == [b"synced"]:
+                    synced.set()
+                elif len(fields) == 3 and fields[0] == b"rev":
+                    received[int(fields[1])] = float(fields[2])
+
+        reader = asyncio.create_task(read_watcher(watcher.stdout))
+        try:
+            await asyncio.wait_for(synced.wait(), 30)
+        except TimeoutError:
+            raise RuntimeError("the reference watcher did not start") from None
+        sent: dict[int, float] = {}
+        changes = int(args.rate * args.reference_duration)
+        byte_count = 0
+        begin = time.monotonic()
+        for n in range(changes):
+            delay = begin + n / args.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            key, value = values[n % len(values)]
+            byte_count += len(value)
+            started = time.monotonic()
+            sent[await raw_kv.put_raw(key, value)] = started
+        achieved_rate = changes / (time.monotonic() - begin)
+        settle = time.monotonic()
+        while not sent.keys() <= received.keys() and time.monotonic() - settle < 10:
+            await asyncio.sleep(0.05)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    finally:
+        if watcher is not None and watcher.returncode is None:
+            watcher.terminate()
+            await watcher.wait()
+        await bus.close()
+    return RawResult(
+        changes=changes,
+        achieved_rate=achieved_rate,
+        value_bytes_mean=byte_count / changes if changes else 0.0,
+        latencies_ms=[(received[r] - t) * 1000 for r, t in sent.items() if r in received],
+    )
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -242,8 +345,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 replica.wait(10)
             log.close()
+        # The replica has exited, so the reference has both cores as the service phase had them.
+        raw = await reference(nats_server.url, args)
 
     latencies_ms = [x * 1000 for x in recorder.latencies]
+    raw_ms = raw.latencies_ms
+    service_stats, raw_stats = latency_stats(latencies_ms), latency_stats(raw_ms)
     return {
         "cores": os.cpu_count(),
         "services": args.services,
@@ -254,10 +361,18 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "changes": changes,
         "deliveries_expected": expected,
         "deliveries_measured": len(latencies_ms),
-        "latency_ms": {
-            "p50": round(percentile(latencies_ms, 0.50), 2),
-            "p99": round(percentile(latencies_ms, 0.99), 2),
-            "max": round(max(latencies_ms, default=float("nan")), 2),
+        "latency_ms": service_stats,
+        "reference": {
+            "path": "JetStream KV put -> KV watch in a separate process (no destination logic)",
+            "changes": raw.changes,
+            "achieved_rate_per_s": round(raw.achieved_rate, 1),
+            "deliveries_measured": len(raw_ms),
+            "value_bytes_mean": round(raw.value_bytes_mean, 1),
+            "latency_ms": raw_stats,
+        },
+        "service_over_reference": {
+            key: round(service_stats[key] / raw_stats[key], 1) if raw_stats[key] > 0 else None
+            for key in ("p50", "p99", "max")
         },
         "replica_rss_mb": {
             "idle_with_streams": round(idle_rss, 1),
@@ -280,6 +395,9 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument(
+        "--reference-duration", type=float, default=10.0, help="seconds of the raw KV reference"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the JSON result here")
     args = parser.parse_args()
     result = asyncio.run(bench(args))
@@ -306,6 +424,16 @@ def main() -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    raw, ratio = result["reference"], result["service_over_reference"]
+    print(
+        f"\nreference: {raw['path']}; {raw['changes']} changes at {raw['achieved_rate_per_s']:g}/s, "
+        f"{raw['deliveries_measured']} measured, values {raw['value_bytes_mean']:g} B mean"
+    )
+    header = ("latency ms", "service", "raw reference", "service / raw")
+    print(f"{header[0]:<12}{header[1]:>10}{header[2]:>16}{header[3]:>16}")
+    for key in ("p50", "p99", "max"):
+        factor = "n/a" if ratio[key] is None else f"{ratio[key]:g}x"
+        print(f"{key:<12}{latency[key]:>10}{raw['latency_ms'][key]:>16}{factor:>16}")
     text = json.dumps(result, indent=2)
     print(text)
     if args.json is not None:
