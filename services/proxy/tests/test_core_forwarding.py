@@ -555,3 +555,37 @@ def test_output_is_scheduled_once_per_connection_until_drained(rig: Rig) -> None
     rig.to_server()
     rig.routed(5, GET_REQUEST, end=True)
     assert rig.scheduler.scheduled.count(rig.up) == 2
+
+
+def test_connection_without_streams_is_closed_with_goaway_at_the_idle_timeout(rig: Rig) -> None:
+    rig.to_proxy(rig.client.headers(1, GET_REQUEST)[:5])  # half a frame header: no stream yet
+    assert not rig.down.close_if_idle(9.9, idle_timeout=10.0)
+    assert not rig.down.closing
+    assert rig.down.close_if_idle(10.0, idle_timeout=10.0)
+    (goaway,) = of_type(rig.to_client(), GoAwayFrame)
+    assert goaway.error_code == NO_ERROR and goaway.last_stream_id == 0
+    assert rig.down.closing
+    assert not rig.down.close_if_idle(20.0, idle_timeout=10.0)  # counted once
+
+
+def test_connection_that_never_sent_its_preface_is_closed_without_goaway() -> None:
+    down = DownstreamConnection(Scheduler(), Router(), now=5.0)
+    client = Peer()
+    client.receive(down.data_to_send())
+    down.receive_data(PREFACE[:10], 6.0)
+    assert not down.close_if_idle(14.9, idle_timeout=10.0)
+    assert down.close_if_idle(15.0, idle_timeout=10.0)
+    assert down.closing
+    assert not of_type(client.receive(down.data_to_send()), GoAwayFrame)
+
+
+def test_open_stream_keeps_the_connection_and_its_end_restarts_the_idle_clock(rig: Rig) -> None:
+    exchange = rig.routed(1, GRPC_REQUEST, end=True)
+    rig.to_server()
+    assert not rig.down.close_if_idle(100.0, idle_timeout=10.0)
+    rig.now = 100.0
+    rig.from_server(rig.server.headers(1, [(b":status", b"200")], end=True))
+    assert exchange.closed
+    assert not rig.down.close_if_idle(109.9, idle_timeout=10.0)
+    assert rig.down.close_if_idle(110.0, idle_timeout=10.0)
+    assert of_type(rig.to_client(), GoAwayFrame)

@@ -18,7 +18,7 @@ import pytest
 from tether.proxy.core.resolution import Add, Endpoint, NoEndpoints, Status, Update
 from tether.proxy.discovery import DestinationClient
 from tether.proxy.dstclient import H2DestinationStreams
-from tether.proxy.errors import DestinationStreamError
+from tether.proxy.errors import AuthorityLimitError, DestinationStreamError
 from tether.shared.proto.destination.v1 import destination_pb2 as pb
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
 from tether.shared.proto.net.v1 import net_pb2
@@ -126,6 +126,29 @@ async def test_idle_authorities_are_evicted_and_their_streams_closed(
     assert [r.authority for r in evicted] == ["a.ns:80"]
     await until(lambda: streams.closed == 1)
     assert len(client) == 1
+
+
+async def test_new_authorities_beyond_the_cap_are_refused_and_known_ones_keep_resolving(
+    streams: ScriptedStreams,
+) -> None:
+    client = DestinationClient(streams.open, max_authorities=2)
+    try:
+        known = client.resolve(b"a.ns:80", now=0.0)
+        client.resolve(b"b.ns:80", now=0.0)
+        with pytest.raises(AuthorityLimitError, match="limit of 2"):
+            client.resolve(b"invented-1.ns:80", now=1.0)
+        with pytest.raises(AuthorityLimitError):
+            await client.wait_usable(b"invented-2.ns:80", timeout=1.0)
+        assert client.rejected == 2 and len(client) == 2
+        assert client.resolve(b"a.ns:80", now=30.0) is known
+        await until(lambda: len(streams.opened) == 2)
+        assert sorted(streams.opened) == ["a.ns:80", "b.ns:80"]  # no lookup for the refused names
+        # Once an idle authority is evicted, a new one fits again.
+        client.evict_idle(now=61.0, idle_timeout=60.0)
+        client.resolve(b"c.ns:80", now=61.0)
+        assert len(client) == 2
+    finally:
+        await client.close()
 
 
 class Destination(destination_pb2_grpc.DestinationServicer):

@@ -40,6 +40,22 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
         float,
         Meta(gt=0.0, description="seconds before an unused destination lookup or connection pool is evicted"),
     ] = 60.0
+    downstream_idle_timeout: Annotated[
+        float,
+        Meta(
+            ge=0.01,
+            le=86400.0,
+            description="seconds a client connection may stay open with no request in flight",
+        ),
+    ] = 300.0
+    max_authorities: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1_000_000,
+            description="distinct authorities resolved at once; requests for more fail with 503",
+        ),
+    ] = 1000
     max_concurrent_streams: Annotated[
         int, Meta(ge=1, le=2**31 - 1, description="streams a client may open on one connection")
     ] = 2048

@@ -18,12 +18,14 @@ import structlog
 
 from tether.proxy.core.backoff import backoff_delay
 from tether.proxy.core.resolution import NoEndpoints, Resolution, Update
-from tether.proxy.errors import DestinationStreamError
+from tether.proxy.errors import AuthorityLimitError, DestinationStreamError
 from tether.proxy.origdst import Address
 
 log = structlog.get_logger(__name__)
 
 INVALID_ARGUMENT = 3
+#: Distinct authorities resolved at once unless told otherwise.
+DEFAULT_MAX_AUTHORITIES = 1000
 
 #: Opens a Get stream for an authority and yields its updates.
 StreamOpener = Callable[[str], AsyncGenerator[Update, None]]
@@ -53,8 +55,13 @@ class DestinationClient:
         backoff_base: float = 0.1,
         backoff_cap: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        max_authorities: int = DEFAULT_MAX_AUTHORITIES,
     ) -> None:
         self._open_stream = open_stream
+        self.max_authorities = max_authorities
+        #: Lookups of new authorities refused because ``max_authorities`` were being resolved.
+        self.rejected = 0
+        self._at_limit = False
         self._on_removed = on_removed
         self._rng = rng or random.Random()
         self._backoff_base = backoff_base
@@ -64,7 +71,12 @@ class DestinationClient:
         self._closed = False
 
     def resolve(self, authority: bytes, now: float) -> Resolution:
-        """The shared resolution of ``authority``, opening its stream on first use."""
+        """The shared resolution of ``authority``, opening its stream on first use.
+
+        Raises AuthorityLimitError for a new authority while ``max_authorities`` are
+        being resolved: each costs a stream to the destination service, and clients
+        inventing names must not grow that without bound. Known ones keep working.
+        """
         watch = self._watches.get(authority)
         if watch is None:
             watch = self._start(authority, now)
@@ -72,6 +84,20 @@ class DestinationClient:
         return watch.resolution
 
     def _start(self, authority: bytes, now: float) -> _Watch:
+        if len(self._watches) >= self.max_authorities:
+            self.rejected += 1
+            if not self._at_limit:
+                # Logged once per episode: a flood of invented names must not flood the log too.
+                self._at_limit = True
+                log.warning(
+                    "authority_limit_reached",
+                    limit=self.max_authorities,
+                    authority=authority.decode("utf-8", "replace")[:256],
+                )
+            raise AuthorityLimitError(self.max_authorities)
+        if self._at_limit:
+            self._at_limit = False
+            log.info("authority_limit_cleared", limit=self.max_authorities, rejected_total=self.rejected)
         text = authority.decode("utf-8", "replace")
         watch = self._watches[authority] = _Watch(text, now, self._rng)
         if not self._closed:
@@ -79,10 +105,13 @@ class DestinationClient:
         return watch
 
     async def wait_usable(self, authority: bytes, timeout: float) -> Resolution | None:
-        """Wait up to ``timeout`` seconds for the authority to have a route; None if it does not."""
+        """Wait up to ``timeout`` seconds for the authority to have a route; None if it does not.
+
+        Raises AuthorityLimitError like :meth:`resolve`.
+        """
         watch = self._watches.get(authority)
         if watch is None:
-            self.resolve(authority, self._clock())
+            self.resolve(authority, self._clock())  # may raise AuthorityLimitError
             watch = self._watches[authority]
         resolution = watch.resolution
         if resolution.usable:

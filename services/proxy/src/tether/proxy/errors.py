@@ -23,3 +23,11 @@ class DestinationStreamError(ProxyError):
         super().__init__(f"destination stream failed (gRPC status {code}): {message}")
         self.code = code
         self.message = message
+
+
+class AuthorityLimitError(ProxyError):
+    """A new authority cannot be resolved: ``limit`` distinct authorities are already being resolved."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"proxy is already resolving its limit of {limit} distinct authorities")
+        self.limit = limit

@@ -90,7 +90,9 @@ class Proxy:
             )
             opener = self._grpc_streams.open
         if opener is not None:
-            self.discovery = DestinationClient(opener, on_removed=self.outbound_router.forget)
+            self.discovery = DestinationClient(
+                opener, on_removed=self.outbound_router.forget, max_authorities=config.max_authorities
+            )
             self.outbound_router.discovery = self.discovery
         self.inbound_router = InboundRouter(
             app_host=config.inbound_app_host,
@@ -115,6 +117,7 @@ class Proxy:
             max_concurrent_streams=config.max_concurrent_streams,
         )
         self._contexts = [outbound, inbound]
+        self.registry.add_collector(self._render_limits)
         for context, addr in ((outbound, config.outbound_addr), (inbound, config.inbound_addr)):
             host, port = parse_hostport(addr)
             server = await loop.create_server(
@@ -158,16 +161,41 @@ class Proxy:
         return self._started and not self._stopping
 
     async def _sweep(self) -> None:
-        interval = min(self.config.idle_timeout / 4, 10.0)
+        # One periodic pass instead of a timer per connection: an idle client is
+        # closed between one and one-and-a-quarter timeouts after its last stream.
+        config = self.config
+        interval = min(config.idle_timeout / 4, config.downstream_idle_timeout / 4, 10.0)
         while True:
             await asyncio.sleep(interval)
             now = monotonic()
-            timeout = self.config.idle_timeout
+            for context in self._contexts:
+                context.close_idle(now, config.downstream_idle_timeout)
+            timeout = config.idle_timeout
             if self.discovery is not None:
                 self.discovery.evict_idle(now, timeout)
             self.outbound_pools.evict_idle(now, timeout)
             self.inbound_pools.evict_idle(now, timeout)
             self.registry.expire(now)
+
+    def _render_limits(self) -> str:
+        lines = [
+            "# HELP proxy_downstream_idle_closed_total Client connections closed after the idle timeout.",
+            "# TYPE proxy_downstream_idle_closed_total counter",
+            *(
+                f'proxy_downstream_idle_closed_total{{direction="{context.direction}"}} {context.idle_closed}'
+                for context in self._contexts
+            ),
+        ]
+        if self.discovery is not None:
+            lines += [
+                "# HELP proxy_authorities_resolved Distinct authorities being resolved now.",
+                "# TYPE proxy_authorities_resolved gauge",
+                f"proxy_authorities_resolved {len(self.discovery)}",
+                "# HELP proxy_authority_limit_rejected_total Requests refused for a new authority (cap).",
+                "# TYPE proxy_authority_limit_rejected_total counter",
+                f"proxy_authority_limit_rejected_total {self.discovery.rejected}",
+            ]
+        return "\n".join(lines) + "\n"
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, GOAWAY every client, wait up to ``grace`` seconds for in-flight requests."""

@@ -22,7 +22,7 @@ from tether.proxy.core.connection import UpstreamConnection
 from tether.proxy.core.exchange import Exchange
 from tether.proxy.core.resolution import Address, Endpoint, Resolution, Status
 from tether.proxy.discovery import DestinationClient
-from tether.proxy.errors import UpstreamConnectError
+from tether.proxy.errors import AuthorityLimitError, UpstreamConnectError
 from tether.proxy.metrics import Labels, MetricsRegistry, RouteHandle, dst_labels
 from tether.proxy.pool import EndpointPool, Pools
 from tether.proxy.transport import DownstreamProtocol
@@ -161,7 +161,11 @@ class OutboundRouter(_BaseRouter):
         discovery = self.discovery
         status = Status.NOT_IN_MESH
         if discovery is not None and exchange.authority:
-            resolution = discovery.resolve(exchange.authority, now)
+            try:
+                resolution = discovery.resolve(exchange.authority, now)
+            except AuthorityLimitError as exc:
+                self._fail(exchange, self._plain_metrics(exchange), 503, str(exc))
+                return
             status = resolution.status
             if status is Status.KNOWN:
                 load = resolution.balancer.pick(now)
@@ -203,6 +207,8 @@ class OutboundRouter(_BaseRouter):
                 await self._connect_and_attach(exchange, pool, load, metrics)
         except RouteFailure as failure:
             self._fail(exchange, self._plain_metrics(exchange), failure.http_status, failure.message)
+        except AuthorityLimitError as exc:
+            self._fail(exchange, self._plain_metrics(exchange), 503, str(exc))
         except TimeoutError:
             self._fail(exchange, self._plain_metrics(exchange), 503, "timed out waiting for a route")
         except Exception:

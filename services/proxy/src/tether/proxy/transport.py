@@ -118,12 +118,31 @@ class ListenerContext:
         self.max_concurrent_streams = max_concurrent_streams
         self.connections: set[DownstreamProtocol] = set()
         self.draining = False
+        #: Connections closed for having no stream open for the downstream idle timeout.
+        self.idle_closed = 0
 
     def drain(self) -> None:
         """GOAWAY to every client: in-flight requests finish, new ones go elsewhere."""
         self.draining = True
         for protocol in list(self.connections):
             protocol.drain()
+
+    def close_idle(self, now: float, idle_timeout: float) -> int:
+        """Close client connections with no stream open for ``idle_timeout`` seconds; returns how many."""
+        closed = 0
+        for protocol in list(self.connections):
+            if protocol.conn.close_if_idle(now, idle_timeout):
+                closed += 1
+                transport = protocol.transport
+                address = transport.get_extra_info("peername") if transport is not None else None
+                log.debug(
+                    "downstream_idle_closed",
+                    direction=self.direction,
+                    address=str(address),
+                    preface_received=protocol.conn.preface_received,
+                )
+        self.idle_closed += closed
+        return closed
 
 
 class DownstreamProtocol(_H2Protocol):
@@ -149,6 +168,7 @@ class DownstreamProtocol(_H2Protocol):
             context.router,
             max_concurrent_streams=context.max_concurrent_streams,
             context=self,
+            now=monotonic(),
         )
         context.connections.add(self)
         if context.draining:

@@ -121,7 +121,7 @@ class Http2Connection:
 class DownstreamConnection(Http2Connection):
     """A connection accepted from a client; each request becomes an :class:`Exchange`."""
 
-    __slots__ = ("drain_last_stream_id", "peer_gone", "router")
+    __slots__ = ("drain_last_stream_id", "idle_since", "peer_gone", "preface_received", "router")
 
     def __init__(
         self,
@@ -130,12 +130,18 @@ class DownstreamConnection(Http2Connection):
         *,
         max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
         context: object = None,
+        now: float = 0.0,
     ) -> None:
         super().__init__(new_server_connection(max_concurrent_streams), scheduler, context)
         self.router = router
         #: Set once we sent GOAWAY: streams above it are refused.
         self.drain_last_stream_id: int | None = None
         self.peer_gone = False
+        #: The client's preface and first SETTINGS arrived: it speaks HTTP/2 and understands GOAWAY.
+        self.preface_received = False
+        #: When the connection last had no stream open (opened, or its last exchange finished).
+        #: Only meaningful while ``exchanges`` is empty; the exchange refreshes it as it finishes.
+        self.idle_since = now
 
     def receive_data(self, data: bytes, now: float) -> None:
         try:
@@ -173,6 +179,7 @@ class DownstreamConnection(Http2Connection):
                 if exchange is not None:
                     exchange.request.trailers = strip_hop_by_hop(event.headers)
             elif kind is RemoteSettingsChanged:
+                self.preface_received = True
                 self._settings_changed(event, now)
             elif kind is ConnectionTerminated:
                 self.peer_gone = True
@@ -199,6 +206,22 @@ class DownstreamConnection(Http2Connection):
             self.h2.close_connection(last_stream_id=self.drain_last_stream_id)
             self.mark_dirty()
             self.stream_released()
+
+    def close_if_idle(self, now: float, idle_timeout: float) -> bool:
+        """Close the connection if no stream has been open for ``idle_timeout`` seconds.
+
+        Bytes alone do not count as activity: a client dribbling a frame that never
+        completes, or only pinging, holds resources without asking for anything.
+        A client that completed its preface is told with GOAWAY (NO_ERROR), so it
+        knows no request was lost; one that did not is simply disconnected.
+        """
+        if self.exchanges or self.closing or now - self.idle_since < idle_timeout:
+            return False
+        if self.preface_received:
+            self.start_drain()
+        self.closing = True
+        self.mark_dirty()
+        return True
 
     def stream_released(self) -> None:
         if (self.drain_last_stream_id is not None or self.peer_gone) and not self.exchanges:

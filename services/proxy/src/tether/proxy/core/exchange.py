@@ -373,6 +373,7 @@ class Exchange:
             upstream.blocked.pop(sid, None)
         down = self.downstream
         sid = self.downstream_sid
+        down.idle_since = now
         down.exchanges.pop(sid, None)
         down.blocked.pop(sid, None)
         if self.listener is not None:
