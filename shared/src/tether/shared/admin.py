@@ -17,6 +17,8 @@ import h11
 import msgspec
 import structlog
 
+from tether.shared.aio import cancel_and_wait
+
 log = structlog.get_logger(__name__)
 
 # The Prometheus text exposition format.
@@ -131,11 +133,7 @@ class AdminServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._connections)
 
     async def __aenter__(self) -> AdminServer:
         await self.start()

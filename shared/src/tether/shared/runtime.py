@@ -21,6 +21,7 @@ import uvloop
 
 from tether.shared import subjects
 from tether.shared.admin import AdminServer, Route, Routes, health_routes
+from tether.shared.aio import cancel_and_wait
 from tether.shared.bus import Bus
 from tether.shared.config import CommonConfig, parse_hostport
 from tether.shared.errors import BusError
@@ -149,10 +150,7 @@ class Runtime:
             return
         self._stopping = True
         self.log.info("service_stopping", grace=self.config.shutdown_grace)
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat_task
+        await cancel_and_wait(self._heartbeat_task)
         began = time.monotonic()
         if self._service_started:
             try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +13,7 @@ import nats.js.errors
 import structlog
 
 from tether.destination.lease import Acquire, LeaseCore, Renew
+from tether.shared.aio import cancel_and_wait
 from tether.shared.bus import KeyValue
 from tether.shared.errors import BusError, RevisionMismatch
 from tether.shared.events import LeaseRecord
@@ -61,11 +61,8 @@ class LeaseKeeper:
         self._task = asyncio.create_task(self._run(), name="lease")
 
     async def stop(self, release: bool = True) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if release and self._leader:
             await self._release()
         self._set_leader(False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -12,6 +11,7 @@ import structlog
 
 from tether.destination.metrics import DestinationMetrics
 from tether.destination.state import Applied, EndpointStore, Rejected, SubscriptionRegistry
+from tether.shared.aio import cancel_and_wait
 from tether.shared.bus import KeyValue, Synced
 
 log = structlog.get_logger(__name__)
@@ -40,11 +40,8 @@ class EndpointWatcher:
         self._task = asyncio.create_task(self._run(), name="endpoint-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         watch = self._kv.watch(msgspec.Raw)

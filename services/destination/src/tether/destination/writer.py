@@ -23,7 +23,7 @@ from tether.destination.reconcile import Current, DesiredService, Put, Write, pl
 from tether.destination.sources.base import Source
 from tether.destination.state import EndpointStore
 from tether.shared import subjects
-from tether.shared.aio import wait_event
+from tether.shared.aio import cancel_and_wait, wait_event
 from tether.shared.bus import Bus, KeyValue
 from tether.shared.errors import BusError, RevisionMismatch
 
@@ -84,11 +84,8 @@ class Writer:
         self._task = asyncio.create_task(self._run(), name="writer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         last_resync = time.monotonic()

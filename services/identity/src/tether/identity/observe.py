@@ -17,6 +17,7 @@ from tether.identity.certifier import CertifyRequest
 from tether.identity.errors import Rejection
 from tether.identity.issuance import IssuedLeaf
 from tether.shared import subjects
+from tether.shared.aio import cancel_and_wait
 from tether.shared.events import IdentityIssued, IdentityRejected
 from tether.shared.identity_names import InvalidIdentityName, WorkloadIdentity, parse_identity
 
@@ -107,11 +108,8 @@ class EventPublisher:
 
     async def stop(self) -> None:
         await self.flush()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 def _claimed_identity(name: str) -> str:

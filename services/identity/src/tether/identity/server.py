@@ -11,7 +11,6 @@ clients fail the handshake (UNAVAILABLE) rather than trust anything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 import urllib.parse
@@ -32,6 +31,7 @@ from tether.identity.errors import Rejection
 from tether.identity.issuance import issue_leaf
 from tether.identity.observe import IdentityMetrics
 from tether.identity.tokens import TokenVerifier
+from tether.shared.aio import cancel_and_wait
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
 from tether.shared.tls import KeyPair, ReloadableServerCredentials
@@ -195,11 +195,8 @@ class IdentityServer:
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reloader
-            self._reloader = None
+        await cancel_and_wait(self._reloader)
+        self._reloader = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

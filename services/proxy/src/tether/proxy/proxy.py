@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 
@@ -22,6 +21,7 @@ from tether.proxy.transport import (
     OriginalDstResolver,
     monotonic,
 )
+from tether.shared.aio import cancel_and_wait
 from tether.shared.config import parse_hostport
 
 log = structlog.get_logger(__name__)
@@ -214,10 +214,7 @@ class Proxy:
             for protocol in list(context.connections):
                 if protocol.transport is not None:
                     protocol.transport.abort()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
         await self.outbound_router.close()
         await self.inbound_router.close()
         if self.discovery is not None:

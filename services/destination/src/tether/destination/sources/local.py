@@ -8,7 +8,6 @@ expires them on time. An invalid file is logged with the line at fault and the l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import time
@@ -28,7 +27,7 @@ from tether.destination.sources.registrations import (
 )
 from tether.destination.sources.registry_file import parse_registry
 from tether.shared import subjects
-from tether.shared.aio import wait_event
+from tether.shared.aio import cancel_and_wait, wait_event
 from tether.shared.bus import Bus, Subscription
 
 log = structlog.get_logger(__name__)
@@ -139,11 +138,7 @@ class LocalSource:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._subscription is not None:
             await self._subscription.unsubscribe()
