@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,7 +42,7 @@ import msgspec
 from tether.destination.model import WorkloadRegistration, service_key
 from tether.shared import subjects
 from tether.shared.bus import Bus
-from tether.shared.natsserver import EmbeddedNats
+from tether.shared.natsserver import EmbeddedNats, free_port
 from tether.shared.proto.destination.v1 import destination_pb2 as pb
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
 
@@ -51,12 +50,6 @@ TARGET_P99_MS = 100.0
 TARGET_RSS_MB = 200.0
 STREAMS_PER_CHANNEL = 250
 REFERENCE_BUCKET = "bench_reference"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ip_text(value: int) -> str:
