@@ -63,6 +63,20 @@ class _H2Protocol(asyncio.Protocol):
     conn: Http2Connection
     transport: asyncio.Transport | None
     tcp: TcpHandle
+    # Names for logs: which side of the proxy this connection is, and what its peer is.
+    side: str
+    peer_role: str
+
+    def data_received(self, data: bytes) -> None:
+        self.tcp.read(len(data))
+        conn = self.conn
+        try:
+            conn.receive_data(data, monotonic())
+        except Exception:
+            self._fatal(self.side)
+            conn.connection_lost(monotonic())
+        if conn.error is not None:
+            self._rejected(self.peer_role, conn.error)
 
     def flush(self) -> None:
         conn = self.conn
@@ -149,6 +163,8 @@ class DownstreamProtocol(_H2Protocol):
     """A client connection accepted on a listener."""
 
     conn: DownstreamConnection
+    side = "downstream"
+    peer_role = "client"
 
     def __init__(self, context: ListenerContext) -> None:
         self.context = context
@@ -182,17 +198,6 @@ class DownstreamProtocol(_H2Protocol):
                 self._original_dst = self.context.original_dst(self._socket)
         return self._original_dst
 
-    def data_received(self, data: bytes) -> None:
-        self.tcp.read(len(data))
-        conn = self.conn
-        try:
-            conn.receive_data(data, monotonic())
-        except Exception:
-            self._fatal("downstream")
-            conn.connection_lost(monotonic())
-        if conn.error is not None:
-            self._rejected("client", conn.error)
-
     def eof_received(self) -> bool | None:
         return None
 
@@ -210,6 +215,8 @@ class UpstreamProtocol(_H2Protocol):
     """A connection the proxy opened to an endpoint of a pool."""
 
     conn: UpstreamConnection
+    side = "upstream"
+    peer_role = "server"
 
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
@@ -221,17 +228,6 @@ class UpstreamProtocol(_H2Protocol):
         self.tcp = pool.tcp_handle()
         self.tcp.opened()
         self.conn = UpstreamConnection(pool.flusher, on_capacity=pool.capacity_changed, context=self)
-
-    def data_received(self, data: bytes) -> None:
-        self.tcp.read(len(data))
-        conn = self.conn
-        try:
-            conn.receive_data(data, monotonic())
-        except Exception:
-            self._fatal("upstream")
-            conn.connection_lost(monotonic())
-        if conn.error is not None:
-            self._rejected("server", conn.error)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

@@ -117,6 +117,14 @@ class Http2Connection:
         if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
             self._unblock_all(now)
 
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Feed bytes read from the socket; each direction handles its own events."""
+        raise NotImplementedError
+
+    def connection_lost(self, now: float) -> None:
+        """The socket is gone: end every exchange on it."""
+        raise NotImplementedError
+
 
 class DownstreamConnection(Http2Connection):
     """A connection accepted from a client; each request becomes an :class:`Exchange`."""
