@@ -14,7 +14,8 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import structlog
 import uvloop
@@ -23,7 +24,7 @@ from tether.shared import subjects
 from tether.shared.admin import AdminServer, Route, Routes, health_routes
 from tether.shared.aio import cancel_and_wait
 from tether.shared.bus import Bus
-from tether.shared.config import CommonConfig, parse_hostport
+from tether.shared.config import CommonConfig, load_config, parse_hostport
 from tether.shared.errors import BusError
 from tether.shared.events import Heartbeat
 from tether.shared.logging import configure
@@ -228,3 +229,25 @@ def package_version(distribution: str) -> str:
         return version(distribution)
     except PackageNotFoundError:
         return "0.0.0+unknown"
+
+
+ServiceConfigT = TypeVar("ServiceConfigT", bound=CommonConfig)
+
+
+def service_main(
+    config_type: type[ServiceConfigT],
+    service_name: str,
+    build: Callable[[ServiceConfigT], Service],
+    argv: Sequence[str] | None = None,
+    *,
+    description: str = "",
+    prog: str | None = None,
+) -> int:
+    """A whole control-plane entry point: parse flags and environment once, then run the service.
+
+    The version is that of the ``tether-<service>`` distribution.
+    """
+    config = load_config(config_type, service_name, argv, env(), prog=prog, description=description)
+    return run_service(
+        service_name, config, lambda: build(config), version=package_version(f"tether-{service_name}")
+    )

@@ -9,23 +9,16 @@ from prometheus_client import REGISTRY
 
 from tether.destination.config import DestinationConfig
 from tether.destination.service import DestinationService
-from tether.shared.config import load_config
-from tether.shared.runtime import env, package_version, run_service
+from tether.shared.runtime import service_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = load_config(
+    return service_main(
         DestinationConfig,
-        service="destination",
-        argv=argv,
-        environ=env(),
-        description="Tether destination: service discovery streamed to proxies",
-    )
-    return run_service(
         "destination",
-        config,
-        lambda: DestinationService(config, REGISTRY),
-        version=package_version("tether-destination"),
+        lambda config: DestinationService(config, REGISTRY),
+        argv,
+        description="Tether destination: service discovery streamed to proxies",
     )
 
 

@@ -66,19 +66,15 @@ def _mint_token(argv: Sequence[str]) -> int:
 def _serve(argv: Sequence[str]) -> int:
     from tether.identity.config import IdentityConfig
     from tether.identity.service import IdentityService
-    from tether.shared.config import load_config
-    from tether.shared.runtime import env, package_version, run_service
+    from tether.shared.runtime import service_main
 
-    config = load_config(
+    return service_main(
         IdentityConfig,
         "identity",
-        argv=list(argv),
-        environ=env(),
+        IdentityService,
+        argv,
         prog="tether-identity serve",
         description="The mesh certificate authority: serves tether.identity.v1.Identity/Certify.",
-    )
-    return run_service(
-        "identity", config, lambda: IdentityService(config), version=package_version("tether-identity")
     )
 
 

@@ -6,14 +6,12 @@ from collections.abc import Sequence
 
 from tether.public_api.config import PublicApiConfig
 from tether.public_api.service import PublicApiService
-from tether.shared.config import load_config
-from tether.shared.runtime import env, package_version, run_service
+from tether.shared.runtime import service_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = load_config(PublicApiConfig, "public-api", argv, env(), description="Tether public API")
-    return run_service(
-        "public-api", config, lambda: PublicApiService(config), version=package_version("tether-public-api")
+    return service_main(
+        PublicApiConfig, "public-api", PublicApiService, argv, description="Tether public API"
     )
 
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tether.shared.config import load_config
-from tether.shared.runtime import env, package_version, run_service
+from tether.shared.runtime import service_main
 from tether.telemetry.config import TelemetryConfig
 from tether.telemetry.service import TelemetryService
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = load_config(TelemetryConfig, "telemetry", argv, env(), description="Tether telemetry service")
-    return run_service(
-        "telemetry", config, lambda: TelemetryService(config), version=package_version("tether-telemetry")
+    return service_main(
+        TelemetryConfig, "telemetry", TelemetryService, argv, description="Tether telemetry service"
     )
 
 
