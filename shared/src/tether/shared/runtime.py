@@ -21,7 +21,7 @@ import structlog
 import uvloop
 
 from tether.shared import subjects
-from tether.shared.admin import AdminServer, Route, Routes, health_routes
+from tether.shared.admin import AdminServer, Routes, health_routes
 from tether.shared.aio import cancel_and_wait
 from tether.shared.bus import Bus
 from tether.shared.config import CommonConfig, load_config, parse_hostport
@@ -69,10 +69,6 @@ class Service(abc.ABC):
         """Whether the service can serve requests now (drives ``/ready`` and heartbeats)."""
         return True
 
-    def admin_routes(self) -> Mapping[str, Mapping[str, Route]]:
-        """Extra admin HTTP routes (path → method → route), beyond /live, /ready and /metrics."""
-        return {}
-
 
 class Runtime:
     """Runs one service until it is told to stop. Usable in-process by tests (``start``/``stop``)."""
@@ -110,9 +106,7 @@ class Runtime:
 
     async def start(self) -> None:
         host, port = parse_hostport(self.config.admin_addr)
-        routes = health_routes(self.ready)
-        routes.update({path: dict(methods) for path, methods in self.service.admin_routes().items()})
-        self.admin = AdminServer(Routes(routes), host, port)
+        self.admin = AdminServer(Routes(health_routes(self.ready)), host, port)
         await self.admin.start()
         self.bus = await Bus.connect(
             self.config.nats_servers, name=f"{self.name}-{self.instance}", initial_timeout=None
