@@ -10,6 +10,7 @@ import pytest
 import structlog
 
 from tether.shared.natsserver import EmbeddedNats
+from tether.shared.testing import RecordingSupervisor
 
 
 @pytest.fixture
@@ -33,3 +34,12 @@ def _restore_logging() -> Iterator[None]:
     structlog.configure(**saved_structlog)
     root.handlers[:] = saved_handlers
     root.setLevel(saved_level)
+
+
+@pytest.fixture
+async def supervisor() -> AsyncIterator[RecordingSupervisor]:
+    """Starts the long-lived tasks of components a test runs in-process; a critical failure fails the test."""
+    running = RecordingSupervisor()
+    yield running
+    await running.stop()
+    assert not running.failures, f"critical tasks failed: {running.failures}"

@@ -120,6 +120,7 @@ def _serve(ca_dir: str, log_path: str, port_queue: Any, control: Any) -> None:
     import uvloop
 
     from tether.shared.logging import configure
+    from tether.shared.testing import RecordingSupervisor
 
     async def main() -> None:
         directory = Path(ca_dir)
@@ -135,7 +136,7 @@ def _serve(ca_dir: str, log_path: str, port_queue: Any, control: Any) -> None:
             CertifyReporter("bench", metrics, None),
             metrics,
         )
-        port_queue.put(await server.start())
+        port_queue.put(await server.start(RecordingSupervisor().spawn))
         while True:
             # Polled, so the control pipe never blocks the event loop.
             if control.poll():

@@ -9,11 +9,12 @@ from typing import Annotated
 import pytest
 from msgspec import Meta
 
-from tether.shared.config import CommonConfig, config_from, option_specs, parse_hostport
+from tether.shared.config import AdminAddr, CommonConfig, config_from, option_specs, parse_hostport
 from tether.shared.errors import ConfigError
 
 
 class DemoConfig(CommonConfig, frozen=True, kw_only=True):
+    admin_addr: AdminAddr = "0.0.0.0:9999"
     grpc_addr: Annotated[str, Meta(description="listener")] = "0.0.0.0:8086"
     workers: Annotated[int, Meta(ge=1, le=64, description="worker count")] = 4
     tags: Annotated[tuple[str, ...], Meta(description="tags")] = ()

@@ -12,8 +12,9 @@ import msgspec
 from tether.shared import subjects
 from tether.shared.bus import Bus
 from tether.shared.natsserver import EmbeddedNats
+from tether.shared.testing import eventually
 
-from .conftest import Mesh, Replica, eventually, two_replicas, write_registry
+from .conftest import Mesh, Replica, two_replicas, write_registry
 
 FAILOVER_BUDGET = 15.0
 
@@ -123,7 +124,7 @@ async def test_garbage_in_the_bucket_is_logged_and_skipped(mesh: Mesh, tmp_path:
         for replica in mesh.replicas:
             await eventually(
                 partial(logged_both_rejections, replica),
-                what=f"{replica.name} logs the garbage",
+                what=f"{replica.name} logs the garbage; its log ends: {replica.logs()[-3000:]}",
             )
         rejected = next(
             json.loads(x) for x in mesh.replicas[0].logs().splitlines() if "endpoint_value_rejected" in x

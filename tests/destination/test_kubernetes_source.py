@@ -26,8 +26,9 @@ import pytest
 from tether.destination.model import EndpointSet
 from tether.shared import subjects
 from tether.shared.bus import Bus, KeyValue
+from tether.shared.testing import eventually
 
-from .conftest import Mesh, eventually
+from .conftest import Mesh
 
 COLLECTIONS = {
     "/api/v1/services": ("services", "ServiceList", "v1"),

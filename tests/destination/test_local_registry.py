@@ -14,8 +14,9 @@ import msgspec
 from tether.destination.model import EndpointsChanged, EndpointSet, WorkloadRegistration
 from tether.shared import subjects
 from tether.shared.bus import Bus
+from tether.shared.testing import eventually
 
-from .conftest import IDENTITY, Client, Mesh, eventually, two_replicas, write_registry
+from .conftest import IDENTITY, Client, Mesh, two_replicas, write_registry
 
 
 def all_see(clients: list[Client], expected: set[str]) -> bool:

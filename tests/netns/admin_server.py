@@ -6,16 +6,20 @@ import asyncio
 import sys
 import time
 
-from tether.proxy.admin import AdminRoutes, AdminServer
+from tether.proxy.admin import shutdown_routes
 from tether.proxy.metrics import MetricsRegistry
+from tether.shared.admin import AdminServer, Routes, health_routes
 
 
 async def main(port: int) -> None:
     registry = MetricsRegistry()
     registry.route("inbound", "admin-test:80").request()
     stop = asyncio.Event()
-    routes = AdminRoutes(
-        render_metrics=lambda: registry.render(time.monotonic()), ready=lambda: True, shutdown=stop.set
+    routes = Routes(
+        {
+            **health_routes(lambda: True, lambda: registry.render(time.monotonic()).encode()),
+            **shutdown_routes(stop.set),
+        }
     )
     async with AdminServer(routes, host="0.0.0.0", port=port):
         print("ready", flush=True)

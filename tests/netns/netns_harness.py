@@ -215,18 +215,6 @@ def wait_for_line(process: subprocess.Popen[str], expected: str, timeout: float)
     )
 
 
-def poll_until(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Call ``predicate`` until it returns something truthy, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        time.sleep(interval)
-
-
 def proxy_init(namespace: Namespace, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``tether-proxy init`` (as ``python -m tether.proxy.init``) inside ``namespace``."""
     return namespace.run(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,11 @@ from tether.destination.config import DestinationConfig
 from tether.destination.service import DestinationService
 from tether.proxy.config import ProxyConfig
 from tether.proxy.proxy import Proxy
+from tether.proxy.service import ProxyService
 from tether.shared.natsserver import EmbeddedNats
 from tether.shared.proto.destination.v1 import destination_pb2, destination_pb2_grpc
 from tether.shared.runtime import Runtime
+from tether.shared.testing import eventually
 
 NAMESPACE = "test"
 MESSAGE_LIMIT = 16 * 1024 * 1024
@@ -43,14 +45,6 @@ SERVICE = "test.Echo"
 
 def authority(service: str, port: int = 8080) -> str:
     return f"{service}.{NAMESPACE}.svc.cluster.local:{port}"
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.005)
 
 
 class EchoApp:
@@ -156,6 +150,7 @@ class Pod:
 
     host: str
     proxy: Proxy
+    runtime: Runtime
     app: EchoApp | None = None
 
     @property
@@ -263,13 +258,21 @@ class Mesh:
             "connect_timeout": 0.5,
         }
         settings.update(config)
-        proxy = Proxy(
-            ProxyConfig(**settings),
-            original_dst=lambda _sock: original_dst,
-            inbound_original_dst=lambda _sock: (host, app_port),
+        proxy_config = ProxyConfig(**settings)
+        service = ProxyService(
+            proxy_config,
+            lambda config, supervisor: Proxy(
+                config,
+                original_dst=lambda _sock: original_dst,
+                inbound_original_dst=lambda _sock: (host, app_port),
+                supervisor=supervisor,
+            ),
         )
-        await proxy.start()
-        pod = Pod(host, proxy, app)
+        # The process runtime, in-process: admin listener, supervisor and shutdown as in production.
+        runtime = Runtime("proxy", proxy_config, service, version="test")
+        await runtime.start()
+        assert service.proxy is not None
+        pod = Pod(host, service.proxy, runtime, app)
         self.pods.append(pod)
         return pod
 
@@ -304,6 +307,7 @@ class Mesh:
             await app.stop()
         for pod in self.pods:
             await pod.proxy.stop(grace=0.0)
+            await pod.runtime.stop()
             if pod.app is not None:
                 await pod.app.stop()
         if self.destination is not None:

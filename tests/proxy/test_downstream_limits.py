@@ -15,7 +15,9 @@ import grpc
 import grpc.aio
 import pytest
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, SettingsFrame
-from proxy_mesh import Mesh, Pod, authority, eventually, unary
+from proxy_mesh import Mesh, Pod, authority, unary
+
+from tether.shared.testing import eventually
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 IDLE_TIMEOUT = 0.3

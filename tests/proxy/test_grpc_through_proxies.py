@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator
 import grpc
 import grpc.aio
 import pytest
-from proxy_mesh import SERVICE, Mesh, Pod, authority, eventually, unary
+from proxy_mesh import SERVICE, Mesh, Pod, authority, unary
+
+from tether.shared.testing import eventually
 
 MiB = 1024 * 1024
 

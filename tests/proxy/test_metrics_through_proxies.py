@@ -16,8 +16,8 @@ _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 async def scrape(pod: Pod) -> list[tuple[str, dict[str, str], float]]:
     """GET /metrics from the pod's proxy admin listener over a real socket."""
-    assert pod.proxy.admin is not None
-    reader, writer = await asyncio.open_connection(pod.host, pod.proxy.admin.port)
+    assert pod.runtime.admin is not None
+    reader, writer = await asyncio.open_connection(pod.host, pod.runtime.admin.port)
     writer.write(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
     raw = await reader.read()
     writer.close()

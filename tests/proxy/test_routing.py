@@ -13,10 +13,11 @@ from collections import Counter
 import grpc
 import grpc.aio
 import pytest
-from proxy_mesh import Mesh, Pod, authority, eventually, unary
+from proxy_mesh import Mesh, Pod, authority, unary
 
 from tether.proxy.core.resolution import Status
 from tether.proxy.discovery import DestinationClient
+from tether.shared.testing import eventually
 
 
 def discovery_of(pod: Pod) -> DestinationClient:

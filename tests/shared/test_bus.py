@@ -10,15 +10,30 @@ import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
-from tether.shared.bus import SYNCED, Bus, KvEntry, Synced
+from tether.shared import cloudevents
+from tether.shared.bus import SYNCED, Bus, KvEntry, NatsUnavailable, Synced
+from tether.shared.cloudevents import EventData
 from tether.shared.errors import BusError, InvalidValue, RevisionMismatch
-from tether.shared.events import Event
+from tether.shared.events import Record
+from tether.shared.nats_settings import NatsSettings
 from tether.shared.natsserver import EmbeddedNats, free_port
 
 
-class Ping(Event, frozen=True, kw_only=True):
+class Ping(EventData, frozen=True, kw_only=True):
+    event_type = "io.tether.test.ping.v1"
+
     seq: int
     note: str = ""
+
+
+class PingV2(EventData, frozen=True, kw_only=True):
+    event_type = "io.tether.test.ping.v2"
+
+    seq: int
+
+
+class Counter(Record, frozen=True, kw_only=True):
+    seq: int
 
 
 async def _collect(queue: asyncio.Queue[Ping], count: int, timeout: float = 5.0) -> list[Ping]:
@@ -74,16 +89,54 @@ async def test_garbage_is_logged_counted_and_skipped(
         await received.put(event)
 
     await bus.subscribe("tether.v1.garbage.test", Ping, handler)
-    before = (
-        REGISTRY.get_sample_value("tether_bus_decode_errors_total", {"subject": "tether.v1.garbage.test"})
-        or 0
-    )
-    for payload in (b"\xff\x00not json", b'{"seq": "not-an-int"}', b"[]"):
+
+    def errors(reason: str) -> float:
+        labels = {"subject": "tether.v1.garbage.test", "reason": reason}
+        return REGISTRY.get_sample_value("tether_bus_decode_errors_total", labels) or 0.0
+
+    reasons = ("not_cloudevent", "unknown_type", "invalid_data")
+    before = {reason: errors(reason) for reason in reasons}
+    valid = cloudevents.encode(Ping(seq=1), source="/test")
+    for payload in (
+        b"\xff\x00not json",
+        b"[]",
+        b'{"seq": 1}',  # plain JSON: not a CloudEvent
+        valid.replace(b'"specversion":"1.0"', b'"specversion":"0.3"'),
+        valid.replace(b'"id":', b'"idx":'),
+    ):
         await bus.client.publish("tether.v1.garbage.test", payload)
+    await bus.publish("tether.v1.garbage.test", PingV2(seq=2))  # a version this reader does not know
+    await bus.client.publish(
+        "tether.v1.garbage.test", valid.replace(b'"data":{"seq":1', b'"data":{"seq":"one"')
+    )
     await bus.publish("tether.v1.garbage.test", Ping(seq=7))
     assert await _collect(received, 1) == [Ping(seq=7)]
-    after = REGISTRY.get_sample_value("tether_bus_decode_errors_total", {"subject": "tether.v1.garbage.test"})
-    assert after == before + 3
+    after = {reason: errors(reason) for reason in reasons}
+    assert after["not_cloudevent"] == before["not_cloudevent"] + 5
+    assert after["unknown_type"] == before["unknown_type"] + 1
+    assert after["invalid_data"] == before["invalid_data"] + 1
+    assert received.empty()
+    await bus.close()
+
+
+async def test_events_are_structured_cloudevents_with_the_content_type_header(
+    nats_server: EmbeddedNats,
+) -> None:
+    bus = await Bus.connect(nats_server.url, name="test", source="/tether/test/i-1")
+    messages: asyncio.Queue[object] = asyncio.Queue()
+
+    async def raw(message: object) -> None:
+        await messages.put(message)
+
+    await bus.client.subscribe("tether.v1.ce.test", cb=raw)
+    await bus.flush()
+    await bus.publish("tether.v1.ce.test", Ping(seq=3, note="n"))
+    message = await asyncio.wait_for(messages.get(), 5)
+    assert message.headers == {"Content-Type": "application/cloudevents+json"}  # type: ignore[attr-defined]
+    event = msgspec.json.decode(message.data)  # type: ignore[attr-defined]
+    assert event["specversion"] == "1.0" and event["type"] == "io.tether.test.ping.v1"
+    assert event["source"] == "/tether/test/i-1" and event["datacontenttype"] == "application/json"
+    assert event["data"] == {"seq": 3, "note": "n"} and event["id"] and event["time"].endswith("Z")
     await bus.close()
 
 
@@ -177,20 +230,22 @@ async def test_kv_watch_survives_nats_restart(tmp_path: object) -> None:
         await server.close()
 
 
-async def test_connect_gives_up_with_a_clear_error() -> None:
+async def test_connect_gives_up_with_a_clear_error_after_backing_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        with pytest.raises(BusError, match="could not connect to NATS"):
-            await Bus.connect(f"nats://127.0.0.1:{port}", name="test", initial_timeout=0.3)
+        url = f"nats://127.0.0.1:{port}"
+        settings = NatsSettings(servers=(url,), connect_timeout=1.0, retry_base=0.1, retry_cap=0.4)
+        with pytest.raises(NatsUnavailable, match=r"could not connect to NATS at .* within 1s") as raised:
+            await Bus.connect(settings, name="test")
+    assert url in str(raised.value) and raised.value.exit_code == 1
+    assert isinstance(raised.value, BusError)
 
 
-def test_events_are_json_with_schema_version() -> None:
-    assert msgspec.json.decode(msgspec.json.encode(Ping(seq=1))) == {
-        "schema_version": 1,
-        "seq": 1,
-        "note": "",
-    }
+def test_records_are_plain_json_with_schema_version() -> None:
+    assert msgspec.json.decode(msgspec.json.encode(Counter(seq=1))) == {"schema_version": 1, "seq": 1}
 
 
 logging.getLogger("nats").setLevel(logging.CRITICAL)

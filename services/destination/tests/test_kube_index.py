@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tether.destination.model import Workload
-from tether.destination.sources.kube_index import KubeIndex
-from tether.destination.sources.reflector import Backoff, List, ReflectorCore, Watch
+from tether.destination.sources.kube_index import KubeIndex, MalformedObject
+from tether.destination.sources.reflector import List, ReflectorCore, Wait, Watch
+from tether.shared.backoff import Backoff
 
 
 def service(
@@ -134,11 +137,12 @@ def test_replace_after_relist_removes_what_vanished() -> None:
     index = KubeIndex("cluster.local")
     index.apply("services", "ADDED", service())
     index.apply("services", "ADDED", service("gone"))
-    changed = index.replace("services", [service()])
-    assert changed == {"ns.gone"}
+    changed, rejected = index.replace("services", [service()])
+    assert changed == {"ns.gone"} and rejected == []
     assert index.keys() == {"ns.web"}
     index.apply("endpointslices", "ADDED", endpoint_slice("a", [endpoint("10.0.0.1", None)]))
-    assert index.replace("endpointslices", [endpoint_slice("b", [endpoint("10.0.0.2", None)])]) == {"ns.web"}
+    changed, _ = index.replace("endpointslices", [endpoint_slice("b", [endpoint("10.0.0.2", None)])])
+    assert changed == {"ns.web"}
     desired = index.desired("ns.web")
     assert desired is not None and [e.address for e in desired.endpoints] == ["10.0.0.2"]
 
@@ -154,18 +158,54 @@ def test_ignored_objects() -> None:
 
 
 def test_reflector_lists_watches_resumes_relists_and_backs_off() -> None:
-    core = ReflectorCore(initial_backoff=0.5, max_backoff=2.0)
+    core = ReflectorCore(Backoff(1.0, 4.0, jitter=lambda: 0.0))
     assert core.start() == List()
     assert core.listed("100") == Watch("100")
     core.seen("105")
     core.seen(None)
     assert core.watch_ended() == Watch("105")
-    assert core.failed() == Backoff(0.5)
-    assert core.failed() == Backoff(1.0)
-    assert core.failed() == Backoff(2.0)
-    assert core.failed() == Backoff(2.0)
+    assert core.failed() == Wait(0.5)
+    assert core.failed() == Wait(1.0)
+    assert core.failed() == Wait(2.0)
+    assert core.failed() == Wait(2.0)
     assert core.resume() == Watch("105")
     core.seen("106")  # progress resets the backoff
-    assert core.failed() == Backoff(0.5)
+    assert core.failed() == Wait(0.5)
     assert core.gone() == List()
     assert core.resume() == List()
+
+
+@pytest.mark.parametrize(
+    ("kind", "obj"),
+    [
+        ("services", service(ports=["http"])),  # type: ignore[list-item]
+        ("services", service(ports=[{"name": "http", "port": 0}])),
+        ("services", service(ports=[{"name": "http", "port": "eighty"}])),
+        ("services", {"metadata": ["web"], "spec": {}}),
+        ("services", {"metadata": {"namespace": "ns"}}),
+        ("endpointslices", {**endpoint_slice("s", []), "endpoints": [["10.0.0.1"]]}),
+        ("endpointslices", {**endpoint_slice("s", []), "ports": [{"port": 70000}]}),
+        ("pods", {**pod("p1"), "spec": {"containers": "tether-proxy"}}),
+        ("pods", {**pod("p1"), "metadata": {"name": "p1", "ownerReferences": {"kind": "ReplicaSet"}}}),
+    ],
+)
+def test_objects_of_the_wrong_shape_are_rejected_and_change_nothing(kind: str, obj: dict[str, Any]) -> None:
+    index = KubeIndex("cluster.local")
+    index.apply("services", "ADDED", service())
+    index.apply("endpointslices", "ADDED", endpoint_slice("s", [endpoint("10.0.0.1", "p1")]))
+    index.apply("pods", "ADDED", pod("p1"))
+    before = index.desired("ns.web")
+    with pytest.raises(MalformedObject):
+        index.apply(kind, "MODIFIED", obj)  # type: ignore[arg-type]
+    assert index.desired("ns.web") == before
+
+
+def test_a_malformed_object_in_a_relist_is_skipped_and_the_rest_applies() -> None:
+    index = KubeIndex("cluster.local")
+    index.apply("services", "ADDED", service())
+    changed, rejected = index.replace(
+        "services", [service(), service("api", ports=[{"port": -5}]), {"metadata": 3}, service("db")]
+    )
+    assert index.keys() == {"ns.web", "ns.db"}
+    assert changed == {"ns.db"}
+    assert len(rejected) == 2 and any("ns/api" in problem for problem in rejected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TypedDict, Unpack
 
+import msgspec
 import pytest
 
 from tether.destination.errors import RegistryFileError
@@ -90,11 +91,39 @@ def test_registration_into_an_undeclared_service_declares_it() -> None:
     "bad",
     [
         {"address": "not-an-ip"},
+        {"address": "010.0.0.1"},
         {"port": 0},
+        {"port": 65536},
         {"ttl_seconds": 0.0},
         {"instance": ""},
         {"namespace": "Bad"},
+        {"labels": {f"l{i}": "v" for i in range(17)}},
+        {"labels": {"pod": "x" * 129}},
+        {"labels": {"not a label": "v"}},
+    ],
+)
+def test_meaningless_registrations_do_not_decode(bad: dict[str, object]) -> None:
+    """What arrives over NATS is decoded with every constraint: such a message never reaches the state."""
+    fields: dict[str, object] = {
+        "namespace": "ns",
+        "service": "web",
+        "instance": "i",
+        "address": "10.0.0.1",
+        "port": 80,
+        "ttl_seconds": 5.0,
+    }
+    fields.update(bad)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(fields, type=WorkloadRegistration)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
         {"identity": "x.ns.serviceaccount.identity.other.org"},
+        {"identity": "not-an-identity"},
+        # A valid identity of another namespace may not join this namespace's service.
+        {"identity": "web.other.serviceaccount.identity.cluster.local"},
     ],
 )
 def test_invalid_registrations_are_refused(bad: dict[str, object]) -> None:
@@ -129,3 +158,16 @@ def test_new_leader_adopts_registrations_from_the_bucket_with_a_fresh_ttl() -> N
     assert after.expire(109.9) == set()
     assert after.expire(110.0) == {"ns.web"}
     assert addresses(after, "ns.web") == ["10.0.0.1"]
+
+
+def test_registrations_are_capped_in_number() -> None:
+    state = LocalState("cluster.local", max_registrations=2)
+    state.load_file(FILE, "r.yaml")
+    assert state.register(reg("w-1", "10.0.0.2"), now=0.0) == {"ns.web"}
+    assert state.register(reg("w-2", "10.0.0.3"), now=0.0) == {"ns.web"}
+    with pytest.raises(InvalidRegistration, match="limit of 2"):
+        state.register(reg("w-3", "10.0.0.4"), now=0.0)
+    assert state.register(reg("w-1", "10.0.0.2"), now=1.0) == set()  # a heartbeat of a known one is fine
+    state.register(reg("w-1", "10.0.0.2", deregister=True), now=2.0)
+    assert state.register(reg("w-3", "10.0.0.4"), now=3.0) == {"ns.web"}
+    assert addresses(state, "ns.web") == ["10.0.0.1", "10.0.0.3", "10.0.0.4"]

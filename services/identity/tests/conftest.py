@@ -32,6 +32,7 @@ from tether.identity.tokens.local import LocalTokenVerifier, TokenKey, mint_toke
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.logging import configure
 from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
+from tether.shared.testing import RecordingSupervisor
 
 TRUST_DOMAIN = "cluster.local"
 WEB = WorkloadIdentity("web", "shop", TRUST_DOMAIN)
@@ -205,7 +206,9 @@ StartServer = Callable[..., Any]
 
 
 @pytest.fixture
-async def start_identity(ca: CaOnDisk, mint: TokenMinter, secrets: Secrets) -> AsyncIterator[StartServer]:
+async def start_identity(
+    ca: CaOnDisk, mint: TokenMinter, secrets: Secrets, supervisor: RecordingSupervisor
+) -> AsyncIterator[StartServer]:
     """Starts identity servers (real grpc.aio over TLS) and a client channel to each; stops them after."""
     running: list[tuple[RunningIdentity, EventPublisher | None, TokenVerifier]] = []
 
@@ -223,7 +226,7 @@ async def start_identity(ca: CaOnDisk, mint: TokenMinter, secrets: Secrets) -> A
         metrics = IdentityMetrics(registry)
         events = EventPublisher(publish, metrics) if publish is not None else None
         if events is not None:
-            events.start()
+            events.start(supervisor.spawn)
         chosen = verifier or LocalTokenVerifier(mint.key, TRUST_DOMAIN)
         server = IdentityServer(
             CertifierSettings(
@@ -237,7 +240,7 @@ async def start_identity(ca: CaOnDisk, mint: TokenMinter, secrets: Secrets) -> A
             CertifyReporter(replica, metrics, events),
             metrics,
         )
-        port = await server.start()
+        port = await server.start(supervisor.spawn)
         channel = client_channel(port, ca.anchor.certificate_pem, server.identity.dns_name)
         handle = RunningIdentity(
             server, channel, identity_pb2_grpc.IdentityStub(channel), registry, ca, secrets

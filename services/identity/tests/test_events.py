@@ -19,7 +19,6 @@ from tether.shared.identity_names import WorkloadIdentity
 WEB = WorkloadIdentity("web", "shop", "cluster.local")
 
 ISSUED_FIELDS = {
-    "schema_version",
     "identity",
     "spiffe_id",
     "serial",
@@ -30,7 +29,7 @@ ISSUED_FIELDS = {
     "replica",
     "issued_at",
 }
-REJECTED_FIELDS = {"schema_version", "reason", "status", "identity", "peer", "replica", "rejected_at"}
+REJECTED_FIELDS = {"reason", "status", "identity", "peer", "replica", "rejected_at"}
 
 
 async def test_issued_and_rejected_events(
@@ -61,11 +60,13 @@ async def test_issued_and_rejected_events(
         await publisher.close()
         await subscriber.close()
 
-    issued_json = msgspec.json.decode(raw[subjects.IDENTITY_ISSUED][0])
+    envelope = msgspec.json.decode(raw[subjects.IDENTITY_ISSUED][0])
+    assert envelope["specversion"] == "1.0" and envelope["type"] == "io.tether.identity.issued.v1"
+    assert envelope["source"] == publisher.source and envelope["subject"] == WEB.dns_name
+    issued_json = envelope["data"]
     assert set(issued_json) == ISSUED_FIELDS
-    issued = msgspec.json.decode(raw[subjects.IDENTITY_ISSUED][0], type=IdentityIssued)
+    issued = msgspec.convert(issued_json, type=IdentityIssued, strict=False)
     leaf = x509.load_der_x509_certificate(response.leaf_certificate)
-    assert issued.schema_version == 1
     assert issued.identity == WEB.dns_name and issued.spiffe_id == WEB.spiffe_id
     assert issued.serial == format(leaf.serial_number, "x")
     assert issued.not_after == leaf.not_valid_after_utc and issued.not_before == leaf.not_valid_before_utc
@@ -76,9 +77,11 @@ async def test_issued_and_rejected_events(
     assert issued.replica == "identity-7"
     assert isinstance(issued_json["not_after"], str) and issued_json["not_after"].endswith("Z")
 
-    rejected_json = msgspec.json.decode(raw[subjects.IDENTITY_REJECTED][0])
+    envelope = msgspec.json.decode(raw[subjects.IDENTITY_REJECTED][0])
+    assert envelope["type"] == "io.tether.identity.rejected.v1"
+    rejected_json = envelope["data"]
     assert set(rejected_json) == REJECTED_FIELDS
-    rejected = msgspec.json.decode(raw[subjects.IDENTITY_REJECTED][0], type=IdentityRejected)
+    rejected = msgspec.convert(rejected_json, type=IdentityRejected, strict=False)
     assert rejected.reason == "csr_malformed" and rejected.status == "INVALID_ARGUMENT"
     assert rejected.identity == WEB.dns_name and rejected.peer == "127.0.0.1"
     assert rejected.replica == "identity-7"

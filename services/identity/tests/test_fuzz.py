@@ -26,6 +26,7 @@ from tether.identity.server import IdentityServer, ServerSettings
 from tether.identity.tokens.local import LocalTokenVerifier, mint_token
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
+from tether.shared.testing import RecordingSupervisor
 
 WEB = WorkloadIdentity("web", "shop", "cluster.local")
 EXPECTED_ERRORS = {
@@ -40,10 +41,11 @@ class ServerThread:
         self.server = server
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.supervisor = RecordingSupervisor()
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.server.start(self.supervisor.spawn), self.loop).result(10)
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -17,8 +17,9 @@ import grpc
 import pytest
 
 from tether.identity.errors import IssuerUnavailable, Unauthenticated
-from tether.identity.tokens.kubernetes import AUDIENCE, KubernetesTokenVerifier, api_client_for
+from tether.identity.tokens.kubernetes import AUDIENCE, KubernetesTokenVerifier
 from tether.shared.identity_names import WorkloadIdentity
+from tether.shared.kube import KubeSettings, api_client
 
 WEB = WorkloadIdentity("web", "shop", "cluster.local")
 SERVICE_TOKEN = "identity-service-own-sa-token"
@@ -119,7 +120,9 @@ def api_server() -> Iterator[FakeApiServer]:
 
 def _verifier(url: str) -> KubernetesTokenVerifier:
     return KubernetesTokenVerifier(
-        api_client_for(url, SERVICE_TOKEN, None), "cluster.local", timeout_seconds=5
+        api_client(KubeSettings(api_url=url, bearer_token=SERVICE_TOKEN), remedy=""),
+        "cluster.local",
+        timeout_seconds=5,
     )
 
 

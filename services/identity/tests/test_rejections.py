@@ -3,7 +3,6 @@ grpc.aio TLS connection. Also the metrics by reason."""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from tether.identity.ratelimit import BucketPolicy
 from tether.identity.tokens.local import TokenKey, mint_token
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
+from tether.shared.testing import eventually as poll_until
 
 WEB = WorkloadIdentity("web", "shop", "cluster.local")
 API = WorkloadIdentity("api", "shop", "cluster.local")
@@ -289,10 +289,3 @@ async def test_unavailable_when_issuer_withdrawn(
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "no valid issuer is loaded" in (raised.value.details() or "")
     assert running.metric("tether_identity_certify_rejections_total", {"reason": "issuer_unavailable"}) == 1.0
-
-
-async def poll_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)

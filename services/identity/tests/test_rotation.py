@@ -12,6 +12,7 @@ import grpc
 from cryptography import x509
 
 from tether.shared.identity_names import WorkloadIdentity
+from tether.shared.testing import eventually as poll
 
 WEB = WorkloadIdentity("web", "shop", "cluster.local")
 
@@ -87,10 +88,3 @@ def _serving_certificate(running: Any) -> x509.Certificate:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
-
-
-async def poll(condition: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tether.proxy.admin import AdminRoutes, AdminServer, is_loopback
+from tether.proxy.admin import shutdown_routes
 from tether.proxy.metrics import MetricsRegistry
+from tether.shared.admin import AdminServer, Routes, health_routes, is_loopback
 
 
 class Probe:
@@ -31,8 +32,11 @@ class Probe:
     def shutdown(self) -> None:
         self.shutdowns += 1
 
-    def routes(self) -> AdminRoutes:
-        return AdminRoutes(render_metrics=self.render, ready=self.ready, shutdown=self.shutdown)
+    def routes(self) -> Routes:
+        """The table the process runtime builds for the proxy: health routes plus POST /shutdown."""
+        return Routes(
+            {**health_routes(self.ready, lambda: self.render().encode()), **shutdown_routes(self.shutdown)}
+        )
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from tether.proxy.errors import AuthorityLimitError, DestinationStreamError
 from tether.shared.proto.destination.v1 import destination_pb2 as pb
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
 from tether.shared.proto.net.v1 import net_pb2
+from tether.shared.testing import RecordingSupervisor
+from tether.shared.testing import eventually as until
 
 
 def ep(last_octet: int) -> Endpoint:
@@ -49,22 +51,23 @@ class ScriptedStreams:
             self.closed += 1
 
 
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.001)
-
-
 @pytest.fixture
 async def streams() -> ScriptedStreams:
     return ScriptedStreams()
 
 
 @pytest.fixture
-async def client(streams: ScriptedStreams) -> AsyncIterator[DestinationClient]:
+async def client(
+    streams: ScriptedStreams, supervisor: RecordingSupervisor
+) -> AsyncIterator[DestinationClient]:
     removed: list[Any] = []
     destination = DestinationClient(
-        streams.open, on_removed=removed.extend, rng=random.Random(1), backoff_base=0.001, backoff_cap=0.01
+        streams.open,
+        spawn=supervisor.spawn,
+        on_removed=removed.extend,
+        rng=random.Random(1),
+        backoff_base=0.001,
+        backoff_cap=0.01,
     )
     destination.removed = removed  # type: ignore[attr-defined]
     yield destination
@@ -129,9 +132,9 @@ async def test_idle_authorities_are_evicted_and_their_streams_closed(
 
 
 async def test_new_authorities_beyond_the_cap_are_refused_and_known_ones_keep_resolving(
-    streams: ScriptedStreams,
+    streams: ScriptedStreams, supervisor: RecordingSupervisor
 ) -> None:
-    client = DestinationClient(streams.open, max_authorities=2)
+    client = DestinationClient(streams.open, spawn=supervisor.spawn, max_authorities=2)
     try:
         known = client.resolve(b"a.ns:80", now=0.0)
         client.resolve(b"b.ns:80", now=0.0)
@@ -197,9 +200,11 @@ async def destination() -> AsyncIterator[tuple[Destination, int]]:
     await server.stop(0)
 
 
-async def test_h2_client_speaks_grpc_to_a_real_server(destination: tuple[Destination, int]) -> None:
+async def test_h2_client_speaks_grpc_to_a_real_server(
+    destination: tuple[Destination, int], supervisor: RecordingSupervisor
+) -> None:
     servicer, port = destination
-    streams = H2DestinationStreams(f"127.0.0.1:{port}", '{"ns":"ns"}')
+    streams = H2DestinationStreams(f"127.0.0.1:{port}", '{"ns":"ns"}', spawn=supervisor.spawn)
     try:
         updates = streams.open("web.ns:80")
         first = await anext(updates)
@@ -225,8 +230,8 @@ async def test_h2_client_speaks_grpc_to_a_real_server(destination: tuple[Destina
         await streams.close()
 
 
-async def test_h2_client_reports_an_unreachable_destination() -> None:
-    streams = H2DestinationStreams("127.0.0.1:1", "{}", connect_timeout=0.5)
+async def test_h2_client_reports_an_unreachable_destination(supervisor: RecordingSupervisor) -> None:
+    streams = H2DestinationStreams("127.0.0.1:1", "{}", spawn=supervisor.spawn, connect_timeout=0.5)
     with pytest.raises(DestinationStreamError) as raised:
         await anext(streams.open("web.ns:80"))
     assert raised.value.code == 14

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
-from tether.proxy.core.backoff import backoff_delay
 from tether.proxy.core.resolution import Add, Endpoint, NoEndpoints, Remove, Resolution, Status
 
 
@@ -66,12 +63,3 @@ def test_no_endpoints_distinguishes_unknown_from_empty() -> None:
     removed = empty.apply(NoEndpoints(exists=True), now=1.0)
     assert removed == [("10.0.0.1", 8080)]
     assert empty.status is Status.KNOWN and not empty.usable
-
-
-def test_backoff_grows_is_capped_and_jittered() -> None:
-    rng = random.Random(3)
-    delays = [backoff_delay(attempt, rng, base=0.1, cap=5.0) for attempt in range(12)]
-    for attempt, delay in enumerate(delays):
-        ceiling = min(5.0, 0.1 * 2**attempt)
-        assert ceiling / 2 <= delay <= ceiling
-    assert len({round(backoff_delay(4, random.Random(seed)), 6) for seed in range(10)}) > 5

@@ -112,7 +112,8 @@ class AdminServer:
     """asyncio listener feeding each connection's bytes through an h11 state machine."""
 
     def __init__(self, routes: AdminHandler, host: str, port: int) -> None:
-        self._routes = routes
+        #: The route table; replaceable while serving (a component adds its routes once started).
+        self.routes = routes
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -204,7 +205,7 @@ class AdminServer:
         method = request.method.decode("ascii", "replace")
         target = request.target.decode("ascii", "replace")
         try:
-            response, after = self._routes.handle(method, target, peer_host)
+            response, after = self.routes.handle(method, target, peer_host)
         except Exception:
             log.exception("admin_handler_failed", path=target)
             response, after = AdminResponse(500, b"internal error\n"), None

@@ -1,8 +1,16 @@
-"""The NATS bus: typed publish/subscribe of msgspec events and JetStream key-value helpers over nats-py.
+"""The NATS bus: CloudEvents publish/subscribe and JetStream key-value helpers over nats-py.
 
-Every service talks to NATS through this module, so reconnect policy, decoding and error handling live once.
-A message that fails to decode is logged as a structured error, counted, and skipped: it never ends a
-subscription.
+Every service talks to NATS through this module, so connection policy, authentication, decoding and error
+handling live once:
+
+* **Connecting.** The first connection and every reconnect follow one jittered exponential backoff, with
+  one log line per backoff window naming the URL. Credentials that the server refuses, or a server
+  certificate that the configured CA does not sign, end the attempt at once (retrying cannot help).
+* **Authorisation.** A publish or subscription the server refuses (a permissions violation) is logged once
+  per subject and window, counted in ``tether_bus_permission_denied_total``, and the operation waiting on it
+  raises :class:`PermissionDenied` instead of timing out.
+* **Decoding.** A message that is not a CloudEvent of the expected type, or whose data fails validation, is
+  logged, counted in ``tether_bus_decode_errors_total`` and skipped: it never ends a subscription or a watch.
 """
 
 from __future__ import annotations
@@ -10,7 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
+import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -24,19 +36,35 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from prometheus_client import Counter
 
-from tether.shared import events
-from tether.shared.errors import BusError, InvalidValue, RevisionMismatch
+from tether.shared import cloudevents, events
+from tether.shared.backoff import Backoff, backoff_delay
+from tether.shared.cloudevents import EventData, EventDecoder, NotAnEvent
+from tether.shared.errors import (
+    BusError,
+    FatalError,
+    InvalidValue,
+    PermissionDenied,
+    RevisionMismatch,
+    SetupError,
+)
+from tether.shared.nats_settings import NatsSettings
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+EventT = TypeVar("EventT", bound=EventData)
 
 DECODE_ERRORS = Counter(
     "tether_bus_decode_errors_total",
-    "Messages received from NATS that failed to decode and were skipped",
-    ["subject"],
+    "Messages received from NATS that were not valid events or values and were skipped",
+    ["subject", "reason"],
 )
 MESSAGES_RECEIVED = Counter("tether_bus_messages_received_total", "Messages decoded from NATS", ["kind"])
+PERMISSION_DENIED = Counter(
+    "tether_bus_permission_denied_total",
+    "Publishes and subscriptions the NATS server refused for lack of permission",
+    ["operation"],
+)
 
 Handler = Callable[[T, str], Awaitable[None]]
 
@@ -44,21 +72,18 @@ _KV_OPERATION = "KV-Operation"
 # JetStream's "wrong last sequence" API errors: an expected-revision write lost the race.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _MARKER_REASON = "Nats-Marker-Reason"
+# nats-py lower-cases the server's -ERR text before handing it over.
+_PERMISSION_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "?([^"\s]+)"?')
+_DENIAL_LOG_WINDOW = 60.0
+_HEADERS = {"Content-Type": cloudevents.CONTENT_TYPE}
 
 
-def backoff_delay(attempt: int, *, base: float, cap: float, jitter: float) -> float:
-    """Exponential backoff with full-range jitter: ``jitter`` in [0, 1) picks a point in [d/2, d)."""
-    delay: float = min(cap, base * 2.0 ** min(attempt, 16))
-    return delay * (0.5 + jitter / 2)
+class NatsUnavailable(FatalError, BusError):
+    """NATS did not accept a connection within the connect timeout."""
 
 
-def _reconnect_handler(base: float, cap: float) -> Callable[[list[Any], dict[str, Any]], tuple[Any, float]]:
-    def choose(servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
-        # The server tried least recently is the one with the fewest reconnect attempts.
-        server = min(servers, key=lambda candidate: candidate.reconnects)
-        return server, backoff_delay(server.reconnects, base=base, cap=cap, jitter=random.random())
-
-    return choose
+class NatsRefused(SetupError, BusError):
+    """NATS refused our credentials, or its certificate is not signed by our CA: the setup is wrong."""
 
 
 def _subject_label(subject: str) -> str:
@@ -66,59 +91,226 @@ def _subject_label(subject: str) -> str:
     return ".".join(subject.split(".")[:4])
 
 
+def _read_secret_file(option: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SetupError(f"cannot read {option} file {path}: {exc.strerror}", f"check {option}") from None
+
+
+def _tls_context(settings: NatsSettings) -> ssl.SSLContext | None:
+    if not settings.uses_tls:
+        return None
+    from tether.shared.tls import KeyPair, client_ssl_context
+
+    pair = None
+    if settings.tls_cert_file:
+        pair = KeyPair(
+            key_pem=_read_secret_file("--nats-tls-key", settings.tls_key_file),
+            chain_pem=_read_secret_file("--nats-tls-cert", settings.tls_cert_file),
+        )
+    try:
+        if settings.tls_ca_file:
+            return client_ssl_context(_read_secret_file("--nats-tls-ca", settings.tls_ca_file), pair)
+        return client_ssl_context(None, pair)
+    except (ssl.SSLError, ValueError) as exc:
+        raise SetupError(
+            f"the NATS TLS files are not valid PEM: {exc}",
+            "check --nats-tls-ca, --nats-tls-cert, --nats-tls-key",
+        ) from None
+
+
+def _auth_options(settings: NatsSettings) -> dict[str, Any]:
+    if settings.creds_file:
+        _read_secret_file("--nats-creds", settings.creds_file)
+        return {"user_credentials": settings.creds_file}
+    if settings.nkey_seed_file:
+        seed = _read_secret_file("--nats-nkey", settings.nkey_seed_file).strip()
+        import nkeys
+
+        try:
+            nkeys.from_seed(bytearray(seed)).wipe()
+        except nkeys.NkeysError:
+            raise SetupError(
+                f"--nats-nkey file {settings.nkey_seed_file} holds no valid nkey seed",
+                "write the user's seed (SU...) into it",
+            ) from None
+        return {"nkeys_seed_str": seed.decode("ascii")}
+    if settings.user:
+        return {"user": settings.user, "password": settings.password}
+    if settings.token:
+        return {"token": settings.token}
+    return {}
+
+
+def _refusal(exc: BaseException, url: str) -> NatsRefused | None:
+    """The connection error as a refusal that retrying cannot fix, or None if it may be transient."""
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower():
+        return NatsRefused(
+            f"NATS at {url} refused the credentials (authorization violation)",
+            "check --nats-creds / --nats-nkey / --nats-user against the server's users",
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return NatsRefused(
+            f"the TLS certificate of NATS at {url} is not trusted: {exc.verify_message}",
+            "point --nats-tls-ca at the CA bundle that signed the server's certificate",
+        )
+    return None
+
+
+class _Denials:
+    """Permission violations reported by the server, matched against the operations waiting on them."""
+
+    def __init__(self, bound: Any) -> None:
+        self._log = bound
+        self._waiting: dict[str, set[asyncio.Future[PermissionDenied]]] = {}
+        self._last_logged: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    def expect(self, subject: str) -> asyncio.Future[PermissionDenied]:
+        future: asyncio.Future[PermissionDenied] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(subject.lower(), set()).add(future)
+        return future
+
+    def forget(self, subject: str, future: asyncio.Future[PermissionDenied]) -> None:
+        waiting = self._waiting.get(subject.lower())
+        if waiting is not None:
+            waiting.discard(future)
+            if not waiting:
+                del self._waiting[subject.lower()]
+
+    def record(self, operation: str, subject: str) -> None:
+        PERMISSION_DENIED.labels(operation).inc()
+        key = (operation, subject)
+        now = time.monotonic()
+        if now - self._last_logged.get(key, -_DENIAL_LOG_WINDOW) >= _DENIAL_LOG_WINDOW:
+            self._log.error(
+                "nats_permission_denied",
+                operation=operation,
+                subject=subject,
+                repeated=self._suppressed.pop(key, 0),
+                hint="this user's permissions do not allow it; see docs/events.md, permissions",
+            )
+            self._last_logged[key] = now
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        for future in self._waiting.get(subject, ()):
+            if not future.done():
+                future.set_result(PermissionDenied(operation, subject))
+
+
 class Bus:
     """A connection to NATS that reconnects forever with jittered backoff."""
 
-    def __init__(self, client: NatsClient, name: str) -> None:
+    def __init__(
+        self, client: NatsClient, name: str, source: str, denials: _Denials, reconnects: _Reconnects
+    ) -> None:
         self._nc = client
+        self._reconnects = reconnects
         self._js: JetStreamContext = client.jetstream()
         self.name = name
+        self.source = source
+        self._denials = denials
 
     @classmethod
     async def connect(
         cls,
-        servers: str | list[str],
+        settings: NatsSettings | str,
         *,
         name: str,
-        initial_timeout: float | None = 10.0,
-        reconnect_wait: float = 0.1,
-        reconnect_cap: float = 2.0,
+        source: str = "",
     ) -> Bus:
-        """Connect within ``initial_timeout`` seconds (None: wait forever).
+        """Connect, retrying with backoff for up to ``settings.connect_timeout`` seconds (None: forever).
 
-        Once connected, it reconnects forever with jittered exponential backoff from ``reconnect_wait`` up to
-        ``reconnect_cap`` seconds; nats-py re-establishes the subscriptions.
+        Raises :class:`NatsUnavailable` when the time runs out, :class:`NatsRefused` when the server refuses
+        our credentials or certificate, :class:`SetupError` when a credentials or TLS file is unusable.
+        A plain URL connects without credentials and gives up after 10 s.
         """
-        urls = [s.strip() for s in servers.split(",")] if isinstance(servers, str) else servers
-        bound = log.bind(bus=name)
+        if isinstance(settings, str):
+            settings = NatsSettings(servers=tuple(s.strip() for s in settings.split(",") if s.strip()))
+        url = settings.url_text
+        bound = log.bind(bus=name, url=url)
+        denials = _Denials(bound)
+        tls = _tls_context(settings)
+        auth = _auth_options(settings)
+        reconnect = _Reconnects(bound, settings)
 
         async def on_error(exc: Exception) -> None:
-            bound.warning("nats_error", error=str(exc) or type(exc).__name__)
+            text = str(exc) or type(exc).__name__
+            violation = _PERMISSION_VIOLATION.search(text.lower())
+            if violation is not None:
+                denials.record("publish" if violation.group(1) == "publish" else "subscribe", violation[2])
+                return
+            reconnect.last_error = text
+            reconnect.last_exception = exc
 
         async def on_disconnect() -> None:
-            bound.warning("nats_disconnected")
+            if reconnect.established and not reconnect.closing:
+                bound.warning("nats_disconnected")
 
         async def on_reconnect() -> None:
+            reconnect.connected()
             bound.info("nats_reconnected")
 
         options: dict[str, Any] = {
-            "servers": urls,
+            "servers": list(settings.servers),
             "name": name,
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": reconnect_wait,
-            "reconnect_to_server_handler": _reconnect_handler(reconnect_wait, reconnect_cap),
+            # The first connection is retried here, with the same backoff as reconnects: nats-py retries it
+            # on a fixed short interval otherwise. Reconnecting is switched on once connected.
+            "allow_reconnect": False,
+            # nats-py gives up a first connection only once every server failed more than this many times.
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": settings.retry_base,
+            "reconnect_to_server_handler": reconnect.choose,
             "connect_timeout": 2,
             "error_cb": on_error,
             "disconnected_cb": on_disconnect,
             "reconnected_cb": on_reconnect,
+            "inbox_prefix": settings.inbox_prefix,
+            **({"tls": tls} if tls is not None else {}),
+            **auth,
         }
-        try:
-            # nats-py itself retries the first connection (max_reconnect_attempts=-1); bound it here.
-            client = await asyncio.wait_for(nats.connect(**options), initial_timeout)
-        except (OSError, nats.errors.Error, TimeoutError) as exc:
-            raise BusError(f"could not connect to NATS at {','.join(urls)}: {exc or 'timed out'}") from exc
-        return cls(client, name)
+        backoff = Backoff(settings.retry_base, settings.retry_cap)
+        started = time.monotonic()
+        timeout = settings.connect_timeout
+        while True:
+            client = NatsClient()
+            reconnect.last_error = ""
+            reconnect.last_exception = None
+            try:
+                await client.connect(**options)
+                break
+            except asyncio.CancelledError:
+                await _close_quietly(client)
+                raise
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                await _close_quietly(client)
+                # nats-py ends with "no servers available"; the error of the attempt itself says more.
+                cause = reconnect.last_exception or exc
+                refusal = _refusal(cause, url)
+                if refusal is not None:
+                    raise refusal from None
+                error = str(cause) or type(cause).__name__
+            elapsed = time.monotonic() - started
+            if timeout is not None and elapsed >= timeout:
+                raise NatsUnavailable(
+                    f"could not connect to NATS at {url} within {timeout:g}s ({error})",
+                    "check --nats-url and that nats-server is running and reachable",
+                )
+            delay = backoff.next()
+            if timeout is not None:
+                delay = min(delay, max(0.0, timeout - elapsed))
+            bound.warning(
+                "nats_connect_failed", error=error[:300], attempt=backoff.attempt, retry_in=round(delay, 3)
+            )
+            await asyncio.sleep(delay)
+        # nats-py keeps its options in this public dict and reads them when a connection drops.
+        client.options["allow_reconnect"] = True
+        client.options["max_reconnect_attempts"] = -1
+        reconnect.established = True
+        if backoff.attempt:
+            bound.info("nats_connected", attempts=backoff.attempt + 1)
+        return cls(client, name, source or f"/tether/{name}", denials, reconnect)
 
     @property
     def client(self) -> NatsClient:
@@ -132,34 +324,60 @@ class Bus:
     def is_connected(self) -> bool:
         return bool(self._nc.is_connected)
 
-    async def publish(self, subject: str, event: msgspec.Struct) -> None:
+    async def _guarded(self, operation: str, subject: str, call: Awaitable[T]) -> T:
+        """Await ``call``; if the server reports a permission violation on ``subject`` first, raise it."""
+        denied = self._denials.expect(subject)
+        task: asyncio.Future[T] = asyncio.ensure_future(call)
         try:
-            await self._nc.publish(subject, events.encode(event))
+            waiting: set[asyncio.Future[Any]] = {task, denied}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                return task.result()
+            raise PermissionDenied(denied.result().operation, subject)
+        finally:
+            self._denials.forget(subject, denied)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def publish(self, subject: str, event: EventData) -> None:
+        """Publish ``event`` as a CloudEvent from this bus's source (fire and forget: a refusal by the server
+        is logged and counted when it arrives)."""
+        try:
+            await self._nc.publish(subject, cloudevents.encode(event, source=self.source), headers=_HEADERS)
         except nats.errors.Error as exc:
             raise BusError(f"publish to {subject} failed: {exc}") from exc
 
     async def subscribe(
         self,
         subject: str,
-        event_type: type[T],
-        handler: Handler[T],
+        event_type: type[EventT],
+        handler: Handler[EventT],
         *,
         queue: str = "",
     ) -> Subscription:
-        """Deliver every message on ``subject`` decoded as ``event_type`` to ``handler(event, subject)``.
+        """Deliver every ``event_type`` CloudEvent on ``subject`` to ``handler(data, subject)``.
 
-        With ``queue``, instances sharing the queue name split the messages between them.
+        With ``queue``, instances sharing the queue name split the messages between them. Raises
+        PermissionDenied when the server refuses the subscription.
         """
-        decoder = msgspec.json.Decoder(event_type)
+        decoder = EventDecoder(event_type)
         bound = log.bind(bus=self.name, subscription=subject)
         kind = event_type.__name__
 
         async def on_message(msg: Msg) -> None:
             try:
-                event = decoder.decode(msg.data)
-            except msgspec.DecodeError as exc:
-                DECODE_ERRORS.labels(_subject_label(msg.subject)).inc()
-                bound.error("bus_decode_failed", subject=msg.subject, error=str(exc), size=len(msg.data))
+                _envelope, event = decoder.decode(msg.data)
+            except NotAnEvent as exc:
+                DECODE_ERRORS.labels(_subject_label(msg.subject), exc.reason).inc()
+                bound.error(
+                    "bus_decode_failed",
+                    subject=msg.subject[:256],
+                    reason=exc.reason,
+                    error=str(exc)[:300],
+                    size=len(msg.data),
+                )
                 return
             MESSAGES_RECEIVED.labels(kind).inc()
             try:
@@ -167,9 +385,14 @@ class Bus:
             except Exception:
                 bound.exception("bus_handler_failed", subject=msg.subject)
 
-        try:
+        async def subscribe_and_confirm() -> Any:
             sub = await self._nc.subscribe(subject, queue=queue, cb=on_message)
-        except nats.errors.Error as exc:
+            await self._nc.flush()  # the server answers a refused SUB with -ERR before this PONG
+            return sub
+
+        try:
+            sub = await self._guarded("subscribe", subject, subscribe_and_confirm())
+        except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"subscribe to {subject} failed: {exc}") from exc
         return Subscription(sub)
 
@@ -177,8 +400,9 @@ class Bus:
         self, bucket: str, *, history: int = 1, ttl: float | None = None, create: bool = True
     ) -> KeyValue:
         """The key-value bucket ``bucket`` (file-backed), created with ``history``/``ttl`` when missing."""
+        api = f"$JS.API.STREAM.INFO.KV_{bucket}"
         try:
-            store = await self._js.key_value(bucket)
+            store = await self._guarded("publish", api, self._js.key_value(bucket))
         except nats.js.errors.BucketNotFoundError:
             if not create:
                 raise BusError(f"key-value bucket {bucket} does not exist") from None
@@ -186,12 +410,27 @@ class Bus:
                 bucket=bucket, history=history, ttl=ttl, storage=js_api.StorageType.FILE
             )
             try:
-                store = await self._js.create_key_value(config=config)
+                store = await self._guarded(
+                    "publish", f"$JS.API.STREAM.CREATE.KV_{bucket}", self._js.create_key_value(config=config)
+                )
             except nats.js.errors.Error as exc:
                 raise BusError(f"creating key-value bucket {bucket} failed: {exc}") from exc
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"opening key-value bucket {bucket} failed: {exc}") from exc
         return KeyValue(self, bucket, store)
+
+    async def purge_stream(self, stream: str) -> None:
+        """Purge every message of a JetStream stream (``KV_<bucket>`` for a bucket)."""
+        try:
+            await self._guarded("publish", f"$JS.API.STREAM.PURGE.{stream}", self._js.purge_stream(stream))
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"purging stream {stream} failed: {exc}") from exc
+
+    async def delete_stream(self, stream: str) -> None:
+        try:
+            await self._guarded("publish", f"$JS.API.STREAM.DELETE.{stream}", self._js.delete_stream(stream))
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"deleting stream {stream} failed: {exc}") from exc
 
     async def flush(self, timeout: float = 2.0) -> None:
         await self._nc.flush(timeout=int(timeout) or 1)
@@ -200,14 +439,50 @@ class Bus:
         """Drain subscriptions and pending publishes for up to ``drain_timeout`` seconds, then close.
 
         The bound keeps shutdown inside the runtime's budget: a subscription whose handler is mid-flight
-        (a JetStream consumer waiting on the server, say) must not hold the process open.
+        (a JetStream consumer waiting on the server, say), or a server that is down, must not hold the
+        process open.
         """
         if self._nc.is_closed:
             return
-        with contextlib.suppress(nats.errors.Error, TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(self._nc.drain(), drain_timeout)
-        with contextlib.suppress(nats.errors.Error):
-            await self._nc.close()
+        self._reconnects.closing = True
+        if self._nc.is_connected:
+            with contextlib.suppress(nats.errors.Error, TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._nc.drain(), drain_timeout)
+        await _close_quietly(self._nc)
+
+
+async def _close_quietly(client: NatsClient) -> None:
+    with contextlib.suppress(nats.errors.Error, OSError, TimeoutError, AttributeError, AssertionError):
+        await asyncio.wait_for(client.close(), 1.0)
+
+
+class _Reconnects:
+    """nats-py's reconnect hook: the shared backoff, one log line per window naming the URL and the error."""
+
+    def __init__(self, bound: Any, settings: NatsSettings) -> None:
+        self._log = bound
+        self._base = settings.retry_base
+        self._cap = settings.retry_cap
+        self.last_error = ""
+        self.last_exception: BaseException | None = None
+        self.established = False
+        self.closing = False
+
+    def choose(self, servers: list[Any], _info: dict[str, Any]) -> tuple[Any, float]:
+        # The server tried least recently is the one with the fewest reconnect attempts.
+        server = min(servers, key=lambda candidate: candidate.reconnects)
+        delay = backoff_delay(server.reconnects, base=self._base, cap=self._cap, jitter=random.random())
+        self._log.warning(
+            "nats_reconnecting",
+            server=server.uri.geturl() if hasattr(server.uri, "geturl") else str(server.uri),
+            attempt=server.reconnects + 1,
+            error=self.last_error[:300] or None,
+            retry_in=round(delay, 3),
+        )
+        return server, delay
+
+    def connected(self) -> None:
+        self.last_error = ""
 
 
 class Subscription:
@@ -235,7 +510,7 @@ SYNCED = Synced()
 
 
 class KeyValue:
-    """A JetStream key-value bucket holding msgspec values (JSON)."""
+    """A JetStream key-value bucket holding msgspec values (plain JSON records)."""
 
     def __init__(self, bus: Bus, bucket: str, store: Any) -> None:
         self._bus = bus
@@ -243,49 +518,65 @@ class KeyValue:
         self._store = store
         self._stream = f"KV_{bucket}"
 
+    @property
+    def raw(self) -> Any:
+        """nats-py's bucket, for reads the typed API does not cover (the raw bytes of a revision)."""
+        return self._store
+
     async def put(self, key: str, value: msgspec.Struct, *, expected_revision: int | None = None) -> int:
         """Write ``value``; with ``expected_revision``, only if that is still the latest (0: a new key).
 
-        Returns the new revision. Raises RevisionMismatch when another writer got there first.
+        Returns the new revision. Raises RevisionMismatch when another writer got there first and
+        PermissionDenied when this user may not write the bucket.
         """
-        data = events.encode(value)
+        return await self.put_raw(key, events.encode(value), expected_revision=expected_revision)
+
+    async def put_raw(self, key: str, data: bytes, *, expected_revision: int | None = None) -> int:
+        """Write bytes as they are (tests use this to plant garbage)."""
+        subject = f"$KV.{self.bucket}.{key}"
         try:
             if expected_revision is None:
-                return int(await self._store.put(key, data))
-            return int(await self._store.update(key, data, last=expected_revision))
+                return int(await self._bus._guarded("publish", subject, self._store.put(key, data)))
+            call = self._store.update(key, data, last=expected_revision)
+            return int(await self._bus._guarded("publish", subject, call))
         except nats.js.errors.KeyWrongLastSequenceError:
             raise RevisionMismatch(self.bucket, key, expected_revision) from None
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"put {self.bucket}/{key} failed: {exc}") from exc
-
-    async def put_raw(self, key: str, data: bytes) -> int:
-        """Write bytes as they are (tests use this to plant garbage)."""
-        return int(await self._store.put(key, data))
 
     async def get(self, key: str, value_type: type[T]) -> KvEntry[T] | None:
         """The key's latest entry: None if it never existed, ``value=None`` if it was deleted.
 
         Raises InvalidValue (with the revision) when the stored bytes do not decode as ``value_type``.
         """
-        try:
-            entry = await self._store.get(key)
-        except nats.js.errors.KeyNotFoundError as missing:
-            # nats-py reports a deleted key as not found, carrying the delete marker's entry.
-            if missing.entry is not None:
-                return KvEntry(key=key, revision=int(missing.entry.revision), value=None)
+        revision, data = await self.latest(key)
+        if revision == 0:
             return None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise BusError(f"get {self.bucket}/{key} failed: {exc}") from exc
-        revision = int(entry.revision)
+        if data is None:
+            return KvEntry(key=key, revision=revision, value=None)
         try:
-            value = msgspec.json.decode(entry.value, type=value_type)
+            value = msgspec.json.decode(data, type=value_type)
         except msgspec.DecodeError as exc:
             raise InvalidValue(self.bucket, key, revision, str(exc)) from None
         return KvEntry(key=key, revision=revision, value=value)
 
-    async def delete(self, key: str, *, expected_revision: int | None = None) -> None:
+    async def latest(self, key: str) -> tuple[int, bytes | None]:
+        """The key's latest revision (deletions included, 0 when never written) and its bytes."""
+        subject = f"$JS.API.STREAM.MSG.GET.{self._stream}"
         try:
-            await self._store.delete(key, last=expected_revision)
+            entry = await self._bus._guarded("publish", subject, self._store.get(key))
+        except nats.js.errors.KeyNotFoundError as missing:
+            # nats-py reports a deleted key as not found, carrying the delete marker's entry.
+            marker = getattr(missing, "entry", None)
+            return (int(marker.revision) if marker is not None and marker.revision else 0), None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"get {self.bucket}/{key} failed: {exc}") from exc
+        return int(entry.revision or 0), entry.value
+
+    async def delete(self, key: str, *, expected_revision: int | None = None) -> None:
+        subject = f"$KV.{self.bucket}.{key}"
+        try:
+            await self._bus._guarded("publish", subject, self._store.delete(key, last=expected_revision))
         except nats.js.errors.KeyWrongLastSequenceError:
             raise RevisionMismatch(self.bucket, key, expected_revision) from None
         except nats.js.errors.APIError as exc:
@@ -335,17 +626,25 @@ class KvWatch(Generic[T]):
         else:
             policy, start = js_api.DeliverPolicy.BY_START_SEQUENCE, self._from_revision
         config = js_api.ConsumerConfig(opt_start_seq=start) if start else None
-        self._sub = await self._kv._bus.jetstream.subscribe(
-            self._subject,
-            stream=self._kv._stream,
-            cb=self._on_message,
-            ordered_consumer=True,
-            idle_heartbeat=self._heartbeat,
-            deliver_policy=policy,
-            config=config,
-            inactive_threshold=300.0,
-        )
-        info = await self._sub.consumer_info()
+        bus = self._kv._bus
+        try:
+            self._sub = await bus._guarded(
+                "publish",
+                f"$JS.API.CONSUMER.CREATE.{self._kv._stream}",
+                bus.jetstream.subscribe(
+                    self._subject,
+                    stream=self._kv._stream,
+                    cb=self._on_message,
+                    ordered_consumer=True,
+                    idle_heartbeat=self._heartbeat,
+                    deliver_policy=policy,
+                    config=config,
+                    inactive_threshold=300.0,
+                ),
+            )
+            info = await self._sub.consumer_info()
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"watching {self._kv.bucket} failed: {exc}") from exc
         if info.num_pending == 0 and self._sub.delivered == 0:
             self._mark_synced()
 
@@ -368,9 +667,14 @@ class KvWatch(Generic[T]):
             try:
                 value = self._decoder.decode(msg.data)
             except msgspec.DecodeError as exc:
-                DECODE_ERRORS.labels(f"$KV.{self._kv.bucket}").inc()
+                reason = "invalid_value" if isinstance(exc, msgspec.ValidationError) else "undecodable"
+                DECODE_ERRORS.labels(f"$KV.{self._kv.bucket}", reason).inc()
                 self._log.error(
-                    "kv_decode_failed", key=key, revision=revision, error=str(exc), size=len(msg.data)
+                    "kv_decode_failed",
+                    key=key[:256],
+                    revision=revision,
+                    error=str(exc)[:300],
+                    size=len(msg.data),
                 )
             else:
                 MESSAGES_RECEIVED.labels("kv").inc()

@@ -15,13 +15,16 @@ import os
 import sys
 import types
 import typing
+import urllib.parse
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, NoReturn, TypeVar, get_args, get_origin, get_type_hints
 
 import msgspec
 from msgspec import Meta
 
 from tether.shared.errors import ConfigError
+from tether.shared.failure import exit_with
+from tether.shared.nats_settings import NatsSettings, inbox_prefix
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -59,12 +62,17 @@ class LoggingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     log_level: Annotated[LogLevel, Meta(description="minimum log level")] = "info"
 
 
-class ProcessConfig(LoggingConfig, frozen=True, kw_only=True):
-    """Options of every long-running Tether process (control-plane services and the proxy)."""
+AdminAddr = Annotated[str, Meta(description="admin HTTP listener (/live, /ready, /metrics), host:port")]
 
-    admin_addr: Annotated[
-        str, Meta(description="admin HTTP listener (/live, /ready, /metrics), host:port")
-    ] = "0.0.0.0:9990"
+
+class ProcessConfig(LoggingConfig, frozen=True, kw_only=True):
+    """Options of every long-running Tether process (control-plane services and the proxy).
+
+    Each component overrides ``admin_addr`` with its own default port (docs/ARCHITECTURE.md lists them),
+    so that all of them run side by side on one host.
+    """
+
+    admin_addr: AdminAddr
     shutdown_grace: Annotated[
         float, Meta(ge=0.0, le=300.0, description="seconds to drain on SIGTERM before exiting")
     ] = 1.5
@@ -73,25 +81,109 @@ class ProcessConfig(LoggingConfig, frozen=True, kw_only=True):
         check_addr("admin_addr", self.admin_addr)
 
 
+def _secret(description: str) -> Any:
+    """A secret: read from the environment only, never a flag, so that it never shows in the process list."""
+    return Meta(description=description, extra={"env_only": True})
+
+
 class CommonConfig(ProcessConfig, frozen=True, kw_only=True):
     """Options every control-plane service takes, under the same names: the process options and NATS."""
 
     nats_url: Annotated[str, Meta(description="NATS server URL(s), comma separated")] = (
         "nats://127.0.0.1:4222"
     )
+    nats_connect_timeout: Annotated[
+        float,
+        Meta(ge=0.0, le=3600.0, description="seconds to wait for the first NATS connection (0: forever)"),
+    ] = 60.0
+    nats_creds: Annotated[str, Meta(description="NATS credentials file (.creds: user JWT and nkey seed)")] = (
+        ""
+    )
+    nats_nkey: Annotated[str, Meta(description="file holding this component's NATS nkey seed")] = ""
+    nats_user: Annotated[str, Meta(description="NATS user name (its password in TETHER_NATS_PASSWORD)")] = ""
+    nats_password: Annotated[str, _secret("password of --nats-user")] = ""
+    nats_token: Annotated[str, _secret("NATS authentication token")] = ""
+    nats_tls_ca: Annotated[
+        str, Meta(description="PEM CA bundle that signs the NATS server's certificate")
+    ] = ""
+    nats_tls_cert: Annotated[str, Meta(description="PEM client certificate for NATS (mutual TLS)")] = ""
+    nats_tls_key: Annotated[str, Meta(description="PEM private key of --nats-tls-cert")] = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for url in self.nats_url.split(","):
-            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
-                raise ValueError(f"nats_url: expected nats://host:port, got {url.strip()!r}")
+        for url in self.nats_servers:
+            if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError(f"nats_url: expected nats://host:port, got {url!r}")
+            if "@" in urllib.parse.urlsplit(url).netloc:
+                raise ValueError(
+                    "nats_url: credentials in the URL end up in the process list and in logs; "
+                    "put them in a file and use --nats-creds (or --nats-user with TETHER_NATS_PASSWORD)"
+                )
+        methods = [
+            name
+            for name, value in (
+                ("nats_creds", self.nats_creds),
+                ("nats_nkey", self.nats_nkey),
+                ("nats_user", self.nats_user),
+                ("nats_token", self.nats_token),
+            )
+            if value
+        ]
+        if len(methods) > 1:
+            raise ValueError(f"{methods[1]}: choose one NATS authentication, not {' and '.join(methods)}")
+        if self.nats_password and not self.nats_user:
+            raise ValueError("nats_user: TETHER_NATS_PASSWORD is set but --nats-user is not")
+        if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
+            raise ValueError("nats_tls_cert: --nats-tls-cert and --nats-tls-key go together")
 
     @property
     def nats_servers(self) -> list[str]:
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]
 
+    def nats_settings(self, user: str) -> NatsSettings:
+        """How this process connects to NATS, as NATS user ``user`` (its own inbox prefix)."""
+        return NatsSettings(
+            servers=tuple(self.nats_servers),
+            connect_timeout=self.nats_connect_timeout or None,
+            creds_file=self.nats_creds,
+            nkey_seed_file=self.nats_nkey,
+            user=self.nats_user,
+            password=self.nats_password,
+            token=self.nats_token,
+            tls_ca_file=self.nats_tls_ca,
+            tls_cert_file=self.nats_tls_cert,
+            tls_key_file=self.nats_tls_key,
+            inbox_prefix=inbox_prefix(user),
+        )
+
+
+class KubeClientConfig(CommonConfig, frozen=True, kw_only=True):
+    """The options of every component that talks to the Kubernetes API (one client factory reads them)."""
+
+    kube_api_url: Annotated[
+        str,
+        Meta(
+            description="Kubernetes API server URL (empty: in-cluster config, else KUBECONFIG/~/.kube/config)"
+        ),
+    ] = ""
+    kubeconfig: Annotated[
+        str, Meta(description="kubeconfig file (empty: KUBECONFIG, else ~/.kube/config); outside a cluster")
+    ] = ""
+    kube_context: Annotated[str, Meta(description="kubeconfig context (empty: its current context)")] = ""
+    kube_connect_timeout: Annotated[
+        float,
+        Meta(ge=0.0, le=3600.0, description="seconds to wait for the Kubernetes API at start (0: forever)"),
+    ] = 60.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.kube_api_url and not self.kube_api_url.startswith(("http://", "https://")):
+            raise ValueError(f"kube_api_url: expected http(s)://host[:port], got {self.kube_api_url!r}")
+
 
 COMMON_FIELDS = frozenset(CommonConfig.__struct_fields__)
+# Shared by every Kubernetes client, yet scoped per component (TETHER_DESTINATION_KUBE_API_URL ...), since
+# two components on one host may well talk to different clusters.
 
 ConfigT = TypeVar("ConfigT", bound=LoggingConfig)
 
@@ -103,6 +195,8 @@ class OptionSpec(msgspec.Struct, frozen=True):
     default: Any
     help: str
     kind: Any
+    # Secrets come from the environment only: a flag would show them in the process list.
+    env_only: bool = False
 
 
 def _env_prefix(service: str) -> str:
@@ -118,9 +212,12 @@ def option_specs(cls: type[LoggingConfig], service: str) -> list[OptionSpec]:
         hint = hints[name]
         description = ""
         kind = hint
+        env_only = False
         if get_origin(hint) is Annotated:
             kind, *extras = get_args(hint)
-            description = " ".join(m.description for m in extras if isinstance(m, Meta) and m.description)
+            metas = [m for m in extras if isinstance(m, Meta)]
+            description = " ".join(m.description for m in metas if m.description)
+            env_only = any((m.extra or {}).get("env_only") for m in metas)
         env = ("TETHER_" if name in COMMON_FIELDS else _env_prefix(service)) + name.upper()
         specs.append(
             OptionSpec(
@@ -130,6 +227,7 @@ def option_specs(cls: type[LoggingConfig], service: str) -> list[OptionSpec]:
                 default=defaults[name],
                 help=description,
                 kind=kind,
+                env_only=env_only,
             )
         )
     return specs
@@ -174,20 +272,59 @@ def _coerce(spec: OptionSpec, raw: str) -> Any:
     return raw
 
 
+class TetherArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors in the one-line form of every Tether command (see tether.shared.failure).
+
+    ``command`` is what the error line starts with (``tether-identity`` for ``tether-identity serve``).
+    """
+
+    def __init__(self, *args: Any, command: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.command = command or self.prog.split()[0]
+
+    def error(self, message: str) -> NoReturn:
+        exit_with(self.command, ConfigError(message), help_command=self.prog)
+
+
 def build_parser(
     cls: type[LoggingConfig], service: str, prog: str, description: str = ""
-) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+) -> TetherArgumentParser:
+    parser = TetherArgumentParser(prog=prog, description=description)
     add_options(parser, cls, service)
     return parser
 
 
+class _RefuseSecretFlag(argparse.Action):
+    """A secret given as a flag: refused, without echoing it, pointing at its environment variable."""
+
+    def __init__(self, *args: Any, env: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.env = env
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        parser.error(
+            f"{self.option_strings[0]} is not accepted on the command line, where every user of the host "
+            f"can read it; set {self.env} instead"
+        )
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type[LoggingConfig], service: str) -> None:
+    secrets = []
     for spec in option_specs(cls, service):
         default = spec.default
         shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
         if default is msgspec.NODEFAULT:
             shown = "required"
+        if spec.env_only:
+            secrets.append(f"{spec.env}: {spec.help}")
+            parser.add_argument(
+                spec.flag,
+                dest=f"_refused_{spec.field}",
+                action=_RefuseSecretFlag,
+                env=spec.env,
+                help=argparse.SUPPRESS,
+            )
+            continue
         parser.add_argument(
             spec.flag,
             dest=spec.field,
@@ -195,6 +332,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type[LoggingConfig], servi
             metavar=spec.field.upper(),
             help=f"{spec.help} [env {spec.env}] (default: {shown}; {_describe(spec.kind)})",
         )
+    if secrets:
+        parser.epilog = "secrets, from the environment only: " + "; ".join(secrets)
 
 
 def config_from(
@@ -216,7 +355,7 @@ def config_from(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for name, spec in specs.items():
-        raw = flags.get(name)
+        raw = None if spec.env_only else flags.get(name)
         source = spec.flag
         if raw is None and spec.env in environ:
             raw, source = environ[spec.env], spec.env
@@ -249,9 +388,11 @@ def _explain(
     if field is None or field not in specs:
         return f"invalid configuration: {message}"
     spec = specs[field]
-    given = f" (got {values[field]!r} from {sources[field]})" if field in values else ""
+    shown = "<secret>" if spec.env_only else repr(values.get(field))
+    given = f" (got {shown} from {sources[field]})" if field in values else ""
     hint = f"; expected {_describe(spec.kind)}" if expected else ""
-    return f"{spec.flag} / {spec.env}: {message}{hint}{given}"
+    name = spec.env if spec.env_only else f"{spec.flag} / {spec.env}"
+    return f"{name}: {message}{hint}{given}"
 
 
 def load_config(
@@ -275,7 +416,10 @@ def config_or_exit(
     flags: Mapping[str, Any],
     environ: Mapping[str, str],
 ) -> ConfigT:
+    """The validated config, or the one-line error and exit 2."""
+    flags = {name: value for name, value in flags.items() if not name.startswith("_refused_")}
     try:
         return config_from(cls, service, flags, environ)
     except ConfigError as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+        command = parser.command if isinstance(parser, TetherArgumentParser) else parser.prog.split()[0]
+        exit_with(command, exc, help_command=parser.prog)

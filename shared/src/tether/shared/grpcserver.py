@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import grpc
 
+from tether.shared.listen import bind_failure
+
 # Keep idle client connections alive through NAT/conntrack, and let clients ping on idle streams.
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -13,6 +15,8 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+    # gRPC sets SO_REUSEPORT by default: a second process on the same port would silently share it.
+    ("grpc.so_reuseport", 0),
 ]
 
 
@@ -20,18 +24,28 @@ async def start_grpc_server(
     addr: str,
     register: Callable[[grpc.aio.Server], None],
     *,
+    option: str = "--grpc-addr",
     credentials: grpc.ServerCredentials | None = None,
     extra_options: list[tuple[str, int]] | None = None,
+    maximum_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Start a grpc.aio server on ``addr`` (port 0 picks a free one); returns the server and its port."""
-    server = grpc.aio.server(options=SERVER_OPTIONS + (extra_options or []))
-    register(server)
-    port = (
-        server.add_secure_port(addr, credentials)
-        if credentials is not None
-        else server.add_insecure_port(addr)
+    """Start a grpc.aio server on ``addr`` (port 0 picks a free one); returns the server and its port.
+
+    A listener that cannot bind raises PortInUse naming ``option`` and the address.
+    """
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS + (extra_options or []), maximum_concurrent_rpcs=maximum_concurrent_rpcs
     )
+    register(server)
+    try:
+        port = (
+            server.add_secure_port(addr, credentials)
+            if credentials is not None
+            else server.add_insecure_port(addr)
+        )
+    except RuntimeError:  # grpcio: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind gRPC listener on {addr}")
+        raise bind_failure(option, addr)
     await server.start()
     return server, port

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tether.shared.errors import TetherError
+
 DEFAULT_TRUST_DOMAIN = "cluster.local"
 IDENTITY_INFIX = "serviceaccount.identity"
 SERVICEACCOUNT_USERNAME_PREFIX = "system:serviceaccount:"
@@ -19,7 +21,7 @@ _MAX_LABEL = 63
 _MAX_DNS_NAME = 253
 
 
-class InvalidIdentityName(ValueError):
+class InvalidIdentityName(TetherError, ValueError):
     """A string is not a well-formed workload identity, label or trust domain."""
 
 

@@ -9,6 +9,13 @@ from typing import Any, TextIO
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+# The level configure() set last: failures carry their traceback only at debug.
+_configured = {"level": logging.INFO}
+
+
+def tracebacks_wanted() -> bool:
+    """Whether failures should carry their traceback: only at ``--log-level debug``."""
+    return _configured["level"] <= logging.DEBUG
 
 
 def configure(
@@ -38,6 +45,7 @@ def configure(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     threshold = _LEVELS[level]
+    _configured["level"] = threshold
     structlog.configure(
         processors=[
             *shared,

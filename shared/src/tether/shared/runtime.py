@@ -1,7 +1,15 @@
-"""The service runtime: every Tether control-plane service runs inside it.
+"""The process runtime: every long-running Tether process runs inside it, the proxy included.
 
-It owns what is the same for every service: uvloop, logging, the NATS connection, heartbeats, the admin
-listener, and graceful shutdown on SIGTERM/SIGINT (stop accepting, drain within a bound, exit 0).
+It owns what is the same for every process: parse and validate configuration once, configure logging,
+build the component, run it under uvloop, and stop gracefully on SIGTERM/SIGINT. On top of that:
+
+* the admin listener (``/live``, ``/ready``, ``/metrics``, ``/debug/tasks``), up before anything else so that
+  a process waiting for NATS is live but not ready;
+* the :class:`~tether.shared.supervisor.Supervisor` every long-lived task starts through: a critical task
+  that fails turns ``/ready`` false and ends the process with exit 1 within ``--shutdown-grace`` + 1 s;
+* for control-plane services, the NATS connection (one backoff, ``--nats-connect-timeout``) and heartbeats;
+* start-up failures as one plain-text line (``tether-<component>: error: <cause>; <remedy>``), exit 2 for
+  setup errors and 1 for the rest, with a traceback only at ``--log-level debug``.
 """
 
 from __future__ import annotations
@@ -9,27 +17,37 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import structlog
 import uvloop
 
 from tether.shared import subjects
-from tether.shared.admin import AdminServer, Routes, health_routes
-from tether.shared.aio import cancel_and_wait
-from tether.shared.bus import Bus
-from tether.shared.config import CommonConfig, load_config, parse_hostport
-from tether.shared.errors import BusError
+from tether.shared.admin import AdminResponse, AdminServer, Route, Routes, health_routes, is_loopback
+from tether.shared.cloudevents import source_for
+from tether.shared.config import CommonConfig, ProcessConfig, load_config, parse_hostport
+from tether.shared.errors import BusError, FatalError
 from tether.shared.events import Heartbeat
-from tether.shared.logging import configure
+from tether.shared.failure import report
+from tether.shared.listen import bind_failure
+from tether.shared.logging import configure, tracebacks_wanted
+from tether.shared.supervisor import SupervisedTask, Supervisor, TaskFactory
+
+if TYPE_CHECKING:
+    # Imported when a component uses NATS: the proxy never loads nats-py or prometheus_client.
+    from tether.shared.bus import Bus
 
 HEARTBEAT_INTERVAL = 2.0
+# Beyond --shutdown-grace: closing NATS and the admin listener once the component has drained.
+STOP_MARGIN = 0.8
 
 log = structlog.get_logger(__name__)
 
@@ -43,40 +61,82 @@ def instance_id() -> str:
 
 
 class Context:
-    """What a running service gets from the runtime."""
+    """What a running component gets from the runtime."""
 
-    def __init__(self, *, service: str, instance: str, version: str, config: CommonConfig, bus: Bus) -> None:
+    def __init__(
+        self,
+        *,
+        service: str,
+        instance: str,
+        version: str,
+        config: ProcessConfig,
+        supervisor: Supervisor,
+        request_stop: Callable[[], None],
+        bus: Bus | None = None,
+    ) -> None:
         self.service = service
         self.instance = instance
         self.version = version
         self.config = config
-        self.bus = bus
+        self.supervisor = supervisor
+        self.request_stop = request_stop
+        self._bus = bus
         self.log = structlog.get_logger(service).bind(service=service)
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError(f"{self.service} runs without NATS")
+        return self._bus
+
+    def spawn(self, name: str, factory: TaskFactory, *, critical: bool = True) -> SupervisedTask:
+        """Start a long-lived task under the supervisor (see tether.shared.supervisor)."""
+        return self.supervisor.spawn(name, factory, critical=critical)
 
 
 class Service(abc.ABC):
-    """A control-plane service: started once the bus is up, stopped on SIGTERM."""
+    """A long-running component: started once the runtime is up, stopped on SIGTERM."""
+
+    #: Control-plane services talk to NATS; the proxy does not.
+    uses_nats: ClassVar[bool] = True
 
     @abc.abstractmethod
     async def start(self, ctx: Context) -> None:
-        """Start serving; return once listeners accept (long-running work goes in tasks)."""
+        """Start serving; return once listeners accept (long-running work goes in supervised tasks)."""
 
     @abc.abstractmethod
     async def stop(self, grace: float) -> None:
-        """Stop accepting, let in-flight work finish within ``grace`` seconds, release resources."""
+        """Stop accepting, let in-flight work finish within ``grace`` seconds, release resources.
 
+        Called also after a start that failed half-way: release whatever was acquired.
+        """
+
+    @abc.abstractmethod
     def ready(self) -> bool:
-        """Whether the service can serve requests now (drives ``/ready`` and heartbeats)."""
-        return True
+        """Whether the component can do its job now (drives ``/ready`` and heartbeats)."""
+
+    def admin_routes(self, ctx: Context) -> Mapping[str, Mapping[str, Route]]:
+        """Extra admin routes of this component."""
+        return {}
+
+    def render_metrics(self) -> bytes | None:
+        """The component's metrics in the Prometheus text format; None: prometheus_client's registry."""
+        return None
+
+
+def _render_default_registry() -> bytes:
+    from prometheus_client import REGISTRY, generate_latest
+
+    return bytes(generate_latest(REGISTRY))
 
 
 class Runtime:
-    """Runs one service until it is told to stop. Usable in-process by tests (``start``/``stop``)."""
+    """Runs one component until it is told to stop. Usable in-process by tests (``start``/``stop``)."""
 
     def __init__(
         self,
         service_name: str,
-        config: CommonConfig,
+        config: ProcessConfig,
         service: Service,
         *,
         version: str,
@@ -90,34 +150,96 @@ class Runtime:
         self.started_at = time.monotonic()
         self.bus: Bus | None = None
         self.admin: AdminServer | None = None
-        self._heartbeat_task: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor(self._critical_task_failed)
+        self.failure: FatalError | None = None
+        self.stop_requested = asyncio.Event()
+        self._service_starting = False
         self._service_started = False
         self._stopping = False
         self.log = log.bind(service=service_name, instance=self.instance)
 
     def ready(self) -> bool:
-        return (
-            self._service_started
-            and not self._stopping
-            and self.bus is not None
-            and self.bus.is_connected
-            and self.service.ready()
-        )
+        if not self._service_started or self._stopping or self.failure is not None:
+            return False
+        if self.service.uses_nats and (self.bus is None or not self.bus.is_connected):
+            return False
+        return self.service.ready()
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def _critical_task_failed(self, name: str, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = FatalError(
+                f"critical task {name} failed: {type(exc).__name__}: {exc}",
+                "the process exits so that its supervisor restarts it; see the task_failed log line",
+            )
+        self.stop_requested.set()
 
     async def start(self) -> None:
+        """Admin listener, NATS (when used), the component, heartbeats. Raises FatalError."""
         host, port = parse_hostport(self.config.admin_addr)
-        self.admin = AdminServer(Routes(health_routes(self.ready)), host, port)
-        await self.admin.start()
-        self.bus = await Bus.connect(
-            self.config.nats_servers, name=f"{self.name}-{self.instance}", initial_timeout=None
-        )
+        routes = dict(health_routes(self.ready, self._render_metrics))
+        routes["/debug/tasks"] = {"GET": self._debug_tasks}
+        self.admin = AdminServer(Routes(routes), host, port)
+        try:
+            await self.admin.start()
+        except OSError as exc:
+            raise bind_failure("--admin-addr", self.config.admin_addr, exc) from None
+        if self.service.uses_nats:
+            from tether.shared.bus import Bus
+
+            assert isinstance(self.config, CommonConfig)
+            self.bus = await Bus.connect(
+                self.config.nats_settings(self.name),
+                name=f"{self.name}-{self.instance}",
+                source=source_for(self.name, self.instance),
+            )
         ctx = Context(
-            service=self.name, instance=self.instance, version=self.version, config=self.config, bus=self.bus
+            service=self.name,
+            instance=self.instance,
+            version=self.version,
+            config=self.config,
+            supervisor=self.supervisor,
+            request_stop=self.request_stop,
+            bus=self.bus,
         )
+        self._service_starting = True
         await self.service.start(ctx)
+        extra = self.service.admin_routes(ctx)
+        if extra:
+            self.admin.routes = Routes({**routes, **extra})
         self._service_started = True
-        self._heartbeat_task = asyncio.create_task(self._heartbeats(), name="heartbeats")
+        if self.bus is not None:
+            self.supervisor.spawn("heartbeats", self._heartbeats)
         self.log.info("service_started", admin_addr=f"{host}:{self.admin.port}")
+
+    def _render_metrics(self) -> bytes:
+        own = self.service.render_metrics()
+        body = own if own is not None else _render_default_registry()
+        return body + self.supervisor.render_metrics().encode()
+
+    def _debug_tasks(self, peer: str) -> AdminResponse:
+        # Which asyncio tasks run, and whether the supervisor started them: tests fail on any long-lived
+        # task of ours that bypassed it. Loopback only: it names internals.
+        if not is_loopback(peer):
+            return AdminResponse(403, b"only from loopback\n")
+        tasks = []
+        for task in asyncio.all_tasks():
+            coro = task.get_coro()
+            code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+            module = getattr(coro, "__module__", "") or ""
+            qualname = getattr(coro, "__qualname__", "") or (code.co_name if code else repr(coro))
+            tasks.append(
+                {
+                    "id": id(task),
+                    "name": task.get_name(),
+                    "coroutine": f"{module}.{qualname}" if module else qualname,
+                    "file": code.co_filename if code else "",
+                    "supervised": self.supervisor.is_supervised(task),
+                }
+            )
+        return AdminResponse(200, json.dumps(tasks).encode(), b"application/json")
 
     async def _heartbeats(self) -> None:
         while True:
@@ -125,7 +247,7 @@ class Runtime:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     async def _publish_heartbeat(self) -> None:
-        if self.bus is None:
+        if self.bus is None or not self.bus.is_connected:
             return
         beat = Heartbeat(
             service=self.name,
@@ -140,26 +262,33 @@ class Runtime:
             self.log.warning("heartbeat_failed", error=str(exc))
 
     async def stop(self) -> None:
-        """Stop accepting, drain within the configured grace, announce not-ready, disconnect."""
+        """Stop accepting, drain within the configured grace, announce not-ready, disconnect.
+
+        Bounded: returns within ``shutdown_grace`` + 1 s whatever the component or NATS do.
+        """
         if self._stopping:
             return
         self._stopping = True
-        self.log.info("service_stopping", grace=self.config.shutdown_grace)
-        await cancel_and_wait(self._heartbeat_task)
+        grace = self.config.shutdown_grace
+        self.log.info("service_stopping", grace=grace)
         began = time.monotonic()
-        if self._service_started:
+        if self._service_starting:
             try:
-                await asyncio.wait_for(
-                    self.service.stop(self.config.shutdown_grace), self.config.shutdown_grace + 0.5
-                )
+                async with asyncio.timeout(grace + 0.3):
+                    await self.service.stop(grace)
             except TimeoutError:
-                self.log.warning("service_stop_timed_out")
+                self.log.warning("service_stop_timed_out", grace=grace)
+            except Exception as exc:
+                self.log.warning("service_stop_failed", error=f"{type(exc).__name__}: {exc}")
         drained = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await self.supervisor.stop()
         await self._publish_heartbeat()
+        if self.bus is not None:
+            await self.bus.close(drain_timeout=0.2)
         if self.admin is not None:
             await self.admin.close()
-        if self.bus is not None:
-            await self.bus.close()
         self.log.info(
             "service_stopped",
             drain_seconds=round(drained - began, 3),
@@ -167,33 +296,48 @@ class Runtime:
         )
 
 
-async def serve_until_signalled(runtime: Runtime) -> None:
+async def serve_until_signalled(runtime: Runtime) -> FatalError | None:
+    """Run ``runtime`` until SIGTERM/SIGINT or a critical failure; returns what ended it, if a failure."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    starting = asyncio.create_task(runtime.start())
-    stopped = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if starting in done:
-        starting.result()
-        await stopped
-    else:
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, BusError):
-            await starting
-    await runtime.stop()
+        loop.add_signal_handler(sig, runtime.request_stop)
+    starting = asyncio.create_task(runtime.start(), name="runtime-start")
+    stopped = asyncio.create_task(runtime.stop_requested.wait(), name="runtime-stop-requested")
+    failure: FatalError | None = None
+    try:
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a start-up failure raises here
+            await stopped
+        else:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, FatalError):
+                await starting
+    except FatalError as exc:
+        failure = exc
+    finally:
+        stopped.cancel()
+        await runtime.stop()
+    return failure or runtime.failure
 
 
-def run_service(
+def run_process(
     service_name: str,
-    config: CommonConfig,
+    config: ProcessConfig,
     build: Callable[[], Service],
     *,
     version: str,
+    command: str = "",
+    help_command: str = "",
+    instance: str | None = None,
 ) -> int:
-    """The body of every service's ``main()``: configure logging, build the service, run it, exit 0."""
-    instance = instance_id()
+    """The body of every component's ``main()``: configure logging, build, run; the exit code.
+
+    Start-up and critical failures end with one plain-text line on stderr, written after the event loop
+    has closed so that it is always the last line.
+    """
+    command = command or f"tether-{service_name}"
+    instance = instance or instance_id()
     configure(
         service=service_name,
         instance=instance,
@@ -201,13 +345,23 @@ def run_service(
         fmt=config.log_format,
         level=config.log_level,
     )
-    runtime = Runtime(service_name, config, build(), version=version, instance=instance)
+    failure: FatalError | None
     try:
-        uvloop.run(serve_until_signalled(runtime))
-    except Exception:
-        runtime.log.exception("service_failed")
-        return 1
-    return 0
+        runtime = Runtime(service_name, config, build(), version=version, instance=instance)
+        failure = uvloop.run(serve_until_signalled(runtime))
+    except FatalError as exc:
+        failure = exc
+    except Exception as exc:
+        # A bug, not a failure a user can cause: keep the traceback for the report.
+        log.error("unexpected_error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        failure = FatalError(
+            f"unexpected {type(exc).__name__}: {exc}", "this is a bug: please report it with the log above"
+        )
+    if failure is None:
+        return 0
+    if tracebacks_wanted() and failure.__traceback__ is not None:
+        log.debug("failure_traceback", traceback="".join(traceback.format_exception(failure)))
+    return report(command, failure, help_command=help_command or command)
 
 
 def env() -> Mapping[str, str]:
@@ -225,23 +379,39 @@ def package_version(distribution: str) -> str:
         return "0.0.0+unknown"
 
 
-ServiceConfigT = TypeVar("ServiceConfigT", bound=CommonConfig)
+ConfigT = TypeVar("ConfigT", bound=ProcessConfig)
 
 
 def service_main(
-    config_type: type[ServiceConfigT],
+    config_type: type[ConfigT],
     service_name: str,
-    build: Callable[[ServiceConfigT], Service],
+    build: Callable[[ConfigT], Service],
     argv: Sequence[str] | None = None,
     *,
     description: str = "",
     prog: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    instance: Callable[[ConfigT], str] | None = None,
 ) -> int:
-    """A whole control-plane entry point: parse flags and environment once, then run the service.
+    """A whole entry point: parse flags and environment once, then run the component.
 
     The version is that of the ``tether-<service>`` distribution.
     """
-    config = load_config(config_type, service_name, argv, env(), prog=prog, description=description)
-    return run_service(
-        service_name, config, lambda: build(config), version=package_version(f"tether-{service_name}")
+    prog = prog or f"tether-{service_name}"
+    config = load_config(
+        config_type,
+        service_name,
+        argv,
+        env() if environ is None else environ,
+        prog=prog,
+        description=description,
+    )
+    return run_process(
+        service_name,
+        config,
+        lambda: build(config),
+        version=package_version(f"tether-{service_name}"),
+        command=prog.split()[0],
+        help_command=prog,
+        instance=instance(config) if instance is not None else None,
     )

@@ -15,12 +15,17 @@ HEALTH_ALL = f"{PREFIX}.health.>"
 # Identity: certificate issuances and rejections (audit trail).
 IDENTITY_ISSUED = f"{PREFIX}.identity.issued"
 IDENTITY_REJECTED = f"{PREFIX}.identity.rejected"
+IDENTITY_ALL = f"{PREFIX}.identity.>"
 
 # Endpoints: one diff event per change of a service's endpoint set.
 ENDPOINTS_ALL = f"{PREFIX}.endpoints.>"
 
 # Local registry: workloads register themselves with a TTL refreshed by heartbeats.
 REGISTRY_REGISTER = f"{PREFIX}.registry.register"
+
+# Tap: requests and captured request events. Reserved here so the permission table can keep them from the
+# read-only user: they carry request data.
+TAP_ALL = f"{PREFIX}.tap.>"
 
 # JetStream key-value buckets.
 ENDPOINTS_BUCKET = "tether_endpoints"

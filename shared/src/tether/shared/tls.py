@@ -64,11 +64,17 @@ def server_ssl_context(
 
 
 def client_ssl_context(
-    root_pem: bytes, pair: KeyPair | None = None, alpn: list[str] | None = None
+    root_pem: bytes | None, pair: KeyPair | None = None, alpn: list[str] | None = None
 ) -> ssl.SSLContext:
-    """A TLS 1.3-only client context verifying the server against `root_pem` (hostname checked)."""
+    """A TLS 1.3-only client context verifying the server against `root_pem` (hostname checked).
+
+    Without `root_pem`, the system's trusted CAs.
+    """
     context = _tls13_only(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-    context.load_verify_locations(cadata=root_pem.decode("ascii"))
+    if root_pem is None:
+        context.load_default_certs()
+    else:
+        context.load_verify_locations(cadata=root_pem.decode("ascii"))
     if pair is not None:
         _load_key_pair(context, pair)
     if alpn:

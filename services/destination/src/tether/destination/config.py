@@ -6,11 +6,12 @@ from typing import Annotated, Literal
 
 from msgspec import Meta
 
-from tether.shared.config import CommonConfig, check_addr
+from tether.shared.config import AdminAddr, KubeClientConfig, check_addr
 from tether.shared.identity_names import InvalidIdentityName, validate_trust_domain
 
 
-class DestinationConfig(CommonConfig, frozen=True, kw_only=True):
+class DestinationConfig(KubeClientConfig, frozen=True, kw_only=True):
+    admin_addr: AdminAddr = "0.0.0.0:9996"
     grpc_addr: Annotated[str, Meta(description="Destination gRPC listener, host:port")] = "0.0.0.0:8086"
     source: Annotated[
         Literal["kubernetes", "local"], Meta(description="where endpoints come from: kubernetes or local")
@@ -28,9 +29,9 @@ class DestinationConfig(CommonConfig, frozen=True, kw_only=True):
             gt=0.0, le=3600.0, description="seconds a new leader keeps registrations it finds in the bucket"
         ),
     ] = 10.0
-    kube_api_url: Annotated[
-        str, Meta(description="kubernetes source: API server URL (empty: in-cluster config, then kubeconfig)")
-    ] = ""
+    max_registrations: Annotated[
+        int, Meta(ge=1, le=1_000_000, description="local source: registrations held at most (more: refused)")
+    ] = 10_000
     kube_watch_timeout: Annotated[
         int, Meta(ge=1, le=3600, description="kubernetes source: seconds before a watch is renewed")
     ] = 300

@@ -5,51 +5,36 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
 import structlog
 
 from tether.destination.lease import Acquire, LeaseCore, Renew
-from tether.shared.aio import cancel_and_wait
 from tether.shared.bus import KeyValue
-from tether.shared.errors import BusError, RevisionMismatch
+from tether.shared.errors import BusError, PermissionDenied, RevisionMismatch
 from tether.shared.events import LeaseRecord
+from tether.shared.supervisor import SupervisedTask, TaskFactory
 
 log = structlog.get_logger(__name__)
 
 LEASE_KEY = "destination-writer"
 
-
-async def latest_revision(raw_kv: Any, key: str) -> tuple[int, bytes | None]:
-    """The key's latest revision (deletions included, 0 when never written) and its value."""
-    try:
-        entry = await raw_kv.get(key)
-    except nats.js.errors.KeyNotFoundError as exc:
-        entry = getattr(exc, "entry", None)
-        return (int(entry.revision) if entry is not None and entry.revision else 0), None
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise BusError(f"get {key} failed: {exc}") from exc
-    return int(entry.revision or 0), entry.value
+Spawn = Callable[[str, TaskFactory], SupervisedTask]
 
 
 class LeaseKeeper:
     def __init__(
         self,
         kv: KeyValue,
-        raw_kv: Any,
         me: str,
         ttl: float,
         on_change: Callable[[bool], None],
     ) -> None:
         self._kv = kv
-        self._raw_kv = raw_kv
         self.core = LeaseCore(me, ttl)
         self._on_change = on_change
         self._leader = False
-        self._task: asyncio.Task[None] | None = None
+        self._task: SupervisedTask | None = None
         self._poll = max(0.05, ttl / 6)
         self._log = log.bind(lease=LEASE_KEY, me=me)
 
@@ -57,11 +42,12 @@ class LeaseKeeper:
     def is_leader(self) -> bool:
         return self.core.is_leader(time.monotonic())
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="lease")
+    def start(self, spawn: Spawn) -> None:
+        self._task = spawn("lease", self._run)
 
     async def stop(self, release: bool = True) -> None:
-        await cancel_and_wait(self._task)
+        if self._task is not None:
+            await self._task.stop()
         self._task = None
         if release and self._leader:
             await self._release()
@@ -73,7 +59,7 @@ class LeaseKeeper:
         if not held:
             return
         try:
-            revision, _ = await latest_revision(self._raw_kv, LEASE_KEY)
+            revision, _ = await self._kv.latest(LEASE_KEY)
             record = LeaseRecord(holder="", ttl_seconds=self.core.ttl)
             await self._kv.put(LEASE_KEY, record, expected_revision=revision)
             self._log.info("lease_released")
@@ -90,13 +76,16 @@ class LeaseKeeper:
         while True:
             try:
                 await self._step()
+            except PermissionDenied:
+                self._set_leader(False)
+                raise  # this replica may not hold the lease at all: it exits rather than retry forever
             except (BusError, TimeoutError) as exc:
                 self._log.warning("lease_step_failed", error=str(exc)[:300])
             self._set_leader(self.core.is_leader(time.monotonic()))
             await asyncio.sleep(self._poll)
 
     async def _step(self) -> None:
-        revision, data = await latest_revision(self._raw_kv, LEASE_KEY)
+        revision, data = await self._kv.latest(LEASE_KEY)
         holder = ""
         if data is not None:
             try:

@@ -41,6 +41,17 @@ class DestinationMetrics:
             ["source", "kind"],
             registry=registry,
         )
+        self.source_rejected = Counter(
+            "tether_destination_source_rejected_total",
+            "Source objects or registrations rejected as malformed or not allowed, by source and kind",
+            ["source", "kind"],
+            registry=registry,
+        )
+        self.write_retries = Counter(
+            "tether_destination_write_retries_total",
+            "Keys whose write failed and was scheduled again after a per-key backoff",
+            registry=registry,
+        )
         self.writes = Counter(
             "tether_destination_writes_total",
             "Bucket writes by the leader, by outcome (written, conflict, error)",

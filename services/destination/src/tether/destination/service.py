@@ -51,7 +51,7 @@ class DestinationService(Service):
     def ready(self) -> bool:
         return self._watcher is not None and self._watcher.synced.is_set() and self._server is not None
 
-    def _build_source(self, bus: Bus) -> Source:
+    async def _build_source(self, bus: Bus) -> Source:
         config = self.config
         if config.source == "local":
             return LocalSource(
@@ -61,12 +61,21 @@ class DestinationService(Service):
                 self.metrics,
                 poll_interval=config.registry_poll_interval,
                 adopt_ttl=config.registration_ttl,
+                max_registrations=config.max_registrations,
             )
         # Imported here: the kubernetes client takes half a second to import and local meshes never need it.
-        from tether.destination.sources.kubernetes import KubernetesSource, api_client_for
+        from tether.destination.sources.kubernetes import KubernetesSource
+        from tether.shared.kube import KubeSettings, api_client, wait_reachable
 
+        settings = KubeSettings.from_config(config)
+        client = api_client(settings, remedy="run inside a cluster, set KUBECONFIG, or use --source local")
+        await wait_reachable(
+            client,
+            settings.connect_timeout,
+            what_to_check="check --kube-api-url or the kubeconfig, and that the API server is up",
+        )
         return KubernetesSource(
-            api_client_for(config.kube_api_url),
+            client,
             config.trust_domain,
             self.metrics,
             watch_timeout=config.kube_watch_timeout,
@@ -76,19 +85,16 @@ class DestinationService(Service):
         config = self.config
         bus = ctx.bus
         self.instance = ctx.instance
+        source = await self._build_source(bus)
+        self._source = source
         kv = await bus.kv(subjects.ENDPOINTS_BUCKET)
         lease_kv = await bus.kv(subjects.LEASES_BUCKET)
-        raw_kv = await bus.jetstream.key_value(subjects.ENDPOINTS_BUCKET)
-        raw_lease_kv = await bus.jetstream.key_value(subjects.LEASES_BUCKET)
 
         watcher = EndpointWatcher(kv, self.store, self.registry, self.metrics)
         self._watcher = watcher
-        source = self._build_source(bus)
-        self._source = source
         writer = Writer(
             bus,
             kv,
-            raw_kv,
             self.store,
             source,
             self.metrics,
@@ -99,13 +105,11 @@ class DestinationService(Service):
         self._writer = writer
         # Every replica skips a garbage value; the leader also rewrites it from the source.
         watcher.on_rejected = lambda key: writer.mark_dirty({key})
-        watcher.start()
-        writer.start()
-        await source.start(self._writer.mark_dirty)
-        self._lease = LeaseKeeper(
-            lease_kv, raw_lease_kv, ctx.instance, config.lease_ttl, self._writer.leadership_changed
-        )
-        self._lease.start()
+        watcher.start(ctx.spawn)
+        writer.start(ctx.spawn)
+        await source.start(writer.mark_dirty, ctx.spawn)
+        self._lease = LeaseKeeper(lease_kv, ctx.instance, config.lease_ttl, writer.leadership_changed)
+        self._lease.start(ctx.spawn)
 
         self._servicer = DestinationServicer(
             self.registry,
@@ -121,7 +125,7 @@ class DestinationService(Service):
             destination_pb2_grpc.add_DestinationServicer_to_server(servicer, server)
 
         self._server, self.grpc_port = await start_grpc_server(
-            config.grpc_addr, register, extra_options=GRPC_SERVER_OPTIONS
+            config.grpc_addr, register, option="--grpc-addr", extra_options=GRPC_SERVER_OPTIONS
         )
         log.info("destination_serving", grpc_port=self.grpc_port, source=config.source)
 

@@ -11,8 +11,8 @@ import structlog
 
 from tether.destination.metrics import DestinationMetrics
 from tether.destination.state import Applied, EndpointStore, Rejected, SubscriptionRegistry
-from tether.shared.aio import cancel_and_wait
 from tether.shared.bus import KeyValue, Synced
+from tether.shared.supervisor import SupervisedTask, TaskFactory
 
 log = structlog.get_logger(__name__)
 
@@ -34,13 +34,14 @@ class EndpointWatcher:
         self.on_applied: Callable[[str], None] | None = None
         self.on_rejected: Callable[[str], None] | None = None
         self.synced = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: SupervisedTask | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="endpoint-watch")
+    def start(self, spawn: Callable[[str, TaskFactory], SupervisedTask]) -> None:
+        self._task = spawn("endpoint-watch", self._run)
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        if self._task is not None:
+            await self._task.stop()
         self._task = None
 
     async def _run(self) -> None:

@@ -10,26 +10,75 @@ it simply has not relearnt yet.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from typing import Any
+from collections.abc import Callable
 
+import msgspec
 import structlog
 
-from tether.destination.lease_keeper import latest_revision
 from tether.destination.metrics import DestinationMetrics
 from tether.destination.model import EndpointSet, decode_endpoint_set
 from tether.destination.reconcile import Current, DesiredService, Put, Write, plan
 from tether.destination.sources.base import Source
 from tether.destination.state import EndpointStore
 from tether.shared import subjects
-from tether.shared.aio import cancel_and_wait, wait_event
+from tether.shared.aio import wait_event
+from tether.shared.backoff import Backoff
 from tether.shared.bus import Bus, KeyValue
-from tether.shared.errors import BusError, RevisionMismatch
+from tether.shared.errors import BusError, PermissionDenied, RevisionMismatch
+from tether.shared.supervisor import SupervisedTask, TaskFactory
 
 log = structlog.get_logger(__name__)
 
-RETRY_DELAY = 0.2
+# Per-key retry delays after a failed write: a key that cannot be written costs a line and a request per
+# backoff window, not five a second.
+RETRY_BASE = 0.2
+RETRY_CAP = 30.0
+
+Spawn = Callable[[str, TaskFactory], SupervisedTask]
+
+
+class RetrySchedule:
+    """Keys whose write failed, each on its own backoff (pure: time passed in)."""
+
+    def __init__(self, base: float = RETRY_BASE, cap: float = RETRY_CAP) -> None:
+        self._base = base
+        self._cap = cap
+        self._backoffs: dict[str, Backoff] = {}
+        self._due: dict[str, float] = {}
+
+    def failed(self, key: str, now: float) -> float:
+        """Schedule ``key`` again; returns the delay."""
+        backoff = self._backoffs.setdefault(key, Backoff(self._base, self._cap))
+        delay = backoff.next()
+        self._due[key] = now + delay
+        return delay
+
+    def attempts(self, key: str) -> int:
+        backoff = self._backoffs.get(key)
+        return backoff.attempt if backoff is not None else 0
+
+    def succeeded(self, key: str) -> None:
+        self._backoffs.pop(key, None)
+        self._due.pop(key, None)
+
+    def waiting(self, key: str, now: float) -> bool:
+        """Whether ``key`` is backing off until later than ``now``."""
+        return self._due.get(key, now) > now
+
+    def due(self, now: float) -> set[str]:
+        """The keys whose retry time has come (they stay on their backoff until they succeed)."""
+        keys = {key for key, at in self._due.items() if at <= now}
+        for key in keys:
+            del self._due[key]
+        return keys
+
+    def next_due(self) -> float | None:
+        return min(self._due.values(), default=None)
+
+    def clear(self) -> None:
+        self._backoffs.clear()
+        self._due.clear()
 
 
 class Writer:
@@ -37,7 +86,6 @@ class Writer:
         self,
         bus: Bus,
         kv: KeyValue,
-        raw_kv: Any,
         store: EndpointStore,
         source: Source,
         metrics: DestinationMetrics,
@@ -47,7 +95,6 @@ class Writer:
     ) -> None:
         self._bus = bus
         self._kv = kv
-        self._raw_kv = raw_kv
         self._store = store
         self._source = source
         self._metrics = metrics
@@ -60,7 +107,8 @@ class Writer:
         self._wake = asyncio.Event()
         self._written: dict[str, Current] = {}
         self._generations: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._retries = RetrySchedule()
+        self._task: SupervisedTask | None = None
         self.idle = asyncio.Event()
 
     def mark_dirty(self, keys: set[str]) -> None:
@@ -78,22 +126,30 @@ class Writer:
             self._dirty |= changed
             self._full_resync = True
             self._written.clear()
+            self._retries.clear()
         self._wake.set()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="writer")
+    def start(self, spawn: Spawn) -> None:
+        self._task = spawn("writer", self._run)
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        if self._task is not None:
+            await self._task.stop()
         self._task = None
 
     async def _run(self) -> None:
         last_resync = time.monotonic()
         while True:
-            timeout = max(0.0, last_resync + self._resync_interval - time.monotonic())
-            await wait_event(self._wake, timeout)
+            now = time.monotonic()
+            wake_at = last_resync + self._resync_interval
+            retry_at = self._retries.next_due()
+            if retry_at is not None:
+                wake_at = min(wake_at, retry_at)
+            await wait_event(self._wake, max(0.0, wake_at - now))
             self._wake.clear()
-            if time.monotonic() - last_resync >= self._resync_interval:
+            now = time.monotonic()
+            self._dirty |= self._retries.due(now)
+            if now - last_resync >= self._resync_interval:
                 self._full_resync = True
             if not self._leader:
                 continue
@@ -109,16 +165,23 @@ class Writer:
                 last_resync = time.monotonic()
             else:
                 keys = self._dirty
+            # A key backing off waits for its turn; its due time wakes this loop.
+            later = {key for key in keys if self._retries.waiting(key, now)}
+            keys -= later
             self._dirty = set()
             if not keys:
-                self.idle.set()
+                if not later and self._retries.next_due() is None:
+                    self.idle.set()
                 continue
-            retry = await self._reconcile(keys)
-            if retry:
-                self._dirty |= retry
-                await asyncio.sleep(RETRY_DELAY)
-                self._wake.set()
-            elif not self._dirty:
+            failed = await self._reconcile(keys)
+            now = time.monotonic()
+            for key in keys - failed:
+                self._retries.succeeded(key)
+            for key in failed:
+                delay = self._retries.failed(key, now)
+                self._metrics.write_retries.inc()
+                log.debug("endpoint_write_retry_scheduled", key=key, retry_in=round(delay, 3))
+            if not failed and not self._dirty and self._retries.next_due() is None:
                 self.idle.set()
 
     def _current(self, key: str) -> Current | None:
@@ -167,6 +230,14 @@ class Writer:
                 if expected is None:
                     expected = self._store.revision(key) or 0
                 value = _stamped(write.value)
+                problem = _invalid(value)
+                if problem is not None:
+                    # Every reader would reject it: keep the last good value rather than write garbage.
+                    self._metrics.writes.labels("invalid").inc()
+                    log.error(
+                        "endpoint_value_invalid", key=key, error=problem[:300], keeping="last good value"
+                    )
+                    return True
                 revision = await self._kv.put(key, value, expected_revision=expected)
                 self._written[key] = Current(revision=revision, value=value, generation=value.generation)
                 self._generations[key] = value.generation
@@ -177,13 +248,19 @@ class Writer:
                 self._written.pop(key, None)
         except RevisionMismatch:
             self._metrics.writes.labels("conflict").inc()
-            await self._refresh(key)
+            await self._refresh_or_retry(key)
             return False
+        except PermissionDenied:
+            raise  # not transient: the replica cannot do its job, and exits
         except (BusError, TimeoutError) as exc:
             self._metrics.writes.labels("error").inc()
-            log.warning("endpoint_write_failed", key=key, error=str(exc)[:300])
-            with contextlib.suppress(BusError, TimeoutError):
-                await self._refresh(key)
+            log.warning(
+                "endpoint_write_failed",
+                key=key,
+                error=str(exc)[:300],
+                attempts=self._retries.attempts(key) + 1,
+            )
+            await self._refresh_or_retry(key)
             return False
         self._metrics.writes.labels("written").inc()
         event = write.event
@@ -193,9 +270,18 @@ class Writer:
             log.warning("endpoint_event_publish_failed", key=key, error=str(exc)[:300])
         return True
 
+    async def _refresh_or_retry(self, key: str) -> None:
+        """Re-read the key after a failed write; if that fails too, the key's next retry re-reads it."""
+        try:
+            await self._refresh(key)
+        except PermissionDenied:
+            raise
+        except (BusError, TimeoutError) as exc:
+            log.warning("endpoint_reread_failed", key=key, error=str(exc)[:300])
+
     async def _refresh(self, key: str) -> None:
         """After a conflict: learn the key's real latest revision (the watch may skip undecodable values)."""
-        revision, data = await latest_revision(self._raw_kv, key)
+        revision, data = await self._kv.latest(key)
         value: EndpointSet | None = None
         if data is not None:
             try:
@@ -213,6 +299,13 @@ class Writer:
 
 
 def _stamped(value: EndpointSet) -> EndpointSet:
-    import msgspec
-
     return msgspec.structs.replace(value, written_at=round(time.time(), 6))
+
+
+def _invalid(value: EndpointSet) -> str | None:
+    """Why readers would reject ``value`` (it is decoded with every constraint), or None."""
+    try:
+        decode_endpoint_set(msgspec.json.encode(value))
+    except msgspec.DecodeError as exc:
+        return str(exc)
+    return None

@@ -12,13 +12,14 @@ from tether.identity.ca import IssuerFiles
 from tether.identity.certifier import CertifierSettings
 from tether.identity.ratelimit import BucketPolicy
 from tether.identity.server import ServerSettings
-from tether.shared.config import CommonConfig, check_addr
+from tether.shared.config import AdminAddr, KubeClientConfig, check_addr
 from tether.shared.identity_names import DEFAULT_TRUST_DOMAIN, is_dns1123_label, validate_trust_domain
 
 _SECRET_DIR = "/var/run/tether/identity"
 
 
-class IdentityConfig(CommonConfig, frozen=True, kw_only=True):
+class IdentityConfig(KubeClientConfig, frozen=True, kw_only=True):
+    admin_addr: AdminAddr = "0.0.0.0:9990"
     grpc_addr: Annotated[str, Meta(description="Certify gRPC listener, host:port")] = "0.0.0.0:8080"
     trust_domain: Annotated[str, Meta(description="trust domain of every identity")] = DEFAULT_TRUST_DOMAIN
     namespace: Annotated[
@@ -41,12 +42,6 @@ class IdentityConfig(CommonConfig, frozen=True, kw_only=True):
     token_key: Annotated[str, Meta(description="key file for `local` tokens (see bootstrap)")] = (
         f"{_SECRET_DIR}/token-signing.key"
     )
-    kubernetes_api: Annotated[
-        str,
-        Meta(
-            description="'in-cluster', or the API server URL (e.g. http://127.0.0.1:8001 via kubectl proxy)"
-        ),
-    ] = "in-cluster"
     identity_rate: Annotated[float, Meta(gt=0.0, description="Certify requests/s allowed per identity")] = 5.0
     identity_burst: Annotated[float, Meta(ge=1.0, description="burst allowed per identity")] = 50.0
     peer_rate: Annotated[float, Meta(gt=0.0, description="Certify requests/s allowed per peer address")] = 2.0

@@ -6,6 +6,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar
 
+from tether.shared.errors import SetupError
+
 
 class Reason(StrEnum):
     """Why a Certify request was refused. Stable: used as a metric label and in events."""
@@ -33,8 +35,8 @@ class IdentityError(Exception):
     """Root of the identity service's errors."""
 
 
-class ConfigurationError(IdentityError):
-    """The service cannot start with the given configuration or files."""
+class ConfigurationError(IdentityError, SetupError):
+    """The service cannot start with the given configuration or files (the process exits 2)."""
 
 
 class IssuerLoadError(IdentityError):

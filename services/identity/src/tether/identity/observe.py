@@ -8,7 +8,6 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
-import msgspec
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -17,13 +16,14 @@ from tether.identity.certifier import CertifyRequest
 from tether.identity.errors import Rejection
 from tether.identity.issuance import IssuedLeaf
 from tether.shared import subjects
-from tether.shared.aio import cancel_and_wait
+from tether.shared.cloudevents import EventData
 from tether.shared.events import IdentityIssued, IdentityRejected
 from tether.shared.identity_names import InvalidIdentityName, WorkloadIdentity, parse_identity
+from tether.shared.supervisor import SupervisedTask, TaskFactory
 
 log = structlog.get_logger(__name__)
 
-Publish = Callable[[str, msgspec.Struct], Awaitable[None]]
+Publish = Callable[[str, EventData], Awaitable[None]]
 
 
 class IdentityMetrics:
@@ -78,13 +78,13 @@ class EventPublisher:
     def __init__(self, publish: Publish, metrics: IdentityMetrics, max_pending: int = 10_000) -> None:
         self._publish = publish
         self._metrics = metrics
-        self._queue: asyncio.Queue[tuple[str, msgspec.Struct]] = asyncio.Queue(max_pending)
-        self._task: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[tuple[str, EventData]] = asyncio.Queue(max_pending)
+        self._task: SupervisedTask | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._drain(), name="identity-events")
+    def start(self, spawn: Callable[[str, TaskFactory], SupervisedTask]) -> None:
+        self._task = spawn("identity-events", self._drain)
 
-    def emit(self, subject: str, event: msgspec.Struct) -> None:
+    def emit(self, subject: str, event: EventData) -> None:
         try:
             self._queue.put_nowait((subject, event))
         except asyncio.QueueFull:
@@ -108,7 +108,8 @@ class EventPublisher:
 
     async def stop(self) -> None:
         await self.flush()
-        await cancel_and_wait(self._task)
+        if self._task is not None:
+            await self._task.stop()
         self._task = None
 
 

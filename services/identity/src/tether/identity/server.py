@@ -14,6 +14,7 @@ import asyncio
 import functools
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -27,13 +28,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tether.identity.ca import Authority, AuthorityState, IssuerFiles, Outcome, read_issuer_files
 from tether.identity.certifier import Certifier, CertifierSettings, CertifyObserver, CertifyRequest
-from tether.identity.errors import Rejection
+from tether.identity.errors import ConfigurationError, Rejection
 from tether.identity.issuance import issue_leaf
 from tether.identity.observe import IdentityMetrics
 from tether.identity.tokens import TokenVerifier
-from tether.shared.aio import cancel_and_wait
+from tether.shared.grpcserver import start_grpc_server
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
+from tether.shared.supervisor import SupervisedTask, TaskFactory
 from tether.shared.tls import KeyPair, ReloadableServerCredentials
 
 log = structlog.get_logger(__name__)
@@ -55,7 +57,7 @@ class ServerSettings:
     reload_interval: float = 1.0
     serving_lifetime: timedelta = timedelta(hours=24)
     max_concurrent_rpcs: int = 2048
-    grpc_options: tuple[tuple[str, int | str], ...] = field(default_factory=tuple)
+    grpc_options: tuple[tuple[str, int], ...] = field(default_factory=tuple)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -161,7 +163,7 @@ class IdentityServer:
         self._serving_renew_at: datetime | None = None
         self._last_report: tuple[Outcome, str | None] | None = None
         self._server: grpc.aio.Server | None = None
-        self._reloader: asyncio.Task[None] | None = None
+        self._reloader: SupervisedTask | None = None
         self.port = 0
 
     @property
@@ -175,38 +177,54 @@ class IdentityServer:
     def ready(self) -> bool:
         return self._server is not None and self._state.current is not None
 
-    async def start(self) -> int:
-        await self.reload_now()
+    async def start(
+        self, spawn: Callable[[str, TaskFactory], SupervisedTask], *, require_issuer: bool = False
+    ) -> int:
+        """Load the issuer files, listen, keep reloading. With ``require_issuer``, files that do not give a
+        valid issuer now raise ConfigurationError (a process then exits 2) instead of serving UNAVAILABLE."""
+        outcome, error = await self._observe()
+        if require_issuer and self._state.current is None:
+            files = self._settings.files
+            raise ConfigurationError(
+                f"the issuer files cannot be used: {error} (--trust-anchors {files.trust_anchors}, "
+                f"--issuer-certificate {files.issuer_certificate}, --issuer-key {files.issuer_key})",
+                "create them with 'tether-identity bootstrap --out DIR' or point those options at them",
+            )
+        self._report(outcome, error)
         options = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
             *self._settings.grpc_options,
         ]
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=self._settings.max_concurrent_rpcs)
-        identity_pb2_grpc.add_IdentityServicer_to_server(
-            IdentityServicer(self._certifier, self._metrics), server
+        servicer = IdentityServicer(self._certifier, self._metrics)
+        self._server, self.port = await start_grpc_server(
+            self._settings.listen,
+            lambda server: identity_pb2_grpc.add_IdentityServicer_to_server(servicer, server),
+            credentials=self._credentials.grpc_credentials(),
+            extra_options=options,
+            maximum_concurrent_rpcs=self._settings.max_concurrent_rpcs,
         )
-        self.port = server.add_secure_port(self._settings.listen, self._credentials.grpc_credentials())
-        await server.start()
-        self._server = server
-        self._reloader = asyncio.get_running_loop().create_task(self._reload_forever(), name="issuer-reload")
+        self._reloader = spawn("issuer-reload", self._reload_forever)
         log.info("identity_serving", port=self.port, serving_identity=self._identity.dns_name)
         return self.port
 
     async def stop(self, grace: float = 5.0) -> None:
-        await cancel_and_wait(self._reloader)
+        if self._reloader is not None:
+            await self._reloader.stop()
         self._reloader = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
 
     async def reload_now(self) -> None:
+        self._report(*await self._observe())
+
+    async def _observe(self) -> tuple[Outcome, str | None]:
         contents = await asyncio.to_thread(read_issuer_files, self._settings.files)
         now = datetime.now(UTC)
         observation = self._state.observe(contents, now)
-        self._report(observation.outcome, observation.error)
         self._refresh_serving_certificate(now)
+        return observation.outcome, observation.error
 
     async def _reload_forever(self) -> None:
         while True:

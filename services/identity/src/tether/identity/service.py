@@ -1,4 +1,4 @@
-"""The identity service inside the shared runtime (NATS, admin port, graceful shutdown)."""
+"""The identity service inside the shared runtime (NATS, admin port, supervision, graceful shutdown)."""
 
 from __future__ import annotations
 
@@ -15,26 +15,40 @@ from tether.identity.tokens.local import LocalTokenVerifier, load_token_key
 from tether.shared.runtime import Context, Service
 
 
-def build_verifier(config: IdentityConfig) -> TokenVerifier:
+def local_verifier(config: IdentityConfig) -> LocalTokenVerifier:
+    """The ``local`` verifier from ``--token-key``; ConfigurationError names the file and the fix."""
+    try:
+        pem = Path(config.token_key).read_bytes()
+    except OSError as error:
+        raise ConfigurationError(
+            f"--token-key {config.token_key} cannot be read: {error.strerror}",
+            "write it with 'tether-identity bootstrap --out DIR' or point --token-key at it",
+        ) from None
+    try:
+        key = load_token_key(pem)
+    except ConfigurationError as error:
+        raise ConfigurationError(f"--token-key {config.token_key}: {error.cause}", error.remedy) from None
+    return LocalTokenVerifier(key, config.trust_domain)
+
+
+async def build_verifier(config: IdentityConfig) -> TokenVerifier:
+    """The configured token verifier; raises ConfigurationError / FatalError naming what is wrong."""
     if config.token_verifier == "local":
-        try:
-            pem = Path(config.token_key).read_bytes()
-        except OSError as error:
-            raise ConfigurationError(f"cannot read token key {config.token_key}: {error.strerror}") from None
-        return LocalTokenVerifier(load_token_key(pem), config.trust_domain)
-    from kubernetes import client as k8s
-    from kubernetes import config as k8s_config
+        return local_verifier(config)
+    from tether.identity.tokens.kubernetes import KubernetesTokenVerifier
+    from tether.shared.kube import KubeSettings, api_client, wait_reachable
 
-    from tether.identity.tokens.kubernetes import KubernetesTokenVerifier, api_client_for
-
-    if config.kubernetes_api == "in-cluster":
-        configuration = k8s.Configuration()
-        # Reads the mounted ServiceAccount token (refreshed as it rotates) and the API server's address.
-        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        api_client = k8s.ApiClient(configuration)
-    else:
-        api_client = api_client_for(config.kubernetes_api, None, None)
-    return KubernetesTokenVerifier(api_client, config.trust_domain)
+    settings = KubeSettings.from_config(config)
+    client = api_client(
+        settings,
+        remedy="run inside a cluster, set KUBECONFIG or --kube-api-url, or use --token-verifier local",
+    )
+    await wait_reachable(
+        client,
+        settings.connect_timeout,
+        what_to_check="check --kube-api-url or the kubeconfig, and that the API server is up",
+    )
+    return KubernetesTokenVerifier(client, config.trust_domain)
 
 
 class IdentityService(Service):
@@ -46,9 +60,9 @@ class IdentityService(Service):
 
     async def start(self, ctx: Context) -> None:
         metrics = IdentityMetrics(REGISTRY)
+        self._verifier = await build_verifier(self._config)
         self._events = EventPublisher(ctx.bus.publish, metrics)
-        self._events.start()
-        self._verifier = build_verifier(self._config)
+        self._events.start(ctx.spawn)
         self._server = IdentityServer(
             self._config.certifier_settings(),
             self._config.server_settings(),
@@ -56,7 +70,7 @@ class IdentityService(Service):
             CertifyReporter(ctx.instance, metrics, self._events),
             metrics,
         )
-        await self._server.start()
+        await self._server.start(ctx.spawn, require_issuer=True)
 
     async def stop(self, grace: float) -> None:
         if self._server is not None:

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 
-USAGE = "usage: tether-proxy {run,init} [options]  (tether-proxy <command> --help for options)\n"
+from tether.shared.errors import SetupError
+from tether.shared.failure import report
+
+COMMAND = "tether-proxy"
+SUBCOMMANDS = {
+    "run": "run the sidecar proxy: outbound and inbound listeners, discovery, metrics",
+    "init": "install the iptables rules that send the pod's traffic through the proxy",
+}
+USAGE = (
+    f"usage: {COMMAND} {{{','.join(SUBCOMMANDS)}}} [options]\n\nThe Tether sidecar proxy.\n\ncommands:\n"
+    + "".join(f"  {name:<5} {text}\n" for name, text in SUBCOMMANDS.items())
+    + f"\n'{COMMAND} <command> --help' lists a command's options.\n"
+)
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        sys.stdout.write(USAGE)
+        (sys.stdout if args else sys.stderr).write(USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "run":
@@ -24,61 +32,27 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from tether.proxy.init.cli import main as init_main
 
         return init_main(rest, environ)
-    sys.stderr.write(f"tether-proxy: unknown command {command!r}\n{USAGE}")
-    return 2
+    return report(COMMAND, SetupError(f"unknown command {command!r}", f"one of {', '.join(SUBCOMMANDS)}"))
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> int:
     # Imports are deferred so `tether-proxy init` does not pay for the data path.
-    import uvloop
+    import socket
 
     from tether.proxy.config import ProxyConfig
-    from tether.shared import logging as tether_logging
-    from tether.shared.config import load_config
+    from tether.proxy.service import ProxyService
+    from tether.shared.runtime import service_main
 
-    config = load_config(
+    return service_main(
         ProxyConfig,
-        service="proxy",
-        argv=argv,
-        environ=os.environ if environ is None else environ,
-        prog="tether-proxy run",
+        "proxy",
+        ProxyService,
+        argv,
+        prog=f"{COMMAND} run",
         description="Tether sidecar proxy: HTTP/2 outbound and inbound data path",
+        environ=environ,
+        instance=lambda config: config.pod_name or socket.gethostname(),
     )
-    tether_logging.configure(
-        service="proxy",
-        instance=config.pod_name or socket.gethostname(),
-        version=_version(),
-        fmt=config.log_format,
-        level=config.log_level,
-    )
-    try:
-        uvloop.run(_serve(config))
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
-async def _serve(config: object) -> None:
-    from tether.proxy.config import ProxyConfig
-    from tether.proxy.proxy import Proxy
-
-    assert isinstance(config, ProxyConfig)
-    proxy = Proxy(config)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, proxy.shutdown_requested.set)
-    await proxy.start()
-    await proxy.shutdown_requested.wait()
-    await proxy.stop()
-
-
-def _version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("tether-proxy")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 if __name__ == "__main__":

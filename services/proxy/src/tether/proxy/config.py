@@ -6,13 +6,11 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from tether.shared.config import ProcessConfig, check_addr
+from tether.shared.config import AdminAddr, ProcessConfig, check_addr
 
 
 class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
-    admin_addr: Annotated[
-        str, Meta(description="admin HTTP listener (/metrics, /live, /ready), host:port")
-    ] = "0.0.0.0:4191"
+    admin_addr: AdminAddr = "0.0.0.0:4191"
     outbound_addr: Annotated[
         str, Meta(description="outbound listener: the application's requests, host:port")
     ] = "127.0.0.1:4140"

@@ -16,10 +16,11 @@ from collections.abc import AsyncGenerator, Callable
 
 import structlog
 
-from tether.proxy.core.backoff import backoff_delay
 from tether.proxy.core.resolution import NoEndpoints, Resolution, Update
 from tether.proxy.errors import AuthorityLimitError, DestinationStreamError
 from tether.proxy.origdst import Address
+from tether.shared.backoff import backoff_delay
+from tether.shared.supervisor import SupervisedTask, TaskFactory
 
 log = structlog.get_logger(__name__)
 
@@ -29,6 +30,8 @@ DEFAULT_MAX_AUTHORITIES = 1000
 
 #: Opens a Get stream for an authority and yields its updates.
 StreamOpener = Callable[[str], AsyncGenerator[Update, None]]
+#: Starts a long-lived task under the process supervisor.
+Spawn = Callable[..., SupervisedTask]
 
 
 class _Watch:
@@ -40,7 +43,7 @@ class _Watch:
         self.changed = asyncio.Event()
         self.last_used = now
         self.waiters = 0
-        self.task: asyncio.Task[None] | None = None
+        self.task: SupervisedTask | None = None
 
 
 class DestinationClient:
@@ -50,6 +53,7 @@ class DestinationClient:
         self,
         open_stream: StreamOpener,
         *,
+        spawn: Spawn,
         on_removed: Callable[[list[Address]], None] = lambda _addresses: None,
         rng: random.Random | None = None,
         backoff_base: float = 0.1,
@@ -58,6 +62,7 @@ class DestinationClient:
         max_authorities: int = DEFAULT_MAX_AUTHORITIES,
     ) -> None:
         self._open_stream = open_stream
+        self._spawn = spawn
         self.max_authorities = max_authorities
         #: Lookups of new authorities refused because ``max_authorities`` were being resolved.
         self.rejected = 0
@@ -101,7 +106,9 @@ class DestinationClient:
         text = authority.decode("utf-8", "replace")
         watch = self._watches[authority] = _Watch(text, now, self._rng)
         if not self._closed:
-            watch.task = asyncio.get_running_loop().create_task(self._follow(watch), name="destination-get")
+            factory: TaskFactory = lambda: self._follow(watch)  # noqa: E731
+            # Not critical: one authority's stream failing must not take the proxy down; it is restarted.
+            watch.task = self._spawn(f"destination-get:{text[:200]}", factory, critical=False)
         return watch
 
     async def wait_usable(self, authority: bytes, timeout: float) -> Resolution | None:
@@ -171,7 +178,9 @@ class DestinationClient:
                     failing = True
                     log.exception("destination_stream_failed", authority=watch.authority)
             await asyncio.sleep(
-                backoff_delay(attempt, self._rng, base=self._backoff_base, cap=self._backoff_cap)
+                backoff_delay(
+                    attempt, base=self._backoff_base, cap=self._backoff_cap, jitter=self._rng.random()
+                )
             )
             attempt += 1
 
@@ -198,5 +207,4 @@ class DestinationClient:
         tasks = [watch.task for watch in self._watches.values() if watch.task is not None]
         self._watches.clear()
         for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            await task.stop()

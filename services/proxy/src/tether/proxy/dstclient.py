@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from typing import cast
 
 import structlog
+from google.protobuf.message import DecodeError
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -31,6 +32,7 @@ from tether.proxy.core.resolution import Update
 from tether.proxy.errors import DestinationStreamError
 from tether.proxy.protoconv import update_from_proto
 from tether.shared.proto.destination.v1 import destination_pb2
+from tether.shared.supervisor import SupervisedTask, TaskFactory
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +83,11 @@ class _GetCall:
                 return
             if len(buffer) < 5 + length:
                 return
-            message = destination_pb2.Update.FromString(bytes(buffer[5 : 5 + length]))
+            try:
+                message = destination_pb2.Update.FromString(bytes(buffer[5 : 5 + length]))
+            except DecodeError:
+                self.fail(INTERNAL, "the destination service sent an undecodable message")
+                return
             del buffer[: 5 + length]
             update = update_from_proto(message)
             if update is not None:
@@ -105,8 +111,11 @@ class _GetCall:
             self.queue.put_nowait(DestinationStreamError(status, message))
 
 
+Spawn = Callable[..., SupervisedTask]
+
+
 class _DestinationConnection(asyncio.Protocol):
-    def __init__(self, authority: bytes, keepalive: float) -> None:
+    def __init__(self, authority: bytes, keepalive: float, spawn: Spawn) -> None:
         self.h2 = new_client_connection()
         self.authority = authority
         self.transport: asyncio.Transport | None = None
@@ -115,12 +124,14 @@ class _DestinationConnection(asyncio.Protocol):
         self._keepalive = keepalive
         self._last_read = time.monotonic()
         self._ping_outstanding = False
-        self._keepalive_task: asyncio.Task[None] | None = None
+        self._spawn = spawn
+        self._keepalive_task: SupervisedTask | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self._flush()
-        self._keepalive_task = asyncio.get_running_loop().create_task(self._keep_alive())
+        keep_alive: TaskFactory = self._keep_alive
+        self._keepalive_task = self._spawn("destination-keepalive", keep_alive, critical=False)
 
     def start_get(self, request: bytes) -> _GetCall:
         h2 = self.h2
@@ -231,8 +242,15 @@ class H2DestinationStreams:
     """Opens Destination/Get streams to ``target`` over one shared HTTP/2 connection."""
 
     def __init__(
-        self, target: str, context_token: str, *, connect_timeout: float = 1.0, keepalive: float = 10.0
+        self,
+        target: str,
+        context_token: str,
+        *,
+        spawn: Spawn,
+        connect_timeout: float = 1.0,
+        keepalive: float = 10.0,
     ) -> None:
+        self._spawn = spawn
         host, _, port = target.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
@@ -254,7 +272,7 @@ class H2DestinationStreams:
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     _, connection = await loop.create_connection(
-                        lambda: _DestinationConnection(self._authority, self._keepalive),
+                        lambda: _DestinationConnection(self._authority, self._keepalive, self._spawn),
                         self._host,
                         self._port,
                     )

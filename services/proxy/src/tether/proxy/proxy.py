@@ -6,7 +6,6 @@ import asyncio
 
 import structlog
 
-from tether.proxy.admin import AdminRoutes, AdminServer
 from tether.proxy.config import ProxyConfig
 from tether.proxy.discovery import DestinationClient, StreamOpener
 from tether.proxy.dstclient import H2DestinationStreams
@@ -21,8 +20,9 @@ from tether.proxy.transport import (
     OriginalDstResolver,
     monotonic,
 )
-from tether.shared.aio import cancel_and_wait
 from tether.shared.config import parse_hostport
+from tether.shared.listen import bind_failure
+from tether.shared.supervisor import SupervisedTask, Supervisor
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +32,8 @@ class Proxy:
 
     ``original_dst`` and ``destination_streams`` replace SO_ORIGINAL_DST and the
     gRPC Destination client, for running without iptables or a control plane.
+    Long-lived tasks start through ``supervisor`` (the process runtime's); without one the
+    proxy keeps its own, and a failed critical task sets ``shutdown_requested``.
     """
 
     def __init__(
@@ -41,21 +43,22 @@ class Proxy:
         original_dst: OriginalDstResolver = original_destination,
         inbound_original_dst: OriginalDstResolver | None = None,
         destination_streams: StreamOpener | None = None,
-        with_admin: bool = True,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
         self._original_dst = original_dst
         self._inbound_original_dst = inbound_original_dst or original_dst
         self._destination_streams = destination_streams
-        self._with_admin = with_admin
+        self._own_supervisor = supervisor is None
+        self.supervisor = supervisor or Supervisor(lambda _name, _exc: self.shutdown_requested.set())
         self.registry = MetricsRegistry(idle_timeout=max(config.idle_timeout, 60.0))
         self.discovery: DestinationClient | None = None
         self._grpc_streams: H2DestinationStreams | None = None
         self._servers: list[asyncio.Server] = []
         self._contexts: list[ListenerContext] = []
-        self._sweeper: asyncio.Task[None] | None = None
-        self.admin: AdminServer | None = None
+        self._sweeper: SupervisedTask | None = None
         self.shutdown_requested = asyncio.Event()
+        self._built = False  # pools and routers exist (start got past building them)
         self._started = False
         self._stopping = False
 
@@ -86,12 +89,18 @@ class Proxy:
         opener = self._destination_streams
         if opener is None and config.destination_addr:
             self._grpc_streams = H2DestinationStreams(
-                config.destination_addr, config.context_token, connect_timeout=config.connect_timeout
+                config.destination_addr,
+                config.context_token,
+                spawn=self.supervisor.spawn,
+                connect_timeout=config.connect_timeout,
             )
             opener = self._grpc_streams.open
         if opener is not None:
             self.discovery = DestinationClient(
-                opener, on_removed=self.outbound_router.forget, max_authorities=config.max_authorities
+                opener,
+                spawn=self.supervisor.spawn,
+                on_removed=self.outbound_router.forget,
+                max_authorities=config.max_authorities,
             )
             self.outbound_router.discovery = self.discovery
         self.inbound_router = InboundRouter(
@@ -117,30 +126,26 @@ class Proxy:
             max_concurrent_streams=config.max_concurrent_streams,
         )
         self._contexts = [outbound, inbound]
+        self._built = True
         self.registry.add_collector(self._render_limits)
-        for context, addr in ((outbound, config.outbound_addr), (inbound, config.inbound_addr)):
+        listeners = (
+            (outbound, "--outbound-addr", config.outbound_addr),
+            (inbound, "--inbound-addr", config.inbound_addr),
+        )
+        for context, option, addr in listeners:
             host, port = parse_hostport(addr)
-            server = await loop.create_server(
-                lambda context=context: DownstreamProtocol(context),  # type: ignore[misc]
-                host,
-                port,
-                reuse_address=True,
-                backlog=1024,
-            )
+            try:
+                server = await loop.create_server(
+                    lambda context=context: DownstreamProtocol(context),  # type: ignore[misc]
+                    host,
+                    port,
+                    reuse_address=True,
+                    backlog=1024,
+                )
+            except OSError as exc:
+                raise bind_failure(option, addr, exc) from None
             self._servers.append(server)
-        if self._with_admin:
-            host, port = parse_hostport(config.admin_addr)
-            self.admin = AdminServer(
-                AdminRoutes(
-                    render_metrics=lambda: self.registry.render(monotonic()),
-                    ready=self.ready,
-                    shutdown=self.shutdown_requested.set,
-                ),
-                host,
-                port,
-            )
-            await self.admin.start()
-        self._sweeper = loop.create_task(self._sweep(), name="proxy-sweeper")
+        self._sweeper = self.supervisor.spawn("proxy-sweeper", self._sweep)
         self._started = True
         log.info(
             "proxy_started",
@@ -159,6 +164,9 @@ class Proxy:
 
     def ready(self) -> bool:
         return self._started and not self._stopping
+
+    def render_metrics(self) -> str:
+        return self.registry.render(monotonic())
 
     async def _sweep(self) -> None:
         # One periodic pass instead of a timer per connection: an idle client is
@@ -207,6 +215,9 @@ class Proxy:
             server.close()
         for context in self._contexts:
             context.drain()
+        if not self._started:
+            await self._release()
+            return
         deadline = monotonic() + grace
         while any(context.connections for context in self._contexts) and monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -214,17 +225,22 @@ class Proxy:
             for protocol in list(context.connections):
                 if protocol.transport is not None:
                     protocol.transport.abort()
-        await cancel_and_wait(self._sweeper)
-        await self.outbound_router.close()
-        await self.inbound_router.close()
+        await self._release()
+        log.info("proxy_stopped")
+
+    async def _release(self) -> None:
+        if self._sweeper is not None:
+            await self._sweeper.stop()
+        if self._built:
+            await self.outbound_router.close()
+            await self.inbound_router.close()
+            self.outbound_pools.close()
+            self.inbound_pools.close()
         if self.discovery is not None:
             await self.discovery.close()
         if self._grpc_streams is not None:
             await self._grpc_streams.close()
-        self.outbound_pools.close()
-        self.inbound_pools.close()
-        if self.admin is not None:
-            await self.admin.close()
+        if self._own_supervisor:
+            await self.supervisor.stop()
         for server in self._servers:
             await server.wait_closed()
-        log.info("proxy_stopped")

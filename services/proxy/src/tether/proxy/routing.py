@@ -22,7 +22,7 @@ from tether.proxy.core.connection import UpstreamConnection
 from tether.proxy.core.exchange import Exchange
 from tether.proxy.core.resolution import Address, Endpoint, Resolution, Status
 from tether.proxy.discovery import DestinationClient
-from tether.proxy.errors import AuthorityLimitError, UpstreamConnectError
+from tether.proxy.errors import AuthorityLimitError, ProxyError, UpstreamConnectError
 from tether.proxy.metrics import Labels, MetricsRegistry, RouteHandle, dst_labels
 from tether.proxy.pool import EndpointPool, Pools
 from tether.proxy.transport import DownstreamProtocol
@@ -33,7 +33,7 @@ log = structlog.get_logger(__name__)
 CONNECT_FAILURE_PENALTY = 5.0
 
 
-class RouteFailure(Exception):
+class RouteFailure(ProxyError):
     def __init__(self, http_status: int, message: str) -> None:
         super().__init__(message)
         self.http_status = http_status

@@ -6,13 +6,11 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from tether.shared.config import CommonConfig, check_addr
+from tether.shared.config import AdminAddr, CommonConfig, check_addr
 
 
 class PublicApiConfig(CommonConfig, frozen=True, kw_only=True):
-    admin_addr: Annotated[
-        str, Meta(description="admin HTTP listener (/live, /ready, /metrics), host:port")
-    ] = "0.0.0.0:9995"
+    admin_addr: AdminAddr = "0.0.0.0:9995"
     grpc_addr: Annotated[str, Meta(description="gRPC listener for the tether.public.v1.Api service")] = (
         "0.0.0.0:8085"
     )

@@ -79,7 +79,9 @@ class PublicApiService(Service):
         await ctx.bus.subscribe(subjects.HEALTH_ALL, Heartbeat, on_heartbeat)
         servicer = ApiServicer(self.table, self._probe)
         self._server, self.port = await start_grpc_server(
-            self.config.grpc_addr, lambda server: public_pb2_grpc.add_ApiServicer_to_server(servicer, server)
+            self.config.grpc_addr,
+            lambda server: public_pb2_grpc.add_ApiServicer_to_server(servicer, server),
+            option="--grpc-addr",
         )
         ctx.log.info("public_api_listening", grpc_port=self.port)
 

@@ -6,13 +6,11 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from tether.shared.config import CommonConfig, check_addr
+from tether.shared.config import AdminAddr, CommonConfig, check_addr
 
 
 class TelemetryConfig(CommonConfig, frozen=True, kw_only=True):
-    admin_addr: Annotated[
-        str, Meta(description="admin HTTP listener (/live, /ready, /metrics), host:port")
-    ] = "0.0.0.0:9997"
+    admin_addr: AdminAddr = "0.0.0.0:9997"
     grpc_addr: Annotated[str, Meta(description="gRPC listener for proxies' Telemetry/Report streams")] = (
         "0.0.0.0:8087"
     )

@@ -1,7 +1,8 @@
 """The telemetry service.
 
 For now it runs inside the shared runtime (NATS, heartbeats, admin, graceful shutdown) and serves nothing
-else: report aggregation and tap arrive with their own issue.
+else: report aggregation and tap arrive with their own issue. Ready means serving, so until then it is
+never ready, and ``tether check`` says so.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ class TelemetryService(Service):
         self.config = config
 
     async def start(self, ctx: Context) -> None:
-        ctx.log.info("telemetry_started", note="report aggregation not implemented yet")
+        ctx.log.warning("telemetry_not_serving", reason="report aggregation is not implemented yet")
 
     async def stop(self, grace: float) -> None:
         return None
+
+    def ready(self) -> bool:
+        return False

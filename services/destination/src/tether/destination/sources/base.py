@@ -7,8 +7,10 @@ from typing import Protocol
 
 from tether.destination.model import EndpointSet
 from tether.destination.reconcile import DesiredService
+from tether.shared.supervisor import SupervisedTask, TaskFactory
 
 ChangeCallback = Callable[[set[str]], None]
+Spawn = Callable[[str, TaskFactory], SupervisedTask]
 
 
 class Source(Protocol):
@@ -23,8 +25,12 @@ class Source(Protocol):
 
     def desired(self, key: str) -> DesiredService | None: ...
 
-    async def start(self, on_change: ChangeCallback) -> None:
-        """Begins watching; ``on_change`` receives the keys whose desired state may have changed."""
+    async def start(self, on_change: ChangeCallback, spawn: Spawn) -> None:
+        """Begins watching; ``on_change`` receives the keys whose desired state may have changed.
+
+        Raises FatalError (SetupError) when the source cannot start (an unreadable registry file, say).
+        Long-lived work goes in tasks started with ``spawn``.
+        """
         ...
 
     async def stop(self) -> None: ...

@@ -16,17 +16,26 @@ from typing import Any, Literal
 
 from tether.destination.model import Endpoint, ServicePort, Workload, service_key
 from tether.destination.reconcile import DesiredService, normalise
+from tether.destination.sources.kube_objects import (
+    Conditions,
+    EndpointSliceObject,
+    MalformedObject,
+    MetadataOnly,
+    PodObject,
+    PodSpec,
+    ServiceObject,
+    ServiceSpec,
+    convert,
+)
 from tether.shared.identity_names import InvalidIdentityName, workload_identity
+
+__all__ = ["KINDS", "Kind", "KubeIndex", "MalformedObject"]
 
 Kind = Literal["services", "endpointslices", "pods"]
 KINDS: tuple[Kind, ...] = ("services", "endpointslices", "pods")
 PROXY_CONTAINER = "tether-proxy"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ObjectRef = tuple[str, str]  # (namespace, name)
-
-
-class MalformedObject(ValueError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,49 +66,47 @@ class PodInfo:
 
 
 def object_ref(obj: Mapping[str, Any]) -> ObjectRef:
-    metadata = obj.get("metadata")
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
-        raise MalformedObject("object has no metadata.name")
-    return (str(metadata.get("namespace") or ""), metadata["name"])
+    metadata = convert(obj, MetadataOnly).metadata
+    return (metadata.namespace or "", metadata.name)
 
 
 def parse_service(obj: Mapping[str, Any]) -> ServiceInfo | None:
-    spec = obj.get("spec") or {}
-    if spec.get("type") == "ExternalName":
+    spec = convert(obj, ServiceObject).spec or ServiceSpec()
+    if spec.type == "ExternalName":
         return None
-    ports = []
-    for port in spec.get("ports") or []:
-        if (port.get("protocol") or "TCP") != "TCP" or not isinstance(port.get("port"), int):
-            continue
-        ports.append(ServicePort(name=str(port.get("name") or ""), port=int(port["port"])))
-    return ServiceInfo(ports=tuple(ports))
+    ports = tuple(
+        ServicePort(name=port.name or "", port=port.port)
+        for port in spec.ports or []
+        if (port.protocol or "TCP") == "TCP"
+    )
+    return ServiceInfo(ports=ports)
 
 
 def parse_slice(obj: Mapping[str, Any]) -> SliceInfo | None:
-    namespace, _ = object_ref(obj)
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    service = labels.get(SERVICE_NAME_LABEL)
-    if not service or obj.get("addressType") not in ("IPv4", "IPv6"):
+    parsed = convert(obj, EndpointSliceObject)
+    namespace = parsed.metadata.namespace or ""
+    service = (parsed.metadata.labels or {}).get(SERVICE_NAME_LABEL)
+    if not service or parsed.address_type not in ("IPv4", "IPv6"):
         return None
     ports = tuple(
-        (str(p.get("name") or ""), int(p["port"]))
-        for p in obj.get("ports") or []
-        if isinstance(p.get("port"), int) and (p.get("protocol") or "TCP") == "TCP"
+        (p.name or "", p.port)
+        for p in parsed.ports or []
+        if p.port is not None and (p.protocol or "TCP") == "TCP"
     )
     endpoints = []
-    for endpoint in obj.get("endpoints") or []:
-        conditions = endpoint.get("conditions") or {}
-        ref = endpoint.get("targetRef") or {}
+    for endpoint in parsed.endpoints or []:
+        conditions = endpoint.conditions or Conditions()
+        ref = endpoint.target_ref
         pod = (
-            (str(ref.get("namespace") or namespace), str(ref["name"]))
-            if ref.get("kind") == "Pod" and ref.get("name")
+            (ref.namespace or namespace, ref.name)
+            if ref is not None and ref.kind == "Pod" and ref.name
             else None
         )
         endpoints.append(
             SliceEndpoint(
-                addresses=tuple(str(a) for a in endpoint.get("addresses") or []),
-                ready=conditions.get("ready") is not False,
-                terminating=conditions.get("terminating") is True,
+                addresses=tuple(endpoint.addresses or ()),
+                ready=conditions.ready is not False,
+                terminating=conditions.terminating is True,
                 pod=pod,
             )
         )
@@ -107,21 +114,22 @@ def parse_slice(obj: Mapping[str, Any]) -> SliceInfo | None:
 
 
 def parse_pod(obj: Mapping[str, Any]) -> PodInfo:
-    metadata = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
-    containers = [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
-    meshed = any(c.get("name") == PROXY_CONTAINER for c in containers)
-    owner = next((r for r in metadata.get("ownerReferences") or [] if r.get("controller")), None)
+    parsed = convert(obj, PodObject)
+    metadata = parsed.metadata
+    spec = parsed.spec or PodSpec()
+    containers = [*(spec.containers or []), *(spec.init_containers or [])]
+    meshed = any(c.name == PROXY_CONTAINER for c in containers)
+    owner = next((r for r in metadata.owner_references or [] if r.controller), None)
     workload = None
-    if owner is not None and owner.get("kind") and owner.get("name"):
-        kind, name = str(owner["kind"]), str(owner["name"])
-        template_hash = (metadata.get("labels") or {}).get("pod-template-hash")
+    if owner is not None and owner.kind and owner.name:
+        kind, name = owner.kind, owner.name
+        template_hash = (metadata.labels or {}).get("pod-template-hash")
         if kind == "ReplicaSet" and template_hash and name.endswith("-" + template_hash):
             workload = Workload("deployment", name[: -len(template_hash) - 1])
         else:
             workload = Workload(kind.lower(), name)
     return PodInfo(
-        serviceaccount=str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"),
+        serviceaccount=spec.service_account_name or spec.service_account or "default",
         meshed=meshed,
         workload=workload,
     )
@@ -140,15 +148,28 @@ class KubeIndex:
         return {service_key(ns, name) for ns, name in self._services}
 
     def apply(self, kind: Kind, event_type: str, obj: Mapping[str, Any]) -> set[str]:
-        """An ADDED, MODIFIED or DELETED watch event; returns the service keys it may have changed."""
+        """An ADDED, MODIFIED or DELETED watch event; returns the service keys it may have changed.
+
+        Raises MalformedObject (changing nothing: the object's previous version stays) for a bad shape.
+        """
         ref = object_ref(obj)
         if event_type == "DELETED":
             return self._remove(kind, ref)
         return self._upsert(kind, ref, obj)
 
-    def replace(self, kind: Kind, objects: Iterable[Mapping[str, Any]]) -> set[str]:
-        """A fresh list of every object of ``kind`` (after a relist): returns the keys that may differ."""
-        fresh = {object_ref(o): o for o in objects}
+    def replace(self, kind: Kind, objects: Iterable[Mapping[str, Any]]) -> tuple[set[str], list[str]]:
+        """A fresh list of every object of ``kind`` (after a relist).
+
+        Returns the keys that may differ and a description of each malformed object, which is skipped:
+        the version held before (if any) stays, and the rest of the list still counts.
+        """
+        fresh: dict[ObjectRef, Mapping[str, Any]] = {}
+        rejected: list[str] = []
+        for obj in objects:
+            try:
+                fresh[object_ref(obj)] = obj
+            except MalformedObject as exc:
+                rejected.append(str(exc))
         existing: list[ObjectRef]
         if kind == "services":
             existing = list(self._services)
@@ -160,8 +181,11 @@ class KubeIndex:
         for ref in [r for r in existing if r not in fresh]:
             changed |= self._remove(kind, ref)
         for ref, obj in fresh.items():
-            changed |= self._upsert(kind, ref, obj)
-        return changed
+            try:
+                changed |= self._upsert(kind, ref, obj)
+            except MalformedObject as exc:
+                rejected.append(f"{ref[0]}/{ref[1]}: {exc}")
+        return changed, rejected
 
     def _upsert(self, kind: Kind, ref: ObjectRef, obj: Mapping[str, Any]) -> set[str]:
         if kind == "services":

@@ -16,36 +16,20 @@ from typing import Any
 
 import structlog
 from kubernetes import client as kube_client
-from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch import watch as kube_watch
 
 from tether.destination.metrics import DestinationMetrics
 from tether.destination.model import EndpointSet
 from tether.destination.reconcile import DesiredService
-from tether.destination.sources.base import ChangeCallback
+from tether.destination.sources.base import ChangeCallback, Spawn
 from tether.destination.sources.kube_index import KINDS, Kind, KubeIndex, MalformedObject
-from tether.destination.sources.reflector import Backoff, List, ReflectorAction, ReflectorCore, Watch
+from tether.destination.sources.reflector import List, ReflectorAction, ReflectorCore, Wait, Watch
+from tether.shared.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 
 LIST_PAGE_SIZE = 500
-
-
-def api_client_for(api_url: str) -> Any:
-    """A kubernetes ApiClient: ``api_url`` if given, else in-cluster config, else the local kubeconfig."""
-    configuration = kube_client.Configuration()
-    if api_url:
-        configuration.host = api_url
-    else:
-        try:
-            load_incluster: Any = kube_config.load_incluster_config
-            load_incluster(client_configuration=configuration)
-        except ConfigException:
-            load_kubeconfig: Any = kube_config.load_kube_config
-            load_kubeconfig(client_configuration=configuration)
-    return kube_client.ApiClient(configuration)
 
 
 class KubernetesSource:
@@ -92,7 +76,7 @@ class KubernetesSource:
     def on_leadership(self, current: Iterable[EndpointSet], now: float) -> set[str]:
         return set()
 
-    async def start(self, on_change: ChangeCallback) -> None:
+    async def start(self, on_change: ChangeCallback, spawn: Spawn) -> None:
         self._loop = asyncio.get_running_loop()
         self._on_change = on_change
         for kind in KINDS:
@@ -113,11 +97,10 @@ class KubernetesSource:
     def _replace(self, kind: Kind, items: list[Mapping[str, Any]]) -> None:
         self._metrics.source_events.labels("kubernetes", "list").inc()
         was_synced = self.synced
-        try:
-            changed = self._index.replace(kind, items)
-        except MalformedObject as exc:
-            log.error("kube_list_malformed", resource=kind, error=str(exc))
-            return
+        changed, rejected = self._index.replace(kind, items)
+        for problem in rejected:
+            self._metrics.source_rejected.labels("kubernetes", kind).inc()
+            log.error("kube_object_rejected", resource=kind, error=problem[:300], keeping="previous version")
         self._listed.add(kind)
         if self.synced and not was_synced:
             changed = self._index.keys()
@@ -129,7 +112,14 @@ class KubernetesSource:
         try:
             changed = self._index.apply(kind, event_type, obj)
         except MalformedObject as exc:
-            log.error("kube_event_malformed", resource=kind, event=event_type, error=str(exc))
+            self._metrics.source_rejected.labels("kubernetes", kind).inc()
+            log.error(
+                "kube_object_rejected",
+                resource=kind,
+                event=event_type,
+                error=str(exc)[:300],
+                keeping="previous version",
+            )
             return
         self._notify(changed)
 
@@ -148,12 +138,12 @@ class KubernetesSource:
                 self._stopping.set()  # the loop closed under us: the service is gone
 
     def _reflect(self, kind: Kind) -> None:
-        core = ReflectorCore(self._initial_backoff, self._max_backoff)
+        core = ReflectorCore(Backoff(self._initial_backoff, self._max_backoff))
         bound = log.bind(resource=kind)
         action: ReflectorAction = core.start()
         while not self._stopping.is_set():
             try:
-                if isinstance(action, Backoff):
+                if isinstance(action, Wait):
                     if self._stopping.wait(action.seconds):
                         break
                     action = core.resume()
@@ -177,7 +167,7 @@ class KubernetesSource:
 
     def _failed(self, core: ReflectorCore, bound: Any, error: str) -> ReflectorAction:
         action = core.failed()
-        assert isinstance(action, Backoff)
+        assert isinstance(action, Wait)
         bound.warning("kube_watch_failed", error=error[:300], retry_in=round(action.seconds, 2))
         return action
 

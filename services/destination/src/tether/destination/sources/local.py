@@ -19,7 +19,7 @@ from tether.destination.errors import RegistryFileError
 from tether.destination.metrics import DestinationMetrics
 from tether.destination.model import EndpointSet, ServicePort, WorkloadRegistration
 from tether.destination.reconcile import DesiredService, normalise
-from tether.destination.sources.base import ChangeCallback
+from tether.destination.sources.base import ChangeCallback, Spawn
 from tether.destination.sources.registrations import (
     InvalidRegistration,
     RegistrationTable,
@@ -27,17 +27,19 @@ from tether.destination.sources.registrations import (
 )
 from tether.destination.sources.registry_file import parse_registry
 from tether.shared import subjects
-from tether.shared.aio import cancel_and_wait, wait_event
+from tether.shared.aio import wait_event
 from tether.shared.bus import Bus, Subscription
+from tether.shared.errors import SetupError
+from tether.shared.supervisor import SupervisedTask
 
 log = structlog.get_logger(__name__)
 
 
 class LocalState:
-    def __init__(self, trust_domain: str) -> None:
+    def __init__(self, trust_domain: str, max_registrations: int = 10_000) -> None:
         self.trust_domain = trust_domain
         self.file_services: dict[str, DesiredService] = {}
-        self.registrations = RegistrationTable()
+        self.registrations = RegistrationTable(max_registrations)
         self.file_loaded = False
 
     def load_file(self, text: str, path: str) -> set[str]:
@@ -92,17 +94,18 @@ class LocalSource:
         metrics: DestinationMetrics,
         poll_interval: float = 0.5,
         adopt_ttl: float = 10.0,
+        max_registrations: int = 10_000,
     ) -> None:
         self._bus = bus
         self._path = path
-        self._state = LocalState(trust_domain)
+        self._state = LocalState(trust_domain, max_registrations)
         self._metrics = metrics
         self._poll_interval = poll_interval
         self._adopt_ttl = adopt_ttl
         self._file_signature: tuple[int, int, int] | None = None
         self._file_digest = b""
         self._on_change: ChangeCallback | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[SupervisedTask] = []
         self._subscription: Subscription | None = None
         self._expiry_changed = asyncio.Event()
         self._log = log.bind(source="local", path=path)
@@ -126,19 +129,26 @@ class LocalSource:
         self._expiry_changed.set()
         return changed
 
-    async def start(self, on_change: ChangeCallback) -> None:
+    async def start(self, on_change: ChangeCallback, spawn: Spawn) -> None:
+        """Reads the file (it must be valid now: later changes that are not keep the last good state)."""
         self._on_change = on_change
-        self._poll_file()
+        problem = self._poll_file()
+        if problem is not None:
+            raise SetupError(
+                f"--registry-file {problem}",
+                "fix the file, or pass --registry-file '' to serve registrations only",
+            )
         self._subscription = await self._bus.subscribe(
             subjects.REGISTRY_REGISTER, WorkloadRegistration, self._on_registration
         )
         self._tasks = [
-            asyncio.create_task(self._watch_file(), name="registry-file"),
-            asyncio.create_task(self._expire_registrations(), name="registry-expiry"),
+            spawn("registry-file", self._watch_file),
+            spawn("registry-expiry", self._expire_registrations),
         ]
 
     async def stop(self) -> None:
-        await cancel_and_wait(*self._tasks)
+        for task in self._tasks:
+            await task.stop()
         self._tasks = []
         if self._subscription is not None:
             await self._subscription.unsubscribe()
@@ -153,48 +163,60 @@ class LocalSource:
             await asyncio.sleep(self._poll_interval)
             self._poll_file()
 
-    def _poll_file(self) -> None:
+    def _poll_file(self) -> str | None:
+        """Reload the file if it changed; what is wrong with it, if it cannot be used."""
         if not self._path:  # registrations only
             self._state.file_loaded = True
-            return
+            return None
+        starting = not self._state.file_loaded
         try:
             info = os.stat(self._path)
         except OSError as exc:
             if self._file_signature != (0, 0, 0):
                 self._file_signature = (0, 0, 0)
-                self._log.error("registry_file_unreadable", error=str(exc), keeping="last good state")
-            return
+                if not starting:
+                    self._log.error("registry_file_unreadable", error=exc.strerror, keeping="last good state")
+            return f"{self._path} cannot be read: {exc.strerror}"
         signature = (info.st_ino, info.st_size, info.st_mtime_ns)
         if signature == self._file_signature:
-            return
+            return None
         self._file_signature = signature
         try:
             with open(self._path, "rb") as handle:
                 data = handle.read()
         except OSError as exc:
-            self._log.error("registry_file_unreadable", error=str(exc), keeping="last good state")
-            return
+            if not starting:
+                self._log.error("registry_file_unreadable", error=exc.strerror, keeping="last good state")
+            return f"{self._path} cannot be read: {exc.strerror}"
         digest = hashlib.sha256(data).digest()
         if digest == self._file_digest:
-            return
+            return None
         self._file_digest = digest
         self._metrics.source_events.labels("local", "file").inc()
         try:
             changed = self._state.load_file(data.decode("utf-8", errors="replace"), self._path)
         except RegistryFileError as exc:
-            self._log.error(
-                "registry_file_invalid", line=exc.line, problem=exc.problem, keeping="last good state"
-            )
-            return
+            if not starting:
+                self._log.error(
+                    "registry_file_invalid", line=exc.line, problem=exc.problem, keeping="last good state"
+                )
+            return str(exc)
         self._log.info("registry_file_loaded", services=len(self._state.file_services), changed=len(changed))
         self._notify(changed)
+        return None
 
     async def _on_registration(self, reg: WorkloadRegistration, _subject: str) -> None:
         self._metrics.source_events.labels("local", "registration").inc()
         try:
             changed = self._state.register(reg, time.monotonic())
         except InvalidRegistration as exc:
-            self._log.warning("registration_rejected", instance=reg.instance[:64], problem=str(exc))
+            self._metrics.source_rejected.labels("local", "registration").inc()
+            self._log.warning(
+                "registration_rejected",
+                service=f"{reg.namespace}.{reg.service}",
+                instance=reg.instance[:64],
+                problem=str(exc),
+            )
             return
         self._expiry_changed.set()
         self._notify(changed)

@@ -6,14 +6,15 @@ The adapter asks for the next action, performs it and reports the outcome:
 * ``Watch(rv)``: watch from ``rv``; report each event's ``resourceVersion`` (BOOKMARKs included) with
   ``seen``; a watch the server ends normally resumes from the last version seen.
 * ``410 Gone`` (an ERROR event or an HTTP 410) means the version was compacted away: ``gone()`` relists.
-* Any other failure: ``failed()`` answers ``Backoff``, doubling from ``initial_backoff`` up to
-  ``max_backoff`` and reset by the next success; after it the adapter watches again (or lists, if it never
-  listed).
+* Any other failure: ``failed()`` answers ``Wait``, for the next delay of the shared jittered backoff
+  (reset by the next success); after it the adapter watches again (or lists, if it never listed).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from tether.shared.backoff import Backoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,18 +28,16 @@ class Watch:
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
+class Wait:
     seconds: float
 
 
-ReflectorAction = List | Watch | Backoff
+ReflectorAction = List | Watch | Wait
 
 
 class ReflectorCore:
-    def __init__(self, initial_backoff: float = 0.2, max_backoff: float = 30.0) -> None:
-        self._initial_backoff = initial_backoff
-        self._max_backoff = max_backoff
-        self._backoff = initial_backoff
+    def __init__(self, backoff: Backoff) -> None:
+        self._backoff = backoff
         self._resource_version: str | None = None
 
     @property
@@ -50,13 +49,13 @@ class ReflectorCore:
 
     def listed(self, resource_version: str) -> ReflectorAction:
         self._resource_version = resource_version
-        self._backoff = self._initial_backoff
+        self._backoff.reset()
         return Watch(resource_version)
 
     def seen(self, resource_version: str | None) -> None:
         if resource_version:
             self._resource_version = resource_version
-            self._backoff = self._initial_backoff
+            self._backoff.reset()
 
     def watch_ended(self) -> ReflectorAction:
         return self.resume()
@@ -66,9 +65,7 @@ class ReflectorCore:
         return List()
 
     def failed(self) -> ReflectorAction:
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, self._max_backoff)
-        return Backoff(delay)
+        return Wait(self._backoff.next())
 
     def resume(self) -> ReflectorAction:
         """What to do after a backoff or a normal end of a watch."""

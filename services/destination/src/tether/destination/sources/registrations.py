@@ -11,12 +11,13 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from tether.destination.errors import DestinationError
 from tether.destination.model import Endpoint, EndpointSet, ServicePort, WorkloadRegistration, service_key
 from tether.shared.identity_names import InvalidIdentityName, is_dns1123_label, parse_identity
 
 
-class InvalidRegistration(ValueError):
-    pass
+class InvalidRegistration(DestinationError, ValueError):
+    """A registration that is refused: malformed, over the table's cap, or claiming another namespace."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,24 +46,44 @@ def validate_registration(reg: WorkloadRegistration, trust_domain: str) -> None:
         raise InvalidRegistration("ttl_seconds must be in (0, 3600]")
     if reg.identity is not None:
         try:
-            parse_identity(reg.identity, trust_domain)
+            identity = parse_identity(reg.identity, trust_domain)
         except InvalidIdentityName as exc:
             raise InvalidRegistration(f"identity: {exc}") from None
+        if identity.namespace != reg.namespace:
+            # A workload may only join services of its own namespace: otherwise any registrant could pull
+            # another team's traffic to itself (with its own, valid, identity).
+            raise InvalidRegistration(
+                f"identity {reg.identity} is of namespace {identity.namespace!r}, "
+                f"not of the service's namespace {reg.namespace!r}"
+            )
 
 
 class RegistrationTable:
-    def __init__(self) -> None:
+    def __init__(self, max_registrations: int = 10_000) -> None:
         self._by_key: dict[str, dict[str, Registered]] = {}
+        self._max = max_registrations
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
 
     def apply(self, reg: WorkloadRegistration, now: float) -> str | None:
-        """Records a (validated) registration or heartbeat; returns the key whose endpoints changed."""
+        """Records a (validated) registration or heartbeat; returns the key whose endpoints changed.
+
+        Raises InvalidRegistration for a new instance once ``max_registrations`` are held.
+        """
         key = service_key(reg.namespace, reg.service)
+        previous = self._by_key.get(key, {}).get(reg.instance)
+        if previous is None and not reg.deregister and self._count >= self._max:
+            raise InvalidRegistration(f"the registry already holds its limit of {self._max} registrations")
         instances = self._by_key.setdefault(key, {})
-        previous = instances.get(reg.instance)
         if reg.deregister:
             if previous is None:
+                if not instances:
+                    del self._by_key[key]
                 return None
             del instances[reg.instance]
+            self._count -= 1
             if not instances:
                 del self._by_key[key]
             return key
@@ -71,6 +92,8 @@ class RegistrationTable:
             key, reg.instance, address, reg.port, reg.identity, dict(reg.labels), now + reg.ttl_seconds
         )
         instances[reg.instance] = record
+        if previous is None:
+            self._count += 1
         if previous is not None and _same_endpoint(previous, record):
             return None
         return key
@@ -81,6 +104,7 @@ class RegistrationTable:
             instances = self._by_key[key]
             for instance in [i for i, r in instances.items() if r.expires_at <= now]:
                 del instances[instance]
+                self._count -= 1
                 changed.add(key)
             if not instances:
                 del self._by_key[key]
@@ -97,8 +121,9 @@ class RegistrationTable:
                 if endpoint.origin != "registration" or not endpoint.instance:
                     continue
                 instances = self._by_key.setdefault(endpoint_set.key, {})
-                if endpoint.instance in instances or not endpoint.ports:
+                if endpoint.instance in instances or not endpoint.ports or self._count >= self._max:
                     continue
+                self._count += 1
                 instances[endpoint.instance] = Registered(
                     endpoint_set.key,
                     endpoint.instance,

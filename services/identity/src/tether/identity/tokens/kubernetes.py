@@ -84,17 +84,3 @@ class KubernetesTokenVerifier:
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self._api_client.close)
-
-
-def api_client_for(
-    host: str, bearer_token: str | None, ca_cert_file: str | None, verify_tls: bool = True
-) -> k8s.ApiClient:
-    """An API client for `host` authenticating with the service's own ServiceAccount token."""
-    configuration = k8s.Configuration()
-    configuration.host = host
-    configuration.verify_ssl = verify_tls
-    configuration.ssl_ca_cert = ca_cert_file
-    if bearer_token is not None:
-        configuration.api_key = {"authorization": bearer_token}
-        configuration.api_key_prefix = {"authorization": "Bearer"}
-    return k8s.ApiClient(configuration)

@@ -34,6 +34,9 @@ KEY_FILE_PREFIX = b"tether-token-key-v1:"
 KEY_BYTES = 32
 
 
+_KEY_REMEDY = "write it with 'tether-identity bootstrap --out DIR' (token-signing.key)"
+
+
 class LocalClaims(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sub: str
     iat: int
@@ -73,13 +76,15 @@ def generate_token_key_file() -> bytes:
 def load_token_key(data: bytes) -> TokenKey:
     line = data.strip()
     if not line.startswith(KEY_FILE_PREFIX):
-        raise ConfigurationError("token key file must hold one line: tether-token-key-v1:<base64url key>")
+        raise ConfigurationError(
+            "token key file must hold one line: tether-token-key-v1:<base64url key>", _KEY_REMEDY
+        )
     try:
         secret = _b64decode(line[len(KEY_FILE_PREFIX) :])
     except (binascii.Error, ValueError):
-        raise ConfigurationError("token key is not valid base64url") from None
+        raise ConfigurationError("token key is not valid base64url", _KEY_REMEDY) from None
     if len(secret) < KEY_BYTES:
-        raise ConfigurationError(f"token key must be at least {KEY_BYTES} bytes")
+        raise ConfigurationError(f"token key must be at least {KEY_BYTES} bytes", _KEY_REMEDY)
     return TokenKey(secret)
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from tether.proxy.errors import ProxyError
 from tether.proxy.init.config import IptablesMode
 from tether.proxy.init.plan import (
     TABLE,
@@ -22,7 +23,7 @@ from tether.proxy.init.plan import (
 )
 
 
-class ProxyInitError(Exception):
+class ProxyInitError(ProxyError):
     """Installing the interception rules failed; the message names the step or rule and the reason."""
 
 
