@@ -124,7 +124,7 @@ async def test_garbage_in_the_bucket_is_logged_and_skipped(mesh: Mesh, tmp_path:
         for replica in mesh.replicas:
             await eventually(
                 partial(logged_both_rejections, replica),
-                what=f"{replica.name} logs the garbage; its log ends: {replica.logs()[-3000:]}",
+                what=lambda replica=replica: f"{replica.name} logs the garbage: {replica.logs()[-3000:]}",
             )
         rejected = next(
             json.loads(x) for x in mesh.replicas[0].logs().splitlines() if "endpoint_value_rejected" in x

@@ -324,6 +324,10 @@ class Bus:
     def is_connected(self) -> bool:
         return bool(self._nc.is_connected)
 
+    @property
+    def is_closing(self) -> bool:
+        return self._reconnects.closing
+
     async def _guarded(self, operation: str, subject: str, call: Awaitable[T]) -> T:
         """Await ``call``; if the server reports a permission violation on ``subject`` first, raise it."""
         denied = self._denials.expect(subject)
@@ -452,7 +456,9 @@ class Bus:
 
 
 async def _close_quietly(client: NatsClient) -> None:
-    with contextlib.suppress(nats.errors.Error, OSError, TimeoutError, AttributeError, AssertionError):
+    # nats-py's close() of a connection that is down writes its pending buffer to the dead transport, which
+    # raises RuntimeError under uvloop; the connection is closed either way.
+    with contextlib.suppress(nats.errors.Error, OSError, TimeoutError, RuntimeError, AttributeError):
         await asyncio.wait_for(client.close(), 1.0)
 
 

@@ -106,6 +106,9 @@ class CommonConfig(ProcessConfig, frozen=True, kw_only=True):
     nats_tls_ca: Annotated[
         str, Meta(description="PEM CA bundle that signs the NATS server's certificate")
     ] = ""
+    nats_inbox_prefix: Annotated[
+        str, Meta(description="inbox prefix of this NATS user's replies (empty: _INBOX.<component>)")
+    ] = ""
     nats_tls_cert: Annotated[str, Meta(description="PEM client certificate for NATS (mutual TLS)")] = ""
     nats_tls_key: Annotated[str, Meta(description="PEM private key of --nats-tls-cert")] = ""
 
@@ -133,6 +136,11 @@ class CommonConfig(ProcessConfig, frozen=True, kw_only=True):
             raise ValueError(f"{methods[1]}: choose one NATS authentication, not {' and '.join(methods)}")
         if self.nats_password and not self.nats_user:
             raise ValueError("nats_user: TETHER_NATS_PASSWORD is set but --nats-user is not")
+        if self.nats_inbox_prefix and not all(
+            token and token.replace("-", "").replace("_", "").isalnum()
+            for token in self.nats_inbox_prefix.split(".")
+        ):
+            raise ValueError("nats_inbox_prefix: expected dot-separated tokens of letters, digits, - and _")
         if bool(self.nats_tls_cert) != bool(self.nats_tls_key):
             raise ValueError("nats_tls_cert: --nats-tls-cert and --nats-tls-key go together")
 
@@ -153,7 +161,7 @@ class CommonConfig(ProcessConfig, frozen=True, kw_only=True):
             tls_ca_file=self.nats_tls_ca,
             tls_cert_file=self.nats_tls_cert,
             tls_key_file=self.nats_tls_key,
-            inbox_prefix=inbox_prefix(user),
+            inbox_prefix=self.nats_inbox_prefix or inbox_prefix(user),
         )
 
 
@@ -388,11 +396,23 @@ def _explain(
     if field is None or field not in specs:
         return f"invalid configuration: {message}"
     spec = specs[field]
-    shown = "<secret>" if spec.env_only else repr(values.get(field))
+    shown = "<secret>" if spec.env_only else repr(_redact_userinfo(values.get(field)))
     given = f" (got {shown} from {sources[field]})" if field in values else ""
     hint = f"; expected {_describe(spec.kind)}" if expected else ""
     name = spec.env if spec.env_only else f"{spec.flag} / {spec.env}"
     return f"{name}: {message}{hint}{given}"
+
+
+def _redact_userinfo(value: Any) -> Any:
+    """``nats://user:secret@host`` as ``nats://<redacted>@host``: an error line must not echo a secret."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    return ",".join(
+        f"{part.split('//', 1)[0]}//<redacted>@{part.rsplit('@', 1)[1]}"
+        if "//" in part and "@" in part
+        else part
+        for part in value.split(",")
+    )
 
 
 def load_config(

@@ -100,6 +100,12 @@ class Service(abc.ABC):
     #: Control-plane services talk to NATS; the proxy does not.
     uses_nats: ClassVar[bool] = True
 
+    async def prepare(self) -> None:
+        """Check and load what needs no NATS (files, the Kubernetes configuration), before connecting.
+
+        A setup error found here is reported at once instead of after the NATS connect timeout.
+        """
+
     @abc.abstractmethod
     async def start(self, ctx: Context) -> None:
         """Start serving; return once listeners accept (long-running work goes in supervised tasks)."""
@@ -186,6 +192,7 @@ class Runtime:
             await self.admin.start()
         except OSError as exc:
             raise bind_failure("--admin-addr", self.config.admin_addr, exc) from None
+        await self.service.prepare()
         if self.service.uses_nats:
             from tether.shared.bus import Bus
 

@@ -16,10 +16,13 @@ from tether.shared.supervisor import Supervisor
 async def eventually(
     condition: Callable[[], bool | Awaitable[bool]],
     timeout: float = 20.0,
-    what: str = "condition",
+    what: str | Callable[[], str] = "condition",
     interval: float = 0.02,
 ) -> float:
-    """Poll ``condition`` (sync or async) until it is true; the seconds it took. AssertionError on timeout."""
+    """Poll ``condition`` (sync or async) until it is true; the seconds it took. AssertionError on timeout.
+
+    ``what`` names the condition in the failure; a callable is asked only then (e.g. for a log's tail).
+    """
     start = time.monotonic()
     while True:
         result = condition()
@@ -28,7 +31,8 @@ async def eventually(
         if result:
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {described}")
         await asyncio.sleep(interval)
 
 

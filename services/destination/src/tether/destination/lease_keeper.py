@@ -18,6 +18,7 @@ from tether.shared.supervisor import SupervisedTask, TaskFactory
 log = structlog.get_logger(__name__)
 
 LEASE_KEY = "destination-writer"
+RELEASE_TIMEOUT = 0.5
 
 Spawn = Callable[[str, TaskFactory], SupervisedTask]
 
@@ -59,12 +60,15 @@ class LeaseKeeper:
         if not held:
             return
         try:
-            revision, _ = await self._kv.latest(LEASE_KEY)
-            record = LeaseRecord(holder="", ttl_seconds=self.core.ttl)
-            await self._kv.put(LEASE_KEY, record, expected_revision=revision)
+            # Bounded: with NATS down the release cannot land, and shutdown must not wait on it (the lease
+            # then expires after its ttl, as a crashed holder's would).
+            async with asyncio.timeout(RELEASE_TIMEOUT):
+                revision, _ = await self._kv.latest(LEASE_KEY)
+                record = LeaseRecord(holder="", ttl_seconds=self.core.ttl)
+                await self._kv.put(LEASE_KEY, record, expected_revision=revision)
             self._log.info("lease_released")
         except (BusError, TimeoutError) as exc:
-            self._log.warning("lease_release_failed", error=str(exc))
+            self._log.warning("lease_release_failed", error=str(exc) or "timed out")
 
     def _set_leader(self, leader: bool) -> None:
         if leader != self._leader:

@@ -12,7 +12,7 @@ from tether.destination.lease_keeper import LeaseKeeper
 from tether.destination.metrics import DestinationMetrics
 from tether.destination.server import GRPC_SERVER_OPTIONS, DestinationServicer
 from tether.destination.sources.base import Source
-from tether.destination.sources.local import LocalSource
+from tether.destination.sources.local import LocalSource, check_registry_file
 from tether.destination.state import EndpointStore, SubscriptionRegistry
 from tether.destination.watcher import EndpointWatcher
 from tether.destination.writer import Writer
@@ -39,6 +39,7 @@ class DestinationService(Service):
         self._source: Source | None = None
         self._writer: Writer | None = None
         self._lease: LeaseKeeper | None = None
+        self._kube_client: Any = None
 
     @property
     def is_leader(self) -> bool:
@@ -51,7 +52,26 @@ class DestinationService(Service):
     def ready(self) -> bool:
         return self._watcher is not None and self._watcher.synced.is_set() and self._server is not None
 
-    async def _build_source(self, bus: Bus) -> Source:
+    async def prepare(self) -> None:
+        """The Kubernetes configuration and API, or the registry file: checked before NATS is awaited."""
+        config = self.config
+        if config.source == "local":
+            check_registry_file(config.registry_file, config.trust_domain)
+            return
+        # Imported here: the kubernetes client takes half a second to import and local meshes never need it.
+        from tether.shared.kube import KubeSettings, api_client, wait_reachable
+
+        settings = KubeSettings.from_config(config)
+        self._kube_client = api_client(
+            settings, remedy="run inside a cluster, set KUBECONFIG, or use --source local"
+        )
+        await wait_reachable(
+            self._kube_client,
+            settings.connect_timeout,
+            what_to_check="check --kube-api-url or the kubeconfig, and that the API server is up",
+        )
+
+    def _build_source(self, bus: Bus) -> Source:
         config = self.config
         if config.source == "local":
             return LocalSource(
@@ -63,19 +83,11 @@ class DestinationService(Service):
                 adopt_ttl=config.registration_ttl,
                 max_registrations=config.max_registrations,
             )
-        # Imported here: the kubernetes client takes half a second to import and local meshes never need it.
         from tether.destination.sources.kubernetes import KubernetesSource
-        from tether.shared.kube import KubeSettings, api_client, wait_reachable
 
-        settings = KubeSettings.from_config(config)
-        client = api_client(settings, remedy="run inside a cluster, set KUBECONFIG, or use --source local")
-        await wait_reachable(
-            client,
-            settings.connect_timeout,
-            what_to_check="check --kube-api-url or the kubeconfig, and that the API server is up",
-        )
+        assert self._kube_client is not None, "prepare() builds the client"
         return KubernetesSource(
-            client,
+            self._kube_client,
             config.trust_domain,
             self.metrics,
             watch_timeout=config.kube_watch_timeout,
@@ -85,7 +97,9 @@ class DestinationService(Service):
         config = self.config
         bus = ctx.bus
         self.instance = ctx.instance
-        source = await self._build_source(bus)
+        if config.source == "kubernetes" and self._kube_client is None:
+            await self.prepare()  # in-process users may start without the runtime's prepare step
+        source = self._build_source(bus)
         self._source = source
         kv = await bus.kv(subjects.ENDPOINTS_BUCKET)
         lease_kv = await bus.kv(subjects.LEASES_BUCKET)

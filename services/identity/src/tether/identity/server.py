@@ -28,7 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tether.identity.ca import Authority, AuthorityState, IssuerFiles, Outcome, read_issuer_files
 from tether.identity.certifier import Certifier, CertifierSettings, CertifyObserver, CertifyRequest
-from tether.identity.errors import ConfigurationError, Rejection
+from tether.identity.errors import Rejection
 from tether.identity.issuance import issue_leaf
 from tether.identity.observe import IdentityMetrics
 from tether.identity.tokens import TokenVerifier
@@ -177,20 +177,9 @@ class IdentityServer:
     def ready(self) -> bool:
         return self._server is not None and self._state.current is not None
 
-    async def start(
-        self, spawn: Callable[[str, TaskFactory], SupervisedTask], *, require_issuer: bool = False
-    ) -> int:
-        """Load the issuer files, listen, keep reloading. With ``require_issuer``, files that do not give a
-        valid issuer now raise ConfigurationError (a process then exits 2) instead of serving UNAVAILABLE."""
-        outcome, error = await self._observe()
-        if require_issuer and self._state.current is None:
-            files = self._settings.files
-            raise ConfigurationError(
-                f"the issuer files cannot be used: {error} (--trust-anchors {files.trust_anchors}, "
-                f"--issuer-certificate {files.issuer_certificate}, --issuer-key {files.issuer_key})",
-                "create them with 'tether-identity bootstrap --out DIR' or point those options at them",
-            )
-        self._report(outcome, error)
+    async def start(self, spawn: Callable[[str, TaskFactory], SupervisedTask]) -> int:
+        """Load the issuer files, listen, keep reloading. Without a valid issuer it serves UNAVAILABLE."""
+        self._report(*await self._observe())
         options = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),

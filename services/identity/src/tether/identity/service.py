@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+from tether.identity.ca import AuthorityState, Outcome, read_issuer_files
 from tether.identity.config import IdentityConfig
 from tether.identity.errors import ConfigurationError
 from tether.identity.observe import CertifyReporter, EventPublisher, IdentityMetrics
@@ -51,6 +54,19 @@ async def build_verifier(config: IdentityConfig) -> TokenVerifier:
     return KubernetesTokenVerifier(client, config.trust_domain)
 
 
+async def check_issuer_files(config: IdentityConfig) -> None:
+    """Raise ConfigurationError unless the trust anchors, issuer certificate and key make a valid issuer."""
+    files = config.server_settings().files
+    contents = await asyncio.to_thread(read_issuer_files, files)
+    observation = AuthorityState(config.trust_domain).observe(contents, datetime.now(UTC))
+    if observation.outcome is not Outcome.LOADED:
+        raise ConfigurationError(
+            f"the issuer files cannot be used: {observation.error} (--trust-anchors {files.trust_anchors}, "
+            f"--issuer-certificate {files.issuer_certificate}, --issuer-key {files.issuer_key})",
+            "create them with 'tether-identity bootstrap --out DIR' or point those options at them",
+        )
+
+
 class IdentityService(Service):
     def __init__(self, config: IdentityConfig) -> None:
         self._config = config
@@ -58,9 +74,15 @@ class IdentityService(Service):
         self._events: EventPublisher | None = None
         self._verifier: TokenVerifier | None = None
 
+    async def prepare(self) -> None:
+        """The token verifier (key file, or the Kubernetes API) and the issuer files, before NATS."""
+        self._verifier = await build_verifier(self._config)
+        await check_issuer_files(self._config)
+
     async def start(self, ctx: Context) -> None:
         metrics = IdentityMetrics(REGISTRY)
-        self._verifier = await build_verifier(self._config)
+        if self._verifier is None:
+            self._verifier = await build_verifier(self._config)
         self._events = EventPublisher(ctx.bus.publish, metrics)
         self._events.start(ctx.spawn)
         self._server = IdentityServer(
@@ -70,7 +92,7 @@ class IdentityService(Service):
             CertifyReporter(ctx.instance, metrics, self._events),
             metrics,
         )
-        await self._server.start(ctx.spawn, require_issuer=True)
+        await self._server.start(ctx.spawn)
 
     async def stop(self, grace: float) -> None:
         if self._server is not None:

@@ -35,6 +35,24 @@ from tether.shared.supervisor import SupervisedTask
 log = structlog.get_logger(__name__)
 
 
+def check_registry_file(path: str, trust_domain: str) -> None:
+    """Raise SetupError unless ``path`` (if set) is a readable, valid registry file."""
+    if not path:
+        return
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise SetupError(f"--registry-file {path} cannot be read: {exc.strerror}", _FILE_REMEDY) from None
+    try:
+        parse_registry(text, path, trust_domain)
+    except RegistryFileError as exc:
+        raise SetupError(f"--registry-file {exc}", _FILE_REMEDY) from None
+
+
+_FILE_REMEDY = "fix the file, or pass --registry-file '' to serve registrations only"
+
+
 class LocalState:
     def __init__(self, trust_domain: str, max_registrations: int = 10_000) -> None:
         self.trust_domain = trust_domain
@@ -134,10 +152,7 @@ class LocalSource:
         self._on_change = on_change
         problem = self._poll_file()
         if problem is not None:
-            raise SetupError(
-                f"--registry-file {problem}",
-                "fix the file, or pass --registry-file '' to serve registrations only",
-            )
+            raise SetupError(f"--registry-file {problem}", _FILE_REMEDY)
         self._subscription = await self._bus.subscribe(
             subjects.REGISTRY_REGISTER, WorkloadRegistration, self._on_registration
         )
