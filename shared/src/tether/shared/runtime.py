@@ -105,6 +105,7 @@ class Service(abc.ABC):
 
         A setup error found here is reported at once instead of after the NATS connect timeout.
         """
+        return None
 
     @abc.abstractmethod
     async def start(self, ctx: Context) -> None:
