@@ -8,8 +8,6 @@ the port that accepted the connection and the original destination when iptables
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from netns_harness import Namespace, NetnsHarness, proxy_init
 
@@ -133,7 +131,8 @@ def test_failure_names_the_rule_and_leaves_the_table_as_it_was(
     before = pod.iptables_save(binary=save)
     failed = proxy_init(pod, "--iptables-mode", mode, check=False)
     assert failed.returncode == 1
-    error = json.loads(failed.stderr.strip().splitlines()[-1])["error"]
+    error = failed.stderr.strip().splitlines()[-1]
+    assert error.startswith("tether-proxy: error: installing the interception rules failed: ")
     assert "rule `-A TETHER_PROXY_OUTBOUND_REDIR -p tcp -j REDIRECT --to-ports 4140`" in error
     assert "Invalid argument" in error
     assert pod.iptables_save(binary=save) == before

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections.abc import Sequence
 
 import grpc
 
+from tether.shared.config import TetherArgumentParser
+from tether.shared.errors import FatalError
+from tether.shared.failure import report
 from tether.shared.proto.public.v1 import public_pb2, public_pb2_grpc
 from tether.shared.runtime import env, package_version
 
@@ -16,7 +18,7 @@ DEFAULT_API_ADDR = "127.0.0.1:8085"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tether", description="Tether service mesh command-line tool")
+    parser = TetherArgumentParser(prog="tether", description="Tether service mesh command-line tool")
     parser.add_argument(
         "--api-addr",
         default=None,
@@ -63,11 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_run(args, api_addr))
     except grpc.aio.AioRpcError as exc:
-        print(
-            f"tether: cannot reach the public API at {api_addr}: {exc.code().name}: {exc.details()}",
-            file=sys.stderr,
+        return report(
+            "tether",
+            FatalError(
+                f"cannot reach the public API at {api_addr} ({exc.code().name}: {exc.details()})",
+                "check --api-addr / TETHER_API_ADDR and that tether-public-api is running",
+            ),
         )
-        return 2
 
 
 if __name__ == "__main__":

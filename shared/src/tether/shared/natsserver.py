@@ -326,3 +326,40 @@ class EmbeddedNats:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+async def _serve_forever(directory: Path, host: str, port: int) -> None:
+    from tether.shared.permissions import DEFAULT_USERS
+
+    server = EmbeddedNats(directory, host=host, port=port, users=DEFAULT_USERS)
+    await server.start()
+    sys.stdout.write(f"nats-server with authentication on {server.url}; one nkey seed file per user:\n")
+    for name, user in sorted(server.users.items()):
+        sys.stdout.write(f"  {name:<12} --nats-nkey {user.seed_file}\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tether.shared.natsserver --dir DIR``: a local NATS with every Tether user (development)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m tether.shared.natsserver",
+        description="Run nats-server with JetStream and one nkey user per Tether component (and a reader).",
+    )
+    parser.add_argument("--dir", required=True, type=Path, help="store, configuration and seed files")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4222)
+    args = parser.parse_args(argv)
+    asyncio.run(_serve_forever(args.dir, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -59,13 +59,17 @@ class ComponentTable:
         for service in CONTROL_PLANE:
             instances = [c for c in alive if c.service == service]
             ready = [c for c in instances if c.ready]
+            hint = (
+                f"{len(instances)} {service} instance(s) running, none ready: check its logs and /ready"
+                if instances
+                else f"no {service} instance sent a heartbeat in the last {self.timeout:g}s: is it running?"
+            )
             outcomes.append(
                 CheckOutcome(
                     "control-plane",
                     f"{service} is running and ready ({len(ready)}/{len(instances)} instances ready)",
                     bool(ready),
-                    f"no ready {service} instance sent a heartbeat in the last {self.timeout:g}s: "
-                    f"check its logs and its /ready endpoint",
+                    hint,
                 )
             )
         versions = {c.version for c in alive}

@@ -16,7 +16,9 @@ from tether.proxy.init.apply import ApplyResult, ProxyInitError, Runner, apply_p
 from tether.proxy.init.config import SERVICE, ProxyInitConfig
 from tether.proxy.init.plan import InterceptionSpec, plan_interception, render_fragment
 from tether.shared import logging as tether_logging
-from tether.shared.config import add_options, config_or_exit
+from tether.shared.config import TetherArgumentParser, add_options, config_or_exit
+from tether.shared.errors import FatalError
+from tether.shared.failure import report
 
 DESCRIPTION = (
     "Install nat rules redirecting the pod's inbound TCP to the proxy's inbound port and its outbound TCP "
@@ -25,7 +27,7 @@ DESCRIPTION = (
 
 
 def build_parser(prog: str = "tether-proxy init") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser = TetherArgumentParser(prog=prog, description=DESCRIPTION)
     add_options(parser, ProxyInitConfig, SERVICE)
     parser.add_argument(
         "--dry-run",
@@ -69,8 +71,13 @@ def main(
     try:
         result: ApplyResult = apply_plan(plan, config.iptables_mode, run)
     except ProxyInitError as exc:
-        log.error("proxy_init_failed", error=str(exc))
-        return 1
+        return report(
+            "tether-proxy",
+            FatalError(
+                f"installing the interception rules failed: {exc}",
+                "run it with NET_ADMIN in the pod's network namespace; --dry-run prints the rules",
+            ),
+        )
     if result.changed:
         log.info("interception_rules_installed", rules=len(plan.rules) + len(plan.hooks))
     else:
