@@ -87,6 +87,16 @@ def test_registration_into_an_undeclared_service_declares_it() -> None:
     assert state.desired("ns.api") is None
 
 
+VALID_REGISTRATION: dict[str, object] = {
+    "namespace": "ns",
+    "service": "web",
+    "instance": "i",
+    "address": "10.0.0.1",
+    "port": 80,
+    "ttl_seconds": 5.0,
+}
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -104,15 +114,7 @@ def test_registration_into_an_undeclared_service_declares_it() -> None:
 )
 def test_meaningless_registrations_do_not_decode(bad: dict[str, object]) -> None:
     """What arrives over NATS is decoded with every constraint: such a message never reaches the state."""
-    fields: dict[str, object] = {
-        "namespace": "ns",
-        "service": "web",
-        "instance": "i",
-        "address": "10.0.0.1",
-        "port": 80,
-        "ttl_seconds": 5.0,
-    }
-    fields.update(bad)
+    fields = {**VALID_REGISTRATION, **bad}
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert(fields, type=WorkloadRegistration)
 
@@ -127,15 +129,7 @@ def test_meaningless_registrations_do_not_decode(bad: dict[str, object]) -> None
     ],
 )
 def test_invalid_registrations_are_refused(bad: dict[str, object]) -> None:
-    fields: dict[str, object] = {
-        "namespace": "ns",
-        "service": "web",
-        "instance": "i",
-        "address": "10.0.0.1",
-        "port": 80,
-        "ttl_seconds": 5.0,
-    }
-    fields.update(bad)
+    fields = {**VALID_REGISTRATION, **bad}
     with pytest.raises(InvalidRegistration):
         LocalState("cluster.local").register(WorkloadRegistration(**fields), now=0.0)  # type: ignore[arg-type]
 
