@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tether.shared.tls import KeyPair, ReloadableServerCredentials, client_ssl_context, server_ssl_context
+from tether.shared.grpctls import ReloadableServerCredentials
+from tether.shared.tls import KeyPair, client_ssl_context, server_ssl_context
 
 
 def _self_signed(name: str) -> KeyPair:

@@ -33,10 +33,11 @@ from tether.identity.issuance import issue_leaf
 from tether.identity.observe import IdentityMetrics
 from tether.identity.tokens import TokenVerifier
 from tether.shared.grpcserver import start_grpc_server
+from tether.shared.grpctls import ReloadableServerCredentials
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
 from tether.shared.supervisor import SupervisedTask, TaskFactory
-from tether.shared.tls import KeyPair, ReloadableServerCredentials
+from tether.shared.tls import KeyPair
 
 log = structlog.get_logger(__name__)
 
