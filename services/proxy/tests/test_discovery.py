@@ -17,8 +17,9 @@ import pytest
 
 from tether.proxy.core.resolution import Add, Endpoint, NoEndpoints, Status, Update
 from tether.proxy.discovery import DestinationClient
-from tether.proxy.dstclient import H2DestinationStreams
-from tether.proxy.errors import AuthorityLimitError, DestinationStreamError
+from tether.proxy.dstclient import DestinationStreams
+from tether.proxy.errors import AuthorityLimitError, GrpcCallError
+from tether.proxy.grpc_h2 import GrpcChannel
 from tether.shared.proto.destination.v1 import destination_pb2 as pb
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
 from tether.shared.proto.net.v1 import net_pb2
@@ -86,7 +87,7 @@ async def test_reconnect_keeps_endpoints_then_resets_on_the_first_message(
     client: DestinationClient, streams: ScriptedStreams
 ) -> None:
     resolution = client.resolve(b"web.ns:80", now=0.0)
-    await streams.scripts.put(([Add([ep(1), ep(2)])], DestinationStreamError(14, "gone")))
+    await streams.scripts.put(([Add([ep(1), ep(2)])], GrpcCallError(14, "gone")))
     await until(lambda: len(streams.opened) == 2)
     # Outage: the stream failed and is being retried; the last endpoints stay in use.
     assert set(resolution.endpoints) == {("10.0.0.1", 8080), ("10.0.0.2", 8080)}
@@ -100,7 +101,7 @@ async def test_invalid_argument_is_treated_as_outside_the_mesh(
     client: DestinationClient, streams: ScriptedStreams
 ) -> None:
     resolution = client.resolve(b"x" * 300, now=0.0)
-    await streams.scripts.put(([], DestinationStreamError(3, "authority too long")))
+    await streams.scripts.put(([], GrpcCallError(3, "authority too long")))
     await until(lambda: resolution.status is Status.NOT_IN_MESH)
     await asyncio.sleep(0.05)
     assert len(streams.opened) == 1  # not retried
@@ -204,7 +205,7 @@ async def test_h2_client_speaks_grpc_to_a_real_server(
     destination: tuple[Destination, int], supervisor: RecordingSupervisor
 ) -> None:
     servicer, port = destination
-    streams = H2DestinationStreams(f"127.0.0.1:{port}", '{"ns":"ns"}', spawn=supervisor.spawn)
+    streams = DestinationStreams(GrpcChannel(f"127.0.0.1:{port}", spawn=supervisor.spawn), '{"ns":"ns"}')
     try:
         updates = streams.open("web.ns:80")
         first = await anext(updates)
@@ -222,7 +223,7 @@ async def test_h2_client_speaks_grpc_to_a_real_server(
         # A second stream shares the connection.
         unknown = [u async for u in streams.open("unknown.example.com:80")]
         assert unknown == [NoEndpoints(exists=False)]
-        with pytest.raises(DestinationStreamError) as raised:
+        with pytest.raises(GrpcCallError) as raised:
             await anext(streams.open(""))
         assert raised.value.code == 3
         await updates.aclose()
@@ -231,7 +232,9 @@ async def test_h2_client_speaks_grpc_to_a_real_server(
 
 
 async def test_h2_client_reports_an_unreachable_destination(supervisor: RecordingSupervisor) -> None:
-    streams = H2DestinationStreams("127.0.0.1:1", "{}", spawn=supervisor.spawn, connect_timeout=0.5)
-    with pytest.raises(DestinationStreamError) as raised:
+    streams = DestinationStreams(
+        GrpcChannel("127.0.0.1:1", spawn=supervisor.spawn, connect_timeout=0.5), "{}"
+    )
+    with pytest.raises(GrpcCallError) as raised:
         await anext(streams.open("web.ns:80"))
     assert raised.value.code == 14

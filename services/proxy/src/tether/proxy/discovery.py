@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, Callable
 import structlog
 
 from tether.proxy.core.resolution import NoEndpoints, Resolution, Update
-from tether.proxy.errors import AuthorityLimitError, DestinationStreamError
+from tether.proxy.errors import AuthorityLimitError, GrpcCallError
 from tether.proxy.origdst import Address
 from tether.shared.backoff import backoff_delay
 from tether.shared.supervisor import SupervisedTask, TaskFactory
@@ -155,7 +155,7 @@ class DestinationClient:
                             self._on_removed(removed)
             except asyncio.CancelledError:
                 raise
-            except DestinationStreamError as exc:
+            except GrpcCallError as exc:
                 if exc.code == INVALID_ARGUMENT:
                     # The destination service cannot resolve this name at all: treat it
                     # like an authority outside the mesh and stop asking.

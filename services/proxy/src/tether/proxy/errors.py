@@ -16,11 +16,11 @@ class UpstreamConnectError(ProxyError):
         self.reason = reason
 
 
-class DestinationStreamError(ProxyError):
-    """A Destination/Get stream failed; ``code`` is the gRPC status code."""
+class GrpcCallError(ProxyError):
+    """A gRPC call of the proxy's own client (discovery, identity) failed; ``code`` is the gRPC status."""
 
     def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"destination stream failed (gRPC status {code}): {message}")
+        super().__init__(f"gRPC call failed (status {code}): {message}")
         self.code = code
         self.message = message
 

@@ -8,7 +8,8 @@ import structlog
 
 from tether.proxy.config import ProxyConfig
 from tether.proxy.discovery import DestinationClient, StreamOpener
-from tether.proxy.dstclient import H2DestinationStreams
+from tether.proxy.dstclient import DestinationStreams
+from tether.proxy.grpc_h2 import GrpcChannel
 from tether.proxy.metrics import MetricsRegistry
 from tether.proxy.origdst import original_destination
 from tether.proxy.pool import Pools
@@ -53,7 +54,7 @@ class Proxy:
         self.supervisor = supervisor or Supervisor(lambda _name, _exc: self.shutdown_requested.set())
         self.registry = MetricsRegistry(idle_timeout=max(config.idle_timeout, 60.0))
         self.discovery: DestinationClient | None = None
-        self._grpc_streams: H2DestinationStreams | None = None
+        self._grpc_streams: DestinationStreams | None = None
         self._servers: list[asyncio.Server] = []
         self._contexts: list[ListenerContext] = []
         self._sweeper: SupervisedTask | None = None
@@ -88,11 +89,13 @@ class Proxy:
         )
         opener = self._destination_streams
         if opener is None and config.destination_addr:
-            self._grpc_streams = H2DestinationStreams(
-                config.destination_addr,
+            self._grpc_streams = DestinationStreams(
+                GrpcChannel(
+                    config.destination_addr,
+                    spawn=self.supervisor.spawn,
+                    connect_timeout=config.connect_timeout,
+                ),
                 config.context_token,
-                spawn=self.supervisor.spawn,
-                connect_timeout=config.connect_timeout,
             )
             opener = self._grpc_streams.open
         if opener is not None:
