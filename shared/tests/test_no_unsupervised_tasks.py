@@ -16,6 +16,7 @@ SHORT_LIVED = {
     "shared/src/tether/shared/bus.py": "one NATS request, raced against a permission denial and awaited",
     "services/proxy/src/tether/proxy/pool.py": "one upstream connect, bounded by the connect timeout",
     "services/proxy/src/tether/proxy/routing.py": "one request waiting for its connection",
+    "services/proxy/src/tether/proxy/inbound.py": "one connection being admitted, bounded by its timeouts",
 }
 
 _SPAWN = re.compile(r"\b(create_task|ensure_future|TaskGroup)\b")

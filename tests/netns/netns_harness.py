@@ -261,7 +261,8 @@ def fetch(namespace: Namespace, url: str) -> str:
 
 
 def start_tether_proxy(namespace: Namespace, *extra: str, uid: int = PROXY_UID) -> subprocess.Popen[str]:
-    """``python -m tether.proxy run`` as the proxy UID with discovery disabled (original destinations)."""
+    """``python -m tether.proxy run`` as the proxy UID with discovery and identity disabled (original
+    destinations, plaintext)."""
     proxy = namespace.spawn(
         [
             sys.executable, "-m", "tether.proxy", "run",
@@ -269,6 +270,7 @@ def start_tether_proxy(namespace: Namespace, *extra: str, uid: int = PROXY_UID) 
             "--inbound-addr", f"0.0.0.0:{INBOUND_PORT}",
             "--admin-addr", f"0.0.0.0:{ADMIN_PORT}",
             "--destination-addr", "",
+            "--identity-disabled", "true",
             "--log-format", "json",
             *extra,
         ],

@@ -250,7 +250,7 @@ class Mesh:
         settings: dict[str, Any] = {
             "outbound_addr": f"{host}:0",
             "inbound_addr": f"{host}:0",
-            "inbound_app_host": host,
+            "identity_disabled": True,
             "admin_addr": f"{host}:0",
             "destination_addr": self.destination_addr if self.destination_service else "",
             "pod_namespace": NAMESPACE,

@@ -32,6 +32,7 @@ async def test_run_serves_and_exits_cleanly_on_sigterm() -> None:
         TETHER_LOG_FORMAT="json",
         TETHER_PROXY_INBOUND_ADDR=f"127.0.0.1:{inbound}",
         TETHER_PROXY_DESTINATION_ADDR="127.0.0.1:1",
+        TETHER_PROXY_IDENTITY_DISABLED="true",
     )
     process = subprocess.Popen(
         [

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta
 
 from tether.shared.config import AdminAddr, ProcessConfig, check_addr
+from tether.shared.identity_names import InvalidIdentityName, WorkloadIdentity, parse_identity
+
+#: The proxy's own ports besides its listeners: never forwarded to by the inbound side.
+PROXY_CONTROL_PORT = 4190
+PROXY_ADMIN_PORT = 4191
 
 
 class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
@@ -18,8 +23,12 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
         str, Meta(description="inbound listener: requests for the local application, host:port")
     ] = "0.0.0.0:4143"
     inbound_app_host: Annotated[
-        str, Meta(description="address the inbound side forwards to (the application, over loopback)")
-    ] = "127.0.0.1"
+        str,
+        Meta(
+            description="address the inbound side forwards to (empty: the connection's original "
+            "destination, the pod's own address; set it only where there is no iptables redirect)"
+        ),
+    ] = ""
     destination_addr: Annotated[
         str, Meta(description="destination service (gRPC), host:port; empty disables discovery")
     ] = "tether-destination.tether.svc.cluster.local:8086"
@@ -54,6 +63,35 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
             description="distinct authorities resolved at once; requests for more fail with 503",
         ),
     ] = 1000
+    identity_disabled: Annotated[
+        bool, Meta(description="run without identity and mTLS (all traffic plaintext, labelled tls=disabled)")
+    ] = False
+    identity_name: Annotated[
+        str, Meta(description="this proxy's identity, <sa>.<ns>.serviceaccount.identity.<trust-domain>")
+    ] = ""
+    identity_addr: Annotated[str, Meta(description="identity service (gRPC over TLS), host:port")] = (
+        "tether-identity.tether.svc.cluster.local:8080"
+    )
+    identity_server_name: Annotated[
+        str, Meta(description="the identity the identity service must present")
+    ] = "identity.tether.serviceaccount.identity.cluster.local"
+    identity_trust_anchors: Annotated[str, Meta(description="PEM trust anchors of the mesh")] = (
+        "/var/run/tether/identity/ca.crt"
+    )
+    identity_token_file: Annotated[
+        str, Meta(description="token proving this workload's identity (a projected ServiceAccount token)")
+    ] = "/var/run/secrets/tether.io/serviceaccount/token"
+    destination_server_name: Annotated[
+        str, Meta(description="the identity the destination service must present")
+    ] = "destination.tether.serviceaccount.identity.cluster.local"
+    inbound_policy: Annotated[
+        Literal["all-unauthenticated", "all-authenticated"],
+        Meta(description="inbound plaintext: accepted (all-unauthenticated) or refused (all-authenticated)"),
+    ] = "all-unauthenticated"
+    require_identity_ports: Annotated[
+        tuple[Annotated[int, Meta(ge=1, le=65535)], ...],
+        Meta(description="inbound ports on which plaintext is refused (meshed clients only)"),
+    ] = ()
     max_concurrent_streams: Annotated[
         int, Meta(ge=1, le=2**31 - 1, description="streams a client may open on one connection")
     ] = 2048
@@ -64,6 +102,19 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
             check_addr(name, getattr(self, name))
         if self.destination_addr:
             check_addr("destination_addr", self.destination_addr)
+        if not self.identity_disabled:
+            check_addr("identity_addr", self.identity_addr)
+            if not self.identity_name:
+                raise ValueError("identity_name: required (the injector sets it), unless --identity-disabled")
+            for name in ("identity_name", "identity_server_name", "destination_server_name"):
+                try:
+                    parse_identity(getattr(self, name))
+                except InvalidIdentityName as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+
+    @property
+    def workload_identity(self) -> WorkloadIdentity:
+        return parse_identity(self.identity_name)
 
     @property
     def context_token(self) -> str:

@@ -1,42 +1,39 @@
-"""Upstream HTTP/2 connections, pooled per endpoint address."""
+"""Upstream HTTP/2 connections, pooled per endpoint (address and expected identity).
+
+The pools know nothing of sockets or TLS: they ask a :class:`~tether.proxy.dialer.Dialer` for connections.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
 from tether.proxy.core.connection import UpstreamConnection
 from tether.proxy.errors import UpstreamConnectError
-from tether.proxy.metrics import MetricsRegistry, TcpHandle
 from tether.proxy.origdst import Address
-from tether.proxy.transport import Flusher, UpstreamProtocol
 
 log = structlog.get_logger(__name__)
+
+#: An endpoint as pooled: its address and the identity its certificate must name (None: plaintext).
+PoolKey = tuple[Address, str | None]
+
+
+class Dialer(Protocol):
+    async def dial(
+        self, address: Address, identity: str | None, on_capacity: Callable[[UpstreamConnection], None]
+    ) -> UpstreamConnection: ...
 
 
 class EndpointPool:
     """HTTP/2 connections to one endpoint; a new one is opened only when all are full."""
 
-    def __init__(
-        self,
-        address: Address,
-        *,
-        flusher: Flusher,
-        registry: MetricsRegistry,
-        direction: str,
-        connect_timeout: float,
-        now: float,
-        ssl_context: ssl.SSLContext | None = None,
-    ) -> None:
+    def __init__(self, address: Address, identity: str | None, *, dialer: Dialer, now: float) -> None:
         self.address = address
-        self.flusher = flusher
-        self._registry = registry
-        self._direction = direction
-        self._connect_timeout = connect_timeout
-        self._ssl = ssl_context
+        self.identity = identity
+        self._dialer = dialer
         self.connections: list[UpstreamConnection] = []
         self._connecting: asyncio.Task[None] | None = None
         self.last_used = now
@@ -62,27 +59,14 @@ class EndpointPool:
             await asyncio.shield(self._connecting)
 
     async def _connect(self) -> None:
-        host, port = self.address
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: UpstreamProtocol(self), host, port, ssl=self._ssl
-                )
-        except TimeoutError:
-            raise UpstreamConnectError(self.address, "connect timeout") from None
-        except OSError as exc:
-            raise UpstreamConnectError(self.address, exc.strerror or type(exc).__name__) from None
+            connection = await self._dialer.dial(self.address, self.identity, self.capacity_changed)
         finally:
             self._connecting = None
-        connection = protocol.conn
         if self.retired:
             connection.retire()
         elif not connection.closing:
             self.connections.append(connection)
-
-    def tcp_handle(self) -> TcpHandle:
-        return self._registry.tcp(self._direction, "dst")
 
     def capacity_changed(self, connection: UpstreamConnection) -> None:
         if (connection.closing or connection.draining) and connection in self.connections:
@@ -101,55 +85,37 @@ class EndpointPool:
 
 
 class Pools:
-    """All endpoint pools of one direction, keyed by address, evicted when idle."""
+    """All endpoint pools of one direction, keyed by address and identity, evicted when idle."""
 
-    def __init__(
-        self,
-        *,
-        flusher: Flusher,
-        registry: MetricsRegistry,
-        direction: str,
-        connect_timeout: float,
-        clock: Callable[[], float],
-    ) -> None:
-        self._flusher = flusher
-        self._registry = registry
-        self._direction = direction
-        self._connect_timeout = connect_timeout
+    def __init__(self, *, dialer: Dialer, clock: Callable[[], float]) -> None:
+        self._dialer = dialer
         self._clock = clock
-        self._pools: dict[Address, EndpointPool] = {}
+        self._pools: dict[PoolKey, EndpointPool] = {}
 
-    def get(self, address: Address) -> EndpointPool:
-        pool = self._pools.get(address)
+    def get(self, address: Address, identity: str | None = None) -> EndpointPool:
+        key = (address, identity)
+        pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[address] = EndpointPool(
-                address,
-                flusher=self._flusher,
-                registry=self._registry,
-                direction=self._direction,
-                connect_timeout=self._connect_timeout,
-                now=self._clock(),
-            )
+            pool = self._pools[key] = EndpointPool(address, identity, dialer=self._dialer, now=self._clock())
         return pool
 
     def __len__(self) -> int:
         return len(self._pools)
 
     def retire(self, address: Address) -> None:
-        pool = self._pools.pop(address, None)
-        if pool is not None:
-            pool.retire()
+        """Retire the pools of ``address`` (whatever identity they expected)."""
+        for key in [key for key in self._pools if key[0] == address]:
+            self._pools.pop(key).retire()
 
     def evict_idle(self, now: float, idle_timeout: float) -> int:
         idle = [
-            address
-            for address, pool in self._pools.items()
-            if not pool.busy and now - pool.last_used >= idle_timeout
+            key for key, pool in self._pools.items() if not pool.busy and now - pool.last_used >= idle_timeout
         ]
-        for address in idle:
-            self.retire(address)
+        for key in idle:
+            self._pools.pop(key).retire()
         return len(idle)
 
     def close(self) -> None:
-        for address in list(self._pools):
-            self.retire(address)
+        for pool in self._pools.values():
+            pool.retire()
+        self._pools.clear()

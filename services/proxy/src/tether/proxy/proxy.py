@@ -1,26 +1,27 @@
-"""The proxy process: listeners, routers, discovery and admin wired together."""
+"""The proxy process: listeners, routers, dialers, discovery, identity and metrics wired together."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
+from collections.abc import Callable
 
 import structlog
 
-from tether.proxy.config import ProxyConfig
+from tether.proxy.config import PROXY_ADMIN_PORT, PROXY_CONTROL_PORT, ProxyConfig
+from tether.proxy.core.conninfo import DISABLED, LOOPBACK, NO_IDENTITY
+from tether.proxy.dialer import Dialer
 from tether.proxy.discovery import DestinationClient, StreamOpener
 from tether.proxy.dstclient import DestinationStreams
 from tether.proxy.grpc_h2 import GrpcChannel
+from tether.proxy.identity import ProxyIdentity, read_trust_anchors
+from tether.proxy.inbound import DETECT_TIMEOUT, InboundAcceptor, InboundPolicy
 from tether.proxy.metrics import MetricsRegistry
 from tether.proxy.origdst import original_destination
 from tether.proxy.pool import Pools
 from tether.proxy.routing import InboundRouter, OutboundRouter
-from tether.proxy.transport import (
-    DownstreamProtocol,
-    Flusher,
-    ListenerContext,
-    OriginalDstResolver,
-    monotonic,
-)
+from tether.proxy.transport import DownstreamProtocol, Flusher, ListenerContext, OriginalDstResolver
 from tether.shared.config import parse_hostport
 from tether.shared.listen import bind_failure
 from tether.shared.supervisor import SupervisedTask, Supervisor
@@ -35,6 +36,7 @@ class Proxy:
     gRPC Destination client, for running without iptables or a control plane.
     Long-lived tasks start through ``supervisor`` (the process runtime's); without one the
     proxy keeps its own, and a failed critical task sets ``shutdown_requested``.
+    ``clock`` is the monotonic clock the data path sees.
     """
 
     def __init__(
@@ -45,17 +47,21 @@ class Proxy:
         inbound_original_dst: OriginalDstResolver | None = None,
         destination_streams: StreamOpener | None = None,
         supervisor: Supervisor | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.clock = clock
         self._original_dst = original_dst
         self._inbound_original_dst = inbound_original_dst or original_dst
         self._destination_streams = destination_streams
         self._own_supervisor = supervisor is None
         self.supervisor = supervisor or Supervisor(lambda _name, _exc: self.shutdown_requested.set())
         self.registry = MetricsRegistry(idle_timeout=max(config.idle_timeout, 60.0))
+        self.identity: ProxyIdentity | None = None
         self.discovery: DestinationClient | None = None
         self._grpc_streams: DestinationStreams | None = None
-        self._servers: list[asyncio.Server] = []
+        self._outbound_server: asyncio.Server | None = None
+        self._acceptor: InboundAcceptor | None = None
         self._contexts: list[ListenerContext] = []
         self._sweeper: SupervisedTask | None = None
         self.shutdown_requested = asyncio.Event()
@@ -66,33 +72,65 @@ class Proxy:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
+        clock = self.clock
+        if not config.identity_disabled:
+            self.identity = ProxyIdentity(
+                config.workload_identity,
+                read_trust_anchors(config.identity_trust_anchors),
+                identity_addr=config.identity_addr,
+                identity_server_name=config.identity_server_name,
+                token_file=config.identity_token_file,
+                spawn=self.supervisor.spawn,
+                connect_timeout=config.connect_timeout,
+            )
+            await self.identity.start()
+        else:
+            log.warning(
+                "identity_disabled", effect="no mTLS: all traffic is plaintext, labelled tls=disabled"
+            )
+        identity = self.identity
+        no_tls = DISABLED if identity is None else NO_IDENTITY
         flusher = Flusher(loop)
-        self.outbound_pools = Pools(
+        self.outbound_dialer = Dialer(
             flusher=flusher,
             registry=self.registry,
             direction="outbound",
+            clock=clock,
             connect_timeout=config.connect_timeout,
-            clock=monotonic,
+            mesh_tls=identity.client_context if identity is not None else lambda: None,
+            no_tls_reason=no_tls,
         )
-        self.inbound_pools = Pools(
+        inbound_dialer = Dialer(
             flusher=flusher,
             registry=self.registry,
             direction="inbound",
+            clock=clock,
             connect_timeout=config.connect_timeout,
-            clock=monotonic,
+            no_tls_reason=LOOPBACK,
         )
+        self.outbound_pools = Pools(dialer=self.outbound_dialer, clock=clock)
+        self.inbound_pools = Pools(dialer=inbound_dialer, clock=clock)
         self.outbound_router = OutboundRouter(
             discovery=None,
             pools=self.outbound_pools,
             registry=self.registry,
             fail_fast_timeout=config.fail_fast_timeout,
+            clock=clock,
+            mesh_tls=identity is not None,
+            no_tls_reason=no_tls,
         )
         opener = self._destination_streams
         if opener is None and config.destination_addr:
+            channel_tls = (
+                (lambda: identity.control_plane_tls(config.destination_server_name))
+                if identity is not None
+                else (lambda: None)
+            )
             self._grpc_streams = DestinationStreams(
                 GrpcChannel(
                     config.destination_addr,
                     spawn=self.supervisor.spawn,
+                    tls=channel_tls,
                     connect_timeout=config.connect_timeout,
                 ),
                 config.context_token,
@@ -104,50 +142,78 @@ class Proxy:
                 spawn=self.supervisor.spawn,
                 on_removed=self.outbound_router.forget,
                 max_authorities=config.max_authorities,
+                clock=clock,
             )
             self.outbound_router.discovery = self.discovery
+        outbound_host, outbound_port = parse_hostport(config.outbound_addr)
+        inbound_host, inbound_port = parse_hostport(config.inbound_addr)
         self.inbound_router = InboundRouter(
-            app_host=config.inbound_app_host,
             pools=self.inbound_pools,
             registry=self.registry,
             fail_fast_timeout=config.fail_fast_timeout,
+            clock=clock,
+            proxy_ports=self._own_ports(),
+            app_host=config.inbound_app_host,
         )
         outbound = ListenerContext(
             direction="outbound",
             flusher=flusher,
             router=self.outbound_router,
             registry=self.registry,
+            clock=clock,
             original_dst=self._original_dst,
             max_concurrent_streams=config.max_concurrent_streams,
+            no_tls_reason=LOOPBACK,
         )
         inbound = ListenerContext(
             direction="inbound",
             flusher=flusher,
             router=self.inbound_router,
             registry=self.registry,
+            clock=clock,
             original_dst=self._inbound_original_dst,
             max_concurrent_streams=config.max_concurrent_streams,
+            no_tls_reason=no_tls,
         )
         self._contexts = [outbound, inbound]
         self._built = True
         self.registry.add_collector(self._render_limits)
-        listeners = (
-            (outbound, "--outbound-addr", config.outbound_addr),
-            (inbound, "--inbound-addr", config.inbound_addr),
+        try:
+            self._outbound_server = await loop.create_server(
+                lambda: DownstreamProtocol(outbound),
+                outbound_host,
+                outbound_port,
+                reuse_address=True,
+                backlog=1024,
+            )
+        except OSError as exc:
+            raise bind_failure("--outbound-addr", config.outbound_addr, exc) from None
+        try:
+            listening = socket.create_server((inbound_host, inbound_port), backlog=1024, reuse_port=False)
+        except OSError as exc:
+            raise bind_failure("--inbound-addr", config.inbound_addr, exc) from None
+        listening.setblocking(False)
+        resolve_inbound = self._inbound_original_dst
+
+        def original_port(sock: socket.socket) -> int:
+            original = resolve_inbound(sock)
+            return original[1] if original is not None else int(sock.getsockname()[1])
+
+        self._acceptor = InboundAcceptor(
+            inbound,
+            listening,
+            spawn=self.supervisor.spawn,
+            local_identity=identity.identity.dns_name if identity is not None else None,
+            server_context=identity.server_context if identity is not None else lambda: None,
+            policy=InboundPolicy(
+                require_identity=config.inbound_policy == "all-authenticated",
+                ports=config.require_identity_ports,
+            ),
+            original_port=original_port,
+            # A client that sends nothing is closed as an idle one would be (and never held for longer).
+            detect_timeout=min(DETECT_TIMEOUT, config.downstream_idle_timeout),
         )
-        for context, option, addr in listeners:
-            host, port = parse_hostport(addr)
-            try:
-                server = await loop.create_server(
-                    lambda context=context: DownstreamProtocol(context),  # type: ignore[misc]
-                    host,
-                    port,
-                    reuse_address=True,
-                    backlog=1024,
-                )
-            except OSError as exc:
-                raise bind_failure(option, addr, exc) from None
-            self._servers.append(server)
+        self._acceptor.start()
         self._sweeper = self.supervisor.spawn("proxy-sweeper", self._sweep)
         self._started = True
         log.info(
@@ -155,21 +221,34 @@ class Proxy:
             outbound_port=self.outbound_port,
             inbound_port=self.inbound_port,
             destination=config.destination_addr or None,
+            identity=identity.identity.dns_name if identity is not None else None,
         )
+
+    def _own_ports(self) -> set[int]:
+        config = self.config
+        ports = {PROXY_CONTROL_PORT, PROXY_ADMIN_PORT}
+        for addr in (config.outbound_addr, config.inbound_addr, config.admin_addr):
+            ports.add(parse_hostport(addr)[1])
+        return ports - {0}
 
     @property
     def outbound_port(self) -> int:
-        return int(self._servers[0].sockets[0].getsockname()[1])
+        assert self._outbound_server is not None
+        return int(self._outbound_server.sockets[0].getsockname()[1])
 
     @property
     def inbound_port(self) -> int:
-        return int(self._servers[1].sockets[0].getsockname()[1])
+        assert self._acceptor is not None
+        return self._acceptor.port
 
     def ready(self) -> bool:
-        return self._started and not self._stopping
+        """Serving, and (unless identity is disabled) holding a valid certificate."""
+        if not self._started or self._stopping:
+            return False
+        return self.identity is None or self.identity.ready()
 
     def render_metrics(self) -> str:
-        return self.registry.render(monotonic())
+        return self.registry.render(self.clock())
 
     async def _sweep(self) -> None:
         # One periodic pass instead of a timer per connection: an idle client is
@@ -178,7 +257,7 @@ class Proxy:
         interval = min(config.idle_timeout / 4, config.downstream_idle_timeout / 4, 10.0)
         while True:
             await asyncio.sleep(interval)
-            now = monotonic()
+            now = self.clock()
             for context in self._contexts:
                 context.close_idle(now, config.downstream_idle_timeout)
             timeout = config.idle_timeout
@@ -196,7 +275,18 @@ class Proxy:
                 f'proxy_downstream_idle_closed_total{{direction="{context.direction}"}} {context.idle_closed}'
                 for context in self._contexts
             ),
+            "# HELP proxy_identity_mismatch_total Connections refused: the peer's certificate named another"
+            " identity than expected.",
+            "# TYPE proxy_identity_mismatch_total counter",
+            f'proxy_identity_mismatch_total{{peer="endpoint"}} {self.outbound_dialer.identity_mismatches}',
+            "# HELP proxy_inbound_proxy_port_refused_total Inbound requests refused for targeting a port of"
+            " the proxy itself.",
+            "# TYPE proxy_inbound_proxy_port_refused_total counter",
+            f"proxy_inbound_proxy_port_refused_total {self.inbound_router.refused_proxy_port}",
         ]
+        if self._grpc_streams is not None:
+            mismatches = self._grpc_streams.channel.identity_mismatches
+            lines.append(f'proxy_identity_mismatch_total{{peer="destination"}} {mismatches}')
         if self.discovery is not None:
             lines += [
                 "# HELP proxy_authorities_resolved Distinct authorities being resolved now.",
@@ -206,7 +296,12 @@ class Proxy:
                 "# TYPE proxy_authority_limit_rejected_total counter",
                 f"proxy_authority_limit_rejected_total {self.discovery.rejected}",
             ]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        if self._acceptor is not None:
+            text += self._acceptor.render_metrics()
+        if self.identity is not None:
+            text += self.identity.render_metrics()
+        return text
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, GOAWAY every client, wait up to ``grace`` seconds for in-flight requests."""
@@ -214,16 +309,16 @@ class Proxy:
             return
         self._stopping = True
         grace = self.config.shutdown_grace if grace is None else grace
-        for server in self._servers:
-            server.close()
+        if self._outbound_server is not None:
+            self._outbound_server.close()
+        if self._acceptor is not None:
+            await self._acceptor.stop()
         for context in self._contexts:
             context.drain()
-        if not self._started:
-            await self._release()
-            return
-        deadline = monotonic() + grace
-        while any(context.connections for context in self._contexts) and monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        if self._started:
+            deadline = self.clock() + grace
+            while any(context.connections for context in self._contexts) and self.clock() < deadline:
+                await asyncio.sleep(0.01)
         for context in self._contexts:
             for protocol in list(context.connections):
                 if protocol.transport is not None:
@@ -243,7 +338,9 @@ class Proxy:
             await self.discovery.close()
         if self._grpc_streams is not None:
             await self._grpc_streams.close()
+        if self.identity is not None:
+            await self.identity.stop()
         if self._own_supervisor:
             await self.supervisor.stop()
-        for server in self._servers:
-            await server.wait_closed()
+        if self._outbound_server is not None:
+            await self._outbound_server.wait_closed()

@@ -9,8 +9,7 @@ task bounded by the fail-fast timeout.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-from collections.abc import Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from typing import Any, cast
 
 import structlog
@@ -19,13 +18,16 @@ from h2.exceptions import ProtocolError
 
 from tether.proxy.core.balancer import EndpointLoad
 from tether.proxy.core.connection import UpstreamConnection
+from tether.proxy.core.conninfo import ConnectionInfo
 from tether.proxy.core.exchange import Exchange
+from tether.proxy.core.headers import with_client_id
 from tether.proxy.core.resolution import Address, Endpoint, Resolution, Status
 from tether.proxy.discovery import DestinationClient
 from tether.proxy.errors import AuthorityLimitError, ProxyError, UpstreamConnectError
 from tether.proxy.metrics import Labels, MetricsRegistry, RouteHandle, dst_labels
 from tether.proxy.pool import EndpointPool, Pools
-from tether.proxy.transport import DownstreamProtocol
+
+Clock = Callable[[], float]
 
 log = structlog.get_logger(__name__)
 
@@ -50,12 +52,19 @@ class _RouteState:
 
 class _BaseRouter:
     def __init__(
-        self, *, direction: str, pools: Pools, registry: MetricsRegistry, fail_fast_timeout: float
+        self,
+        *,
+        direction: str,
+        pools: Pools,
+        registry: MetricsRegistry,
+        fail_fast_timeout: float,
+        clock: Clock,
     ) -> None:
         self.direction = direction
         self.pools = pools
         self.registry = registry
         self.fail_fast_timeout = fail_fast_timeout
+        self.clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ExchangeListener
@@ -98,7 +107,7 @@ class _BaseRouter:
             exchange.fail(503, "upstream refused a new stream", now)
 
     def _plain_metrics(self, exchange: Exchange) -> RouteHandle:
-        return self.registry.route(self.direction, _authority_text(exchange))
+        return self.registry.route(self.direction, _authority_text(exchange), (), _info(exchange).tls_label)
 
     def _fail(self, exchange: Exchange, metrics: RouteHandle, http_status: int, message: str) -> None:
         if exchange.closed:
@@ -106,7 +115,7 @@ class _BaseRouter:
         exchange.route_state = _RouteState(None, metrics)
         exchange.listener = self
         metrics.request()
-        exchange.fail(http_status, message, _now())
+        exchange.fail(http_status, message, self.clock())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -124,12 +133,12 @@ class _BaseRouter:
             connection = await pool.acquire()
         except UpstreamConnectError as exc:
             if load is not None:
-                load.observe(CONNECT_FAILURE_PENALTY, _now())
+                load.observe(CONNECT_FAILURE_PENALTY, self.clock())
             log.warning("upstream_connect_failed", direction=self.direction, error=str(exc))
             self._fail(exchange, metrics, 502, str(exc))
             return
         if not exchange.closed:
-            self._attach(exchange, connection, pool, load, metrics, _now())
+            self._attach(exchange, connection, pool, load, metrics, self.clock())
 
     async def close(self) -> None:
         tasks = list(self._tasks)
@@ -148,13 +157,22 @@ class OutboundRouter(_BaseRouter):
         pools: Pools,
         registry: MetricsRegistry,
         fail_fast_timeout: float,
+        clock: Clock,
+        mesh_tls: bool = True,
+        no_tls_reason: str = "no_identity",
     ) -> None:
         super().__init__(
-            direction="outbound", pools=pools, registry=registry, fail_fast_timeout=fail_fast_timeout
+            direction="outbound",
+            pools=pools,
+            registry=registry,
+            fail_fast_timeout=fail_fast_timeout,
+            clock=clock,
         )
         self.discovery = discovery
-        self._labels: dict[Address, tuple[Endpoint, Labels]] = {}
-        self._literals: dict[bytes, Address | None] = {}
+        #: With identity disabled, endpoints are dialled in plaintext whatever identity they have.
+        self.mesh_tls = mesh_tls
+        self._no_tls_reason = no_tls_reason
+        self._labels: dict[Address, tuple[Endpoint, Labels, str]] = {}
 
     def route(self, exchange: Exchange) -> None:
         now = exchange.started_at
@@ -170,7 +188,7 @@ class OutboundRouter(_BaseRouter):
             if status is Status.KNOWN:
                 load = resolution.balancer.pick(now)
                 if load is not None:
-                    pool = self.pools.get(load.key)
+                    pool = self._pool(resolution, load.key)
                     connection = pool.ready()
                     if connection is not None:
                         metrics = self._metrics(resolution, load.key)
@@ -187,18 +205,14 @@ class OutboundRouter(_BaseRouter):
         self._spawn(self._route_slowly(exchange))
 
     def _fallback_target(self, exchange: Exchange) -> Address | None:
-        """The original destination, else the authority itself when it is an IP address."""
-        original = _original_dst(exchange)
-        if original is not None:
-            return original
-        authority = exchange.authority
-        literals = self._literals
-        if authority in literals:
-            return literals[authority]
-        if len(literals) >= 1024:
-            literals.clear()
-        target = literals[authority] = _literal_address(authority)
-        return target
+        """Outside the mesh, only where the client meant to connect: the original destination of a
+        redirected connection. A client that dialled the proxy itself gets nothing more (no open relay)."""
+        return _info(exchange).original_dst
+
+    def _pool(self, resolution: Resolution, address: Address) -> EndpointPool:
+        endpoint = resolution.endpoints.get(address)
+        identity = endpoint.tls_identity if endpoint is not None and self.mesh_tls else None
+        return self.pools.get(address, identity)
 
     async def _route_slowly(self, exchange: Exchange) -> None:
         try:
@@ -224,10 +238,10 @@ class OutboundRouter(_BaseRouter):
             if resolution is None:
                 raise RouteFailure(503, "no endpoints available")
             if resolution.status is Status.KNOWN:
-                load = resolution.balancer.pick(_now())
+                load = resolution.balancer.pick(self.clock())
                 if load is None:
                     raise RouteFailure(503, "no endpoints available")
-                return self.pools.get(load.key), load, self._metrics(resolution, load.key)
+                return self._pool(resolution, load.key), load, self._metrics(resolution, load.key)
         target = self._fallback_target(exchange)
         if target is None:
             raise RouteFailure(502, "authority not in the mesh and no original destination")
@@ -237,8 +251,14 @@ class OutboundRouter(_BaseRouter):
         endpoint = resolution.endpoints.get(address)
         cached = self._labels.get(address)
         if cached is None or cached[0] is not endpoint:
-            cached = self._labels[address] = (endpoint or Endpoint(address), _endpoint_labels(endpoint))
-        return self.registry.route(self.direction, resolution.authority, cached[1])
+            labels = _endpoint_labels(endpoint)
+            identity = endpoint.tls_identity if endpoint is not None and self.mesh_tls else None
+            if identity:
+                labels, tls = (*labels, ("server_id", identity)), "true"
+            else:
+                tls = self._no_tls_reason if self.mesh_tls else "disabled"
+            cached = self._labels[address] = (endpoint or Endpoint(address), labels, tls)
+        return self.registry.route(self.direction, resolution.authority, cached[1], cached[2])
 
     def forget(self, addresses: list[Address]) -> None:
         """Endpoints left every set: retire their connections once in-flight requests finish."""
@@ -248,23 +268,53 @@ class OutboundRouter(_BaseRouter):
 
 
 class InboundRouter(_BaseRouter):
-    """Routes requests arriving for this pod to the local application's original port."""
+    """Routes requests arriving for this pod to the local application, and nowhere else.
+
+    A request goes to the connection's original destination (the pod's own address and the application's
+    port), never to a loopback-only listener (unless ``app_host`` says so, for a local mesh without
+    iptables) and never to the proxy's own ports: the proxy must not become a way into what the pod keeps
+    to itself. The client's verified identity reaches the application in ``tether-client-id``; one sent by
+    the client itself is dropped first.
+    """
 
     def __init__(
-        self, *, app_host: str, pools: Pools, registry: MetricsRegistry, fail_fast_timeout: float
+        self,
+        *,
+        pools: Pools,
+        registry: MetricsRegistry,
+        fail_fast_timeout: float,
+        clock: Clock,
+        proxy_ports: Collection[int],
+        app_host: str = "",
     ) -> None:
         super().__init__(
-            direction="inbound", pools=pools, registry=registry, fail_fast_timeout=fail_fast_timeout
+            direction="inbound",
+            pools=pools,
+            registry=registry,
+            fail_fast_timeout=fail_fast_timeout,
+            clock=clock,
         )
         self.app_host = app_host
+        self.proxy_ports = frozenset(proxy_ports)
+        #: Requests refused for targeting one of the proxy's own ports.
+        self.refused_proxy_port = 0
 
     def route(self, exchange: Exchange) -> None:
-        metrics = self._plain_metrics(exchange)
-        original = _original_dst(exchange)
+        info = _info(exchange)
+        client_id = info.client_id
+        labels = (("client_id", client_id),) if client_id else ()
+        metrics = self.registry.route(self.direction, _authority_text(exchange), labels, info.tls_label)
+        exchange.request_headers = with_client_id(exchange.request_headers, client_id)
+        original = info.original_dst
         if original is None:
-            self._fail(exchange, metrics, 502, "no original destination port")
+            self._fail(exchange, metrics, 502, "no original destination: the connection was not redirected")
             return
-        pool = self.pools.get((self.app_host, original[1]))
+        if original[1] in self.proxy_ports:
+            self.refused_proxy_port += 1
+            self._fail(exchange, metrics, 403, f"port {original[1]} is the proxy's own; it is not forwarded")
+            return
+        target = (self.app_host or original[0], original[1])
+        pool = self.pools.get(target)
         connection = pool.ready()
         if connection is not None:
             self._attach(exchange, connection, pool, None, metrics, exchange.started_at)
@@ -282,33 +332,14 @@ class InboundRouter(_BaseRouter):
             self._fail(exchange, metrics, 502, "proxy routing error")
 
 
-def _now() -> float:
-    from tether.proxy.transport import monotonic
-
-    return monotonic()
+def _info(exchange: Exchange) -> ConnectionInfo:
+    info = exchange.downstream.info
+    assert info is not None, "the I/O layer describes every accepted connection"
+    return info
 
 
 def _authority_text(exchange: Exchange) -> str:
     return exchange.authority.decode("utf-8", "replace")
-
-
-def _original_dst(exchange: Exchange) -> Address | None:
-    protocol = exchange.downstream.context
-    if isinstance(protocol, DownstreamProtocol):
-        return protocol.original_dst()
-    return None
-
-
-def _literal_address(authority: bytes) -> Address | None:
-    host, _, port = authority.decode("ascii", "replace").rpartition(":")
-    host = host.strip("[]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    return host, int(port)
 
 
 def _endpoint_labels(endpoint: Endpoint | None) -> Labels:

@@ -1,11 +1,13 @@
-"""asyncio adapter: sockets in, core connections fed, output written once per loop tick."""
+"""asyncio adapter: sockets in, core connections fed, output written once per loop tick.
+
+The clock is passed in (``ListenerContext.clock``, ``UpstreamProtocol``'s), like everything the core sees.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import structlog
 
@@ -15,18 +17,16 @@ from tether.proxy.core.connection import (
     Router,
     UpstreamConnection,
 )
+from tether.proxy.core.conninfo import ConnectionInfo, TlsInfo
 from tether.proxy.metrics import MetricsRegistry, TcpHandle
 from tether.proxy.origdst import Address, original_destination
-
-if TYPE_CHECKING:
-    from tether.proxy.pool import EndpointPool
+from tether.proxy.tlsconfig import peer_identity
 
 log = structlog.get_logger(__name__)
 
 #: Resolves an accepted socket's original destination (SO_ORIGINAL_DST by default).
 OriginalDstResolver = Callable[[Any], Address | None]
-
-monotonic = time.monotonic
+Clock = Callable[[], float]
 
 
 class Flusher:
@@ -63,6 +63,7 @@ class _H2Protocol(asyncio.Protocol):
     conn: Http2Connection
     transport: asyncio.Transport | None
     tcp: TcpHandle
+    clock: Clock
     # Names for logs: which side of the proxy this connection is, and what its peer is.
     side: str
     peer_role: str
@@ -71,10 +72,10 @@ class _H2Protocol(asyncio.Protocol):
         self.tcp.read(len(data))
         conn = self.conn
         try:
-            conn.receive_data(data, monotonic())
+            conn.receive_data(data, self.clock())
         except Exception:
             self._fatal(self.side)
-            conn.connection_lost(monotonic())
+            conn.connection_lost(self.clock())
         if conn.error is not None:
             self._rejected(self.peer_role, conn.error)
 
@@ -92,10 +93,10 @@ class _H2Protocol(asyncio.Protocol):
             self.transport = None
 
     def pause_writing(self) -> None:
-        self.conn.set_writable(False, monotonic())
+        self.conn.set_writable(False, self.clock())
 
     def resume_writing(self) -> None:
-        self.conn.set_writable(True, monotonic())
+        self.conn.set_writable(True, self.clock())
 
     def _rejected(self, peer: str, error: str) -> None:
         # Logged once: the connection is closing and its error is cleared.
@@ -121,19 +122,44 @@ class ListenerContext:
         flusher: Flusher,
         router: Router,
         registry: MetricsRegistry,
+        clock: Clock,
         original_dst: OriginalDstResolver = original_destination,
         max_concurrent_streams: int = 2048,
+        no_tls_reason: str,
     ) -> None:
         self.direction = direction
         self.flusher = flusher
         self.router = router
         self.registry = registry
+        self.clock = clock
         self.original_dst = original_dst
         self.max_concurrent_streams = max_concurrent_streams
+        #: What a connection accepted here without mesh TLS is labelled with (see core.conninfo).
+        self.no_tls_reason = no_tls_reason
         self.connections: set[DownstreamProtocol] = set()
         self.draining = False
         #: Connections closed for having no stream open for the downstream idle timeout.
         self.idle_closed = 0
+
+    def describe(self, transport: asyncio.BaseTransport) -> ConnectionInfo:
+        """The connection's fixed description, read off its socket (and TLS session) once, at accept."""
+        sock = transport.get_extra_info("socket")
+        ssl_object = transport.get_extra_info("ssl_object")
+        tls = None
+        if ssl_object is not None:
+            tls = TlsInfo(
+                peer_identity=peer_identity(ssl_object),
+                alpn=ssl_object.selected_alpn_protocol(),
+                server_name=ssl_object.server_hostname or "",
+            )
+        return ConnectionInfo(
+            direction=self.direction,
+            peer=_address(transport.get_extra_info("peername")),
+            local=_address(transport.get_extra_info("sockname")),
+            original_dst=self.original_dst(sock) if sock is not None else None,
+            tls=tls,
+            no_tls_reason="" if tls is not None else self.no_tls_reason,
+        )
 
     def drain(self) -> None:
         """GOAWAY to every client: in-flight requests finish, new ones go elsewhere."""
@@ -168,35 +194,27 @@ class DownstreamProtocol(_H2Protocol):
 
     def __init__(self, context: ListenerContext) -> None:
         self.context = context
+        self.clock = context.clock
         self.transport = None
-        self._socket: Any = None
-        self._original_dst: Address | None = None
-        self._original_dst_known = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         context = self.context
         self.transport = cast(asyncio.Transport, transport)
-        self._socket = transport.get_extra_info("socket")
-        self.tcp = context.registry.tcp(context.direction, "src")
+        info = context.describe(transport)
+        labels = (("client_id", info.client_id),) if info.client_id else ()
+        self.tcp = context.registry.tcp(context.direction, "src", labels, info.tls_label)
         self.tcp.opened()
         self.conn = DownstreamConnection(
             context.flusher,
             context.router,
             max_concurrent_streams=context.max_concurrent_streams,
             context=self,
-            now=monotonic(),
+            info=info,
+            now=self.clock(),
         )
         context.connections.add(self)
         if context.draining:
             self.conn.start_drain()
-
-    def original_dst(self) -> Address | None:
-        """Where the client meant to connect (None when it connected to the proxy directly)."""
-        if not self._original_dst_known:
-            self._original_dst_known = True
-            if self._socket is not None:
-                self._original_dst = self.context.original_dst(self._socket)
-        return self._original_dst
 
     def eof_received(self) -> bool | None:
         return None
@@ -204,7 +222,7 @@ class DownstreamProtocol(_H2Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.context.connections.discard(self)
-        self.conn.connection_lost(monotonic())
+        self.conn.connection_lost(self.clock())
         self.tcp.closed(_errno(exc))
 
     def drain(self) -> None:
@@ -218,21 +236,34 @@ class UpstreamProtocol(_H2Protocol):
     side = "upstream"
     peer_role = "server"
 
-    def __init__(self, pool: EndpointPool) -> None:
-        self.pool = pool
+    def __init__(
+        self,
+        flusher: Flusher,
+        tcp: TcpHandle,
+        on_capacity: Callable[[UpstreamConnection], None],
+        clock: Clock,
+    ) -> None:
+        self.flusher = flusher
+        self.tcp = tcp
+        self.on_capacity = on_capacity
+        self.clock = clock
         self.transport = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        pool = self.pool
         self.transport = cast(asyncio.Transport, transport)
-        self.tcp = pool.tcp_handle()
         self.tcp.opened()
-        self.conn = UpstreamConnection(pool.flusher, on_capacity=pool.capacity_changed, context=self)
+        self.conn = UpstreamConnection(self.flusher, on_capacity=self.on_capacity, context=self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.conn.connection_lost(monotonic())
+        self.conn.connection_lost(self.clock())
         self.tcp.closed(_errno(exc))
+
+
+def _address(raw: Any) -> Address:
+    if isinstance(raw, tuple) and len(raw) >= 2:
+        return str(raw[0]), int(raw[1])
+    return "", 0
 
 
 def _errno(exc: Exception | None) -> str:

@@ -28,6 +28,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
+from tether.proxy.core.conninfo import ConnectionInfo
 from tether.proxy.core.exchange import Exchange
 from tether.proxy.core.h2conn import (
     DEFAULT_MAX_CONCURRENT_STREAMS,
@@ -129,7 +130,7 @@ class Http2Connection:
 class DownstreamConnection(Http2Connection):
     """A connection accepted from a client; each request becomes an :class:`Exchange`."""
 
-    __slots__ = ("drain_last_stream_id", "idle_since", "peer_gone", "preface_received", "router")
+    __slots__ = ("drain_last_stream_id", "idle_since", "info", "peer_gone", "preface_received", "router")
 
     def __init__(
         self,
@@ -138,10 +139,13 @@ class DownstreamConnection(Http2Connection):
         *,
         max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
         context: object = None,
+        info: ConnectionInfo | None = None,
         now: float = 0.0,
     ) -> None:
         super().__init__(new_server_connection(max_concurrent_streams), scheduler, context)
         self.router = router
+        #: What was known of the connection when it was accepted (None only in core-level tests).
+        self.info = info
         #: Set once we sent GOAWAY: streams above it are refused.
         self.drain_last_stream_id: int | None = None
         self.peer_gone = False

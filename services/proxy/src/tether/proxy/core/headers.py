@@ -108,3 +108,17 @@ def error_response(is_grpc: bool, http_status: int, message: str) -> list[Header
         (b"content-length", b"0"),
         (PROXY_ERROR_HEADER, reason),
     ]
+
+
+#: The client's authenticated identity, as the inbound proxy tells the application.
+CLIENT_ID_HEADER = b"tether-client-id"
+
+
+def with_client_id(headers: Headers, client_id: str | None) -> Headers:
+    """``headers`` without any ``tether-client-id`` a client sent, plus the verified one (if any)."""
+    kept: Headers = headers
+    if any(name == CLIENT_ID_HEADER for name, _ in headers):
+        kept = [(name, value) for name, value in headers if name != CLIENT_ID_HEADER]
+    if client_id is None:
+        return kept
+    return [*kept, (CLIENT_ID_HEADER, client_id.encode("ascii"))]

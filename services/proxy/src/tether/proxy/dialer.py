@@ -1,0 +1,95 @@
+"""Upstream connections, plaintext or mesh TLS: what the pools use to connect, so they know no sockets.
+
+An endpoint that destination gave an identity is dialled with TLS 1.3 (SNI: that identity, ALPN h2),
+presenting this proxy's certificate, and accepted only if the server's chain leads to a trust anchor and
+its certificate names exactly that identity. A mismatch fails the connection (it is never retried in
+plaintext) and is counted. Endpoints without an identity are dialled in plaintext, labelled so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+
+import structlog
+
+from tether.proxy.core.connection import UpstreamConnection
+from tether.proxy.core.conninfo import NO_IDENTITY
+from tether.proxy.errors import UpstreamConnectError
+from tether.proxy.metrics import MetricsRegistry
+from tether.proxy.origdst import Address
+from tether.proxy.tlsconfig import ALPN_H2, IdentityMismatch, verify_peer_identity
+from tether.proxy.transport import Clock, Flusher, UpstreamProtocol
+
+log = structlog.get_logger(__name__)
+
+#: The mesh client context now (None: no certificate yet, or identity disabled).
+ClientContext = Callable[[], ssl.SSLContext | None]
+
+
+class Dialer:
+    def __init__(
+        self,
+        *,
+        flusher: Flusher,
+        registry: MetricsRegistry,
+        direction: str,
+        clock: Clock,
+        connect_timeout: float,
+        mesh_tls: ClientContext = lambda: None,
+        no_tls_reason: str = NO_IDENTITY,
+    ) -> None:
+        self.flusher = flusher
+        self._registry = registry
+        self._direction = direction
+        self._clock = clock
+        self._connect_timeout = connect_timeout
+        self._mesh_tls = mesh_tls
+        self._no_tls_reason = no_tls_reason
+        #: Connections refused because the server's certificate named another identity.
+        self.identity_mismatches = 0
+
+    async def dial(
+        self, address: Address, identity: str | None, on_capacity: Callable[[UpstreamConnection], None]
+    ) -> UpstreamConnection:
+        """A connected upstream HTTP/2 connection; raises UpstreamConnectError."""
+        context = None
+        if identity is not None:
+            context = self._mesh_tls()
+            if context is None:
+                raise UpstreamConnectError(address, "no certificate for mTLS yet")
+        if context is not None:
+            tcp = self._registry.tcp(self._direction, "dst", (("server_id", identity or ""),), "true")
+        else:
+            tcp = self._registry.tcp(self._direction, "dst", (), self._no_tls_reason)
+        host, port = address
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                transport, protocol = await loop.create_connection(
+                    lambda: UpstreamProtocol(self.flusher, tcp, on_capacity, self._clock),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=identity if context is not None else None,
+                )
+        except TimeoutError:
+            raise UpstreamConnectError(address, "connect timeout") from None
+        except ssl.SSLError as exc:
+            raise UpstreamConnectError(address, f"TLS handshake failed: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise UpstreamConnectError(address, exc.strerror or type(exc).__name__) from None
+        if context is not None and identity is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            try:
+                verify_peer_identity(ssl_object, identity)
+            except IdentityMismatch as exc:
+                self.identity_mismatches += 1
+                transport.abort()
+                log.warning("upstream_identity_mismatch", address=f"{host}:{port}", error=str(exc))
+                raise UpstreamConnectError(address, str(exc)) from None
+            if ssl_object.selected_alpn_protocol() != ALPN_H2:
+                transport.abort()
+                raise UpstreamConnectError(address, "the peer did not agree to HTTP/2 (ALPN h2)")
+        return protocol.conn
