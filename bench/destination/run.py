@@ -233,6 +233,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "TETHER_LOG_LEVEL": "warning",
             "TETHER_DESTINATION_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
             "TETHER_DESTINATION_SOURCE": "local",
+            "TETHER_DESTINATION_IDENTITY_DISABLED": "true",
             "TETHER_DESTINATION_REGISTRY_FILE": str(registry),
             "TETHER_DESTINATION_MAX_STREAMS_PER_PEER": str(args.streams * 2),
         }

@@ -55,6 +55,8 @@ class Replica:
             "TETHER_SHUTDOWN_GRACE": "0.5",
             "TETHER_DESTINATION_LEASE_TTL": "3",
             "TETHER_DESTINATION_KEEPALIVE_INTERVAL": "1",
+            # Plaintext gRPC: these tests are about discovery (tests/proxy cover destination over TLS).
+            "TETHER_DESTINATION_IDENTITY_DISABLED": "true",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -16,11 +16,13 @@ import ipaddress
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
+from identity_harness import CONTROL_PLANE_NAMESPACE, IdentityHarness, identity_of
 from prometheus_client import CollectorRegistry
 
 from tether.destination.config import DestinationConfig
@@ -28,6 +30,8 @@ from tether.destination.service import DestinationService
 from tether.proxy.config import ProxyConfig
 from tether.proxy.proxy import Proxy
 from tether.proxy.service import ProxyService
+from tether.shared.config import IdentityClientConfig
+from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.natsserver import EmbeddedNats
 from tether.shared.proto.destination.v1 import destination_pb2, destination_pb2_grpc
 from tether.shared.runtime import Runtime
@@ -41,6 +45,7 @@ GRPC_OPTIONS = [
     ("grpc.enable_retries", 0),
 ]
 SERVICE = "test.Echo"
+DAY = timedelta(hours=24)
 
 
 def authority(service: str, port: int = 8080) -> str:
@@ -107,6 +112,10 @@ class EchoApp:
                 return b"b" * int(argument)
             elif verb == b"echo":
                 return self.name.encode() + b":" + argument
+            elif verb == b"whoami":
+                # What the inbound proxy told the app about its client (tether-client-id), if anything.
+                seen = dict(context.invocation_metadata() or ()).get("tether-client-id", "-")
+                return str(seen).encode()
             elif verb == b"meta":
                 echoed = tuple((k, v) for k, v in context.invocation_metadata() or () if k.startswith("x-"))
                 await context.send_initial_metadata(echoed)
@@ -152,6 +161,8 @@ class Pod:
     proxy: Proxy
     runtime: Runtime
     app: EchoApp | None = None
+    #: The pod's mesh identity (None: its proxy runs without identity).
+    identity: str | None = None
 
     @property
     def endpoint_port(self) -> int:
@@ -174,6 +185,7 @@ class Mesh:
     pods: list[Pod] = field(default_factory=list)
     services: dict[str, list[Pod]] = field(default_factory=dict)
     apps: list[EchoApp] = field(default_factory=list)
+    identity: IdentityHarness | None = None
     _next_host: int = 2
 
     @property
@@ -185,6 +197,29 @@ class Mesh:
         assert self.destination_service is not None
         return f"127.0.0.1:{self.destination_service.grpc_port}"
 
+    async def start_identity(self, leaf_lifetime: timedelta = DAY) -> IdentityHarness:
+        """The real identity service: proxies made meshed afterwards get certificates from it."""
+        self.identity = IdentityHarness(self.tmp_path / "ca", leaf_lifetime=leaf_lifetime)
+        await self.identity.start()
+        return self.identity
+
+    def identity_config(self, identity: WorkloadIdentity) -> IdentityClientConfig:
+        """What ``tether inject`` would give a workload with ``identity``: name, token, anchors, identity."""
+        harness = self.identity
+        assert harness is not None, "start_identity() first"
+        return IdentityClientConfig(
+            name=identity.dns_name,
+            addr=harness.addr,
+            server_name=harness.server_name,
+            trust_anchors=str(harness.trust_anchors),
+            token_file=str(harness.token_file(identity, f"{identity.namespace}-{identity.serviceaccount}")),
+        )
+
+    def destination_identity(self) -> IdentityClientConfig:
+        if self.identity is None:
+            return IdentityClientConfig(disabled=True)
+        return self.identity_config(identity_of("destination", CONTROL_PLANE_NAMESPACE))
+
     async def start_destination(self) -> None:
         self.write_registry()
         config = DestinationConfig(
@@ -194,6 +229,7 @@ class Mesh:
             source="local",
             registry_file=str(self.registry_file),
             registry_poll_interval=0.02,
+            identity=self.destination_identity(),
             keepalive_interval=5.0,
             shutdown_grace=0.2,
         )
@@ -222,6 +258,8 @@ class Mesh:
                     f"        port: {pod.endpoint_port}",
                     f"        labels: {{pod: {name}-{index}, deployment: {name}}}",
                 ]
+                if pod.identity is not None:
+                    lines.append(f"        identity: {pod.identity}")
         temporary = self.registry_file.with_suffix(".tmp")
         temporary.write_text("\n".join(lines) + "\n")
         temporary.replace(self.registry_file)
@@ -237,6 +275,8 @@ class Mesh:
         *,
         delay: float = 0.0,
         original_dst: tuple[str, int] | None = None,
+        meshed: bool = False,
+        serviceaccount: str | None = None,
         **config: Any,
     ) -> Pod:
         """A pod: an app (when named) and its proxy. ``original_dst`` is what SO_ORIGINAL_DST would
@@ -250,13 +290,18 @@ class Mesh:
         settings: dict[str, Any] = {
             "outbound_addr": f"{host}:0",
             "inbound_addr": f"{host}:0",
-            "identity_disabled": True,
+            "identity": IdentityClientConfig(disabled=True),
+            "destination_server_name": identity_of("destination", CONTROL_PLANE_NAMESPACE).dns_name,
             "admin_addr": f"{host}:0",
             "destination_addr": self.destination_addr if self.destination_service else "",
             "pod_namespace": NAMESPACE,
             "fail_fast_timeout": 1.0,
             "connect_timeout": 0.5,
         }
+        identity: WorkloadIdentity | None = None
+        if meshed:
+            identity = identity_of(serviceaccount or app_name or "client", NAMESPACE)
+            settings["identity"] = self.identity_config(identity)
         settings.update(config)
         proxy_config = ProxyConfig(**settings)
         service = ProxyService(
@@ -272,7 +317,7 @@ class Mesh:
         runtime = Runtime("proxy", proxy_config, service, version="test")
         await runtime.start()
         assert service.proxy is not None
-        pod = Pod(host, service.proxy, runtime, app)
+        pod = Pod(host, service.proxy, runtime, app, identity.dns_name if identity is not None else None)
         self.pods.append(pod)
         return pod
 

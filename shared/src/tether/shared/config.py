@@ -24,6 +24,7 @@ from msgspec import Meta
 
 from tether.shared.errors import ConfigError
 from tether.shared.failure import exit_with
+from tether.shared.identity_names import InvalidIdentityName, WorkloadIdentity, parse_identity
 from tether.shared.nats_settings import NatsSettings, inbox_prefix
 
 LogFormat = Literal["auto", "json", "console"]
@@ -189,6 +190,50 @@ class KubeClientConfig(CommonConfig, frozen=True, kw_only=True):
             raise ValueError(f"kube_api_url: expected http(s)://host[:port], got {self.kube_api_url!r}")
 
 
+class IdentityClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a workload gets its mesh certificate from the identity service: the ``--identity-*`` options."""
+
+    disabled: Annotated[
+        bool, Meta(description="run without a mesh identity: no TLS with certificates from identity")
+    ] = False
+    name: Annotated[
+        str, Meta(description="this workload's identity, <sa>.<ns>.serviceaccount.identity.<trust-domain>")
+    ] = ""
+    addr: Annotated[str, Meta(description="identity service (gRPC over TLS), host:port")] = (
+        "tether-identity.tether.svc.cluster.local:8080"
+    )
+    server_name: Annotated[str, Meta(description="the identity the identity service must present")] = (
+        "identity.tether.serviceaccount.identity.cluster.local"
+    )
+    trust_anchors: Annotated[str, Meta(description="PEM trust anchors of the mesh")] = (
+        "/var/run/tether/identity/ca.crt"
+    )
+    token_file: Annotated[
+        str, Meta(description="token proving this workload's identity (a projected ServiceAccount token)")
+    ] = "/var/run/secrets/tether.io/serviceaccount/token"
+
+    def __post_init__(self) -> None:
+        if self.disabled:
+            return
+        check_addr("addr", self.addr)
+        for field_name in ("name", "server_name"):
+            value = getattr(self, field_name)
+            if not value:
+                continue
+            try:
+                parse_identity(value)
+            except InvalidIdentityName as exc:
+                raise ValueError(f"{field_name}: {exc}") from None
+
+    def required(self, field: str = "identity") -> None:
+        """Raise (as a component's ``__post_init__`` does) when identity is on but has no name."""
+        if not self.disabled and not self.name:
+            raise ValueError(f"{field}_name: required (the injector sets it), unless --{field}-disabled")
+
+    def workload_identity(self) -> WorkloadIdentity:
+        return parse_identity(self.name)
+
+
 COMMON_FIELDS = frozenset(CommonConfig.__struct_fields__)
 # Shared by every Kubernetes client, yet scoped per component (TETHER_DESTINATION_KUBE_API_URL ...), since
 # two components on one host may well talk to different clusters.
@@ -205,14 +250,24 @@ class OptionSpec(msgspec.Struct, frozen=True):
     kind: Any
     # Secrets come from the environment only: a flag would show them in the process list.
     env_only: bool = False
+    # Where the value goes: (field,) or, for an option of a group (a nested Struct), (group, field).
+    path: tuple[str, ...] = ()
 
 
 def _env_prefix(service: str) -> str:
     return "TETHER_" + service.upper().replace("-", "_") + "_"
 
 
-def option_specs(cls: type[LoggingConfig], service: str) -> list[OptionSpec]:
-    """Every option of ``cls``: its flag, environment variable, default and help text."""
+def _is_group(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+
+
+def option_specs(cls: type[msgspec.Struct], service: str) -> list[OptionSpec]:
+    """Every option of ``cls``: its flag, environment variable, default and help text.
+
+    A field whose type is itself a Struct is a group of options, flattened with its name as prefix:
+    field ``identity: IdentityClientConfig`` gives ``--identity-addr`` / ``TETHER_<SERVICE>_IDENTITY_ADDR``.
+    """
     hints = get_type_hints(cls, include_extras=True)
     defaults = dict(zip(cls.__struct_fields__, _struct_defaults(cls), strict=True))
     specs = []
@@ -226,6 +281,22 @@ def option_specs(cls: type[LoggingConfig], service: str) -> list[OptionSpec]:
             metas = [m for m in extras if isinstance(m, Meta)]
             description = " ".join(m.description for m in metas if m.description)
             env_only = any((m.extra or {}).get("env_only") for m in metas)
+        if _is_group(kind):
+            group_default = defaults[name]
+            for inner in option_specs(kind, service):
+                flat = f"{name}_{inner.field}"
+                default = getattr(group_default, inner.field, inner.default)
+                specs.append(
+                    msgspec.structs.replace(
+                        inner,
+                        field=flat,
+                        flag="--" + flat.replace("_", "-"),
+                        env=_env_prefix(service) + flat.upper(),
+                        default=default,
+                        path=(name, inner.field),
+                    )
+                )
+            continue
         env = ("TETHER_" if name in COMMON_FIELDS else _env_prefix(service)) + name.upper()
         specs.append(
             OptionSpec(
@@ -236,6 +307,7 @@ def option_specs(cls: type[LoggingConfig], service: str) -> list[OptionSpec]:
                 help=description,
                 kind=kind,
                 env_only=env_only,
+                path=(name,),
             )
         )
     return specs
@@ -316,7 +388,7 @@ class _RefuseSecretFlag(argparse.Action):
         )
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type[LoggingConfig], service: str) -> None:
+def add_options(parser: argparse.ArgumentParser, cls: type[msgspec.Struct], service: str) -> None:
     secrets = []
     for spec in option_specs(cls, service):
         default = spec.default
@@ -371,9 +443,21 @@ def config_from(
             values[name] = _coerce(spec, raw)
             sources[name] = source
     try:
-        return msgspec.convert(values, type=cls, strict=False)
+        return msgspec.convert(_nest(values, specs), type=cls, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(exc, specs, sources, values)) from None
+
+
+def _nest(values: Mapping[str, Any], specs: Mapping[str, OptionSpec]) -> dict[str, Any]:
+    """Flat option values into the Struct's shape; a group starts from its component-specific default."""
+    nested: dict[str, Any] = {}
+    for name, spec in specs.items():
+        if len(spec.path) == 2:
+            group = nested.setdefault(spec.path[0], {})
+            group[spec.path[1]] = values.get(name, spec.default)
+        elif name in values:
+            nested[name] = values[name]
+    return nested
 
 
 def _explain(
@@ -386,8 +470,13 @@ def _explain(
     field = None
     expected = True
     if "- at `$." in message:
-        field = message.rsplit("- at `$.", 1)[1].rstrip("`").split("[")[0]
+        field = message.rsplit("- at `$.", 1)[1].rstrip("`").split("[")[0].replace(".", "_")
         message = message.rsplit(" - at ", 1)[0]
+        inner = message.split(": ", 1)[0] if ": " in message else ""
+        if field not in specs and f"{field}_{inner}" in specs:
+            # A group's own check (its __post_init__) names its field, as top-level checks do.
+            field, message = f"{field}_{inner}", message.split(": ", 1)[1]
+            expected = False
     elif ": " in message and message.split(": ", 1)[0] in specs:
         field, message = message.split(": ", 1)
         expected = False  # a __post_init__ check already says what it expected

@@ -12,11 +12,13 @@ import asyncio
 import base64
 import sys
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import msgspec
 
 from tether.shared.errors import FatalError
 from tether.shared.identity_names import InvalidIdentityName, WorkloadIdentity, parse_identity
+from tether.shared.tls import KeyPair
 
 HELPER_TIMEOUT = 30.0
 
@@ -58,6 +60,32 @@ def make_key_and_csr(identity: WorkloadIdentity) -> KeyMaterial:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     return KeyMaterial(key_pem=key_pem, csr_der=csr.public_bytes(serialization.Encoding.DER))
+
+
+def placeholder_key_pair(now: datetime, name: str = "tether-no-certificate-yet") -> KeyPair:
+    """A self-signed certificate nobody trusts, served until a real one arrives (clients fail the handshake
+    rather than trust anything)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return KeyPair(key_pem=key_pem, chain_pem=certificate.public_bytes(serialization.Encoding.PEM))
 
 
 async def make_key_and_csr_in_helper(identity: WorkloadIdentity) -> KeyMaterial:

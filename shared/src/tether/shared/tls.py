@@ -77,3 +77,19 @@ def client_ssl_context(
     if alpn:
         context.set_alpn_protocols(alpn)
     return context
+
+
+def read_trust_anchors(option: str, path: str, remedy: str) -> bytes:
+    """The trust anchor bundle at ``path``; SetupError (exit 2) naming ``option`` when missing or not PEM."""
+    from tether.shared.errors import SetupError
+
+    try:
+        with open(path, "rb") as handle:
+            pem = handle.read()
+    except OSError as exc:
+        raise SetupError(f"{option} {path} cannot be read: {exc.strerror}", remedy) from None
+    try:
+        ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, UnicodeDecodeError, ValueError):
+        raise SetupError(f"{option} {path} holds no PEM certificate", remedy) from None
+    return pem

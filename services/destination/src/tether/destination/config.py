@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta
 
-from tether.shared.config import AdminAddr, KubeClientConfig, check_addr
+from tether.shared.config import AdminAddr, IdentityClientConfig, KubeClientConfig, check_addr
 from tether.shared.identity_names import InvalidIdentityName, validate_trust_domain
+
+#: The identity destination presents to the proxies (its ServiceAccount in the control-plane namespace).
+DEFAULT_IDENTITY = "destination.tether.serviceaccount.identity.cluster.local"
 
 
 class DestinationConfig(KubeClientConfig, frozen=True, kw_only=True):
@@ -53,6 +57,9 @@ class DestinationConfig(KubeClientConfig, frozen=True, kw_only=True):
             description="writer lease: seconds without renewal before another replica takes over",
         ),
     ] = 9.0
+    identity: IdentityClientConfig = msgspec.field(
+        default_factory=lambda: IdentityClientConfig(name=DEFAULT_IDENTITY)
+    )
     resync_interval: Annotated[
         float, Meta(gt=0.0, description="seconds between full reconciliations of the bucket by the leader")
     ] = 60.0
@@ -60,6 +67,7 @@ class DestinationConfig(KubeClientConfig, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_addr("grpc_addr", self.grpc_addr)
+        self.identity.required()
         try:
             validate_trust_domain(self.trust_domain)
         except InvalidIdentityName as exc:

@@ -21,6 +21,7 @@ from tether.shared.bus import Bus
 from tether.shared.grpcserver import start_grpc_server
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
 from tether.shared.runtime import Context, Service
+from tether.shared.serving_identity import ServingIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +41,7 @@ class DestinationService(Service):
         self._writer: Writer | None = None
         self._lease: LeaseKeeper | None = None
         self._kube_client: Any = None
+        self.serving_identity = None if config.identity.disabled else ServingIdentity(config.identity)
 
     @property
     def is_leader(self) -> bool:
@@ -50,11 +52,14 @@ class DestinationService(Service):
         return self._writer
 
     def ready(self) -> bool:
-        return self._watcher is not None and self._watcher.synced.is_set() and self._server is not None
+        serving = self._watcher is not None and self._watcher.synced.is_set() and self._server is not None
+        return serving and (self.serving_identity is None or self.serving_identity.ready())
 
     async def prepare(self) -> None:
         """The Kubernetes configuration and API, or the registry file: checked before NATS is awaited."""
         config = self.config
+        if self.serving_identity is not None:
+            self.serving_identity.prepare()
         if config.source == "local":
             check_registry_file(config.registry_file, config.trust_domain)
             return
@@ -138,8 +143,16 @@ class DestinationService(Service):
         def register(server: Any) -> None:
             destination_pb2_grpc.add_DestinationServicer_to_server(servicer, server)
 
+        credentials = None
+        if self.serving_identity is not None:
+            credentials = self.serving_identity.credentials()
+            self.serving_identity.start(ctx.spawn)
         self._server, self.grpc_port = await start_grpc_server(
-            config.grpc_addr, register, option="--grpc-addr", extra_options=GRPC_SERVER_OPTIONS
+            config.grpc_addr,
+            register,
+            option="--grpc-addr",
+            credentials=credentials,
+            extra_options=GRPC_SERVER_OPTIONS,
         )
         log.info("destination_serving", grpc_port=self.grpc_port, source=config.source)
 
@@ -157,6 +170,8 @@ class DestinationService(Service):
             await self._server.stop(grace)
         if self._watcher is not None:
             await self._watcher.stop()
+        if self.serving_identity is not None:
+            await self.serving_identity.stop()
 
     async def abandon(self) -> None:
         """Stops without releasing the lease, as a crashed replica would (tests)."""

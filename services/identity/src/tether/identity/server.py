@@ -21,9 +21,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import structlog
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tether.identity.ca import Authority, AuthorityState, IssuerFiles, Outcome, read_issuer_files
@@ -35,6 +34,7 @@ from tether.identity.tokens import TokenVerifier
 from tether.shared.grpcserver import start_grpc_server
 from tether.shared.grpctls import ReloadableServerCredentials
 from tether.shared.identity_names import WorkloadIdentity
+from tether.shared.keygen import placeholder_key_pair
 from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
 from tether.shared.supervisor import SupervisedTask, TaskFactory
 from tether.shared.tls import KeyPair
@@ -77,23 +77,6 @@ def serving_key_pair(
         x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM) for der in chain
     )
     return KeyPair(key_pem=_key_pem(key), chain_pem=chain_pem)
-
-
-def placeholder_key_pair(now: datetime) -> KeyPair:
-    """A self-signed certificate nobody trusts, served until a real issuer is loaded."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tether-identity-no-issuer-loaded")])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return KeyPair(key_pem=_key_pem(key), chain_pem=certificate.public_bytes(serialization.Encoding.PEM))
 
 
 # Peer strings repeat for every request on a connection: parse each once.

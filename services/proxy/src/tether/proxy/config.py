@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import msgspec
 from msgspec import Meta
 
-from tether.shared.config import AdminAddr, ProcessConfig, check_addr
-from tether.shared.identity_names import InvalidIdentityName, WorkloadIdentity, parse_identity
+from tether.shared.config import AdminAddr, IdentityClientConfig, ProcessConfig, check_addr
+from tether.shared.identity_names import InvalidIdentityName, parse_identity
 
 #: The proxy's own ports besides its listeners: never forwarded to by the inbound side.
 PROXY_CONTROL_PORT = 4190
@@ -63,24 +64,7 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
             description="distinct authorities resolved at once; requests for more fail with 503",
         ),
     ] = 1000
-    identity_disabled: Annotated[
-        bool, Meta(description="run without identity and mTLS (all traffic plaintext, labelled tls=disabled)")
-    ] = False
-    identity_name: Annotated[
-        str, Meta(description="this proxy's identity, <sa>.<ns>.serviceaccount.identity.<trust-domain>")
-    ] = ""
-    identity_addr: Annotated[str, Meta(description="identity service (gRPC over TLS), host:port")] = (
-        "tether-identity.tether.svc.cluster.local:8080"
-    )
-    identity_server_name: Annotated[
-        str, Meta(description="the identity the identity service must present")
-    ] = "identity.tether.serviceaccount.identity.cluster.local"
-    identity_trust_anchors: Annotated[str, Meta(description="PEM trust anchors of the mesh")] = (
-        "/var/run/tether/identity/ca.crt"
-    )
-    identity_token_file: Annotated[
-        str, Meta(description="token proving this workload's identity (a projected ServiceAccount token)")
-    ] = "/var/run/secrets/tether.io/serviceaccount/token"
+    identity: IdentityClientConfig = msgspec.field(default_factory=IdentityClientConfig)
     destination_server_name: Annotated[
         str, Meta(description="the identity the destination service must present")
     ] = "destination.tether.serviceaccount.identity.cluster.local"
@@ -102,19 +86,12 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
             check_addr(name, getattr(self, name))
         if self.destination_addr:
             check_addr("destination_addr", self.destination_addr)
-        if not self.identity_disabled:
-            check_addr("identity_addr", self.identity_addr)
-            if not self.identity_name:
-                raise ValueError("identity_name: required (the injector sets it), unless --identity-disabled")
-            for name in ("identity_name", "identity_server_name", "destination_server_name"):
-                try:
-                    parse_identity(getattr(self, name))
-                except InvalidIdentityName as exc:
-                    raise ValueError(f"{name}: {exc}") from None
-
-    @property
-    def workload_identity(self) -> WorkloadIdentity:
-        return parse_identity(self.identity_name)
+        self.identity.required()
+        if not self.identity.disabled:
+            try:
+                parse_identity(self.destination_server_name)
+            except InvalidIdentityName as exc:
+                raise ValueError(f"destination_server_name: {exc}") from None
 
     @property
     def context_token(self) -> str:

@@ -20,12 +20,11 @@ from tether.proxy.errors import GrpcCallError
 from tether.proxy.grpc_h2 import GrpcChannel
 from tether.proxy.tlsconfig import ALPN_H2, ClientTls, client_context, server_context
 from tether.shared.certmanager import CertificateManager, CertifyFailed, Issued, read_token_file
-from tether.shared.errors import SetupError
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.keygen import make_key_and_csr_in_helper
 from tether.shared.proto.identity.v1 import identity_pb2
 from tether.shared.supervisor import SupervisedTask
-from tether.shared.tls import KeyPair
+from tether.shared.tls import KeyPair, read_trust_anchors
 
 CERTIFY_PATH = b"/tether.identity.v1.Identity/Certify"
 CERTIFY_TIMEOUT = 10.0
@@ -34,23 +33,12 @@ _GRPC_CODES = {3: "invalid_argument", 4: "deadline_exceeded", 7: "permission_den
 _GRPC_CODES |= {13: "internal", 14: "unavailable", 16: "unauthenticated"}
 
 
-def read_trust_anchors(path: str) -> bytes:
-    """The trust anchor bundle; SetupError (exit 2) naming the file when it is missing or not PEM."""
-    try:
-        with open(path, "rb") as handle:
-            pem = handle.read()
-    except OSError as exc:
-        raise SetupError(
-            f"--identity-trust-anchors {path} cannot be read: {exc.strerror}",
-            "mount the trust anchors there, or pass --identity-disabled to run without mTLS",
-        ) from None
-    try:
-        ssl.create_default_context(cadata=pem.decode("ascii"))
-    except (ssl.SSLError, UnicodeDecodeError, ValueError):
-        raise SetupError(
-            f"--identity-trust-anchors {path} holds no PEM certificate", "check the file"
-        ) from None
-    return pem
+def read_proxy_trust_anchors(path: str) -> bytes:
+    return read_trust_anchors(
+        "--identity-trust-anchors",
+        path,
+        "mount the trust anchors there, or pass --identity-disabled to run without mTLS",
+    )
 
 
 class ProxyIdentity:

@@ -15,7 +15,7 @@ from tether.proxy.dialer import Dialer
 from tether.proxy.discovery import DestinationClient, StreamOpener
 from tether.proxy.dstclient import DestinationStreams
 from tether.proxy.grpc_h2 import GrpcChannel
-from tether.proxy.identity import ProxyIdentity, read_trust_anchors
+from tether.proxy.identity import ProxyIdentity, read_proxy_trust_anchors
 from tether.proxy.inbound import DETECT_TIMEOUT, InboundAcceptor, InboundPolicy
 from tether.proxy.metrics import MetricsRegistry
 from tether.proxy.origdst import original_destination
@@ -73,13 +73,13 @@ class Proxy:
         loop = asyncio.get_running_loop()
         config = self.config
         clock = self.clock
-        if not config.identity_disabled:
+        if not config.identity.disabled:
             self.identity = ProxyIdentity(
-                config.workload_identity,
-                read_trust_anchors(config.identity_trust_anchors),
-                identity_addr=config.identity_addr,
-                identity_server_name=config.identity_server_name,
-                token_file=config.identity_token_file,
+                config.identity.workload_identity(),
+                read_proxy_trust_anchors(config.identity.trust_anchors),
+                identity_addr=config.identity.addr,
+                identity_server_name=config.identity.server_name,
+                token_file=config.identity.token_file,
                 spawn=self.supervisor.spawn,
                 connect_timeout=config.connect_timeout,
             )
