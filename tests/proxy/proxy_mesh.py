@@ -321,12 +321,25 @@ class Mesh:
         self.pods.append(pod)
         return pod
 
+    def destination_channel(self) -> grpc.aio.Channel:
+        """A client of the destination service: TLS verified as destination's identity when meshed."""
+        if self.identity is None:
+            return grpc.aio.insecure_channel(self.destination_addr)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.identity.trust_anchors.read_bytes())
+        name = identity_of("destination", CONTROL_PLANE_NAMESPACE).dns_name
+        return grpc.aio.secure_channel(
+            self.destination_addr, credentials, options=[("grpc.ssl_target_name_override", name)]
+        )
+
     async def register(self, service: str, pods: Sequence[Pod], timeout: float = 5.0) -> None:
         """Publish the service's endpoints and wait until the destination service serves exactly them."""
         self.services[service] = list(pods)
         self.write_registry()
-        expected = {(pod.host, pod.endpoint_port) for pod in pods}
-        async with grpc.aio.insecure_channel(self.destination_addr) as channel:
+        await self.wait_served(service, {(pod.host, pod.endpoint_port) for pod in pods}, timeout)
+
+    async def wait_served(self, service: str, expected: set[tuple[str, int]], timeout: float = 5.0) -> None:
+        """Wait until the destination service serves exactly ``expected`` for ``service``."""
+        async with self.destination_channel() as channel:
             stub = destination_pb2_grpc.DestinationStub(channel)
             deadline = time.monotonic() + timeout
             while True:
@@ -334,7 +347,7 @@ class Mesh:
                 first = await asyncio.wait_for(call.read(), timeout)
                 call.cancel()
                 served = {(str(ipaddress.IPv4Address(a.addr.ip.ipv4)), a.addr.port) for a in first.add.addrs}
-                if served == expected and (pods or first.no_endpoints.exists):
+                if served == expected and (expected or first.no_endpoints.exists):
                     return
                 if time.monotonic() > deadline:
                     raise AssertionError(f"destination serves {served}, expected {expected}")
