@@ -375,3 +375,21 @@ class Mesh:
 def unary(channel: grpc.aio.Channel, method: str = "Unary") -> Any:
     """A callable for one unary method of the echo app (requests and responses are raw bytes)."""
     return channel.unary_unary(f"/{SERVICE}/{method}")
+
+
+def metric(pod: Pod, name: str, **labels: str) -> float:
+    """The sum of ``name`` samples of the pod's proxy whose labels include ``labels``."""
+    total = 0.0
+    for line in pod.proxy.render_metrics().splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        series, _, value = line.rpartition(" ")
+        if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
+            total += float(value)
+    return total
+
+
+async def ready_pod(mesh: Mesh, app: str | None = None, **options: object) -> Pod:
+    pod = await mesh.pod(app, **options)  # type: ignore[arg-type]
+    await eventually(pod.runtime.ready, 15.0, f"{app or 'client'} proxy holds a certificate")
+    return pod

@@ -21,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from identity_harness import identity_of
-from proxy_mesh import NAMESPACE, Mesh, Pod, authority, unary
+from proxy_mesh import NAMESPACE, Mesh, Pod, authority, metric, ready_pod, unary
 
 from tether.proxy.tlsconfig import server_context
 from tether.shared.grpc_certify import GrpcCertify
@@ -42,24 +42,6 @@ async def meshed(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Mes
         await world.close()
         if world.identity is not None:
             await world.identity.stop()
-
-
-def metric(pod: Pod, name: str, **labels: str) -> float:
-    """The sum of ``name`` samples of the pod's proxy whose labels include ``labels``."""
-    total = 0.0
-    for line in pod.proxy.render_metrics().splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        series, _, value = line.rpartition(" ")
-        if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
-            total += float(value)
-    return total
-
-
-async def ready_pod(mesh: Mesh, app: str | None = None, **options: object) -> Pod:
-    pod = await mesh.pod(app, **options)  # type: ignore[arg-type]
-    await eventually(pod.runtime.ready, 15.0, f"{app or 'client'} proxy holds a certificate")
-    return pod
 
 
 async def test_meshed_pods_talk_mtls_with_the_expected_identities(meshed: Mesh) -> None:
