@@ -1,6 +1,6 @@
 """A plaintext HTTP/2 application and client that know nothing about proxies (h2 library, blocking sockets).
 
-``serve PORT`` answers every request with JSON describing what it saw: the :authority and :path, the
+``serve PORT [HOST]`` answers every request with JSON describing what it saw: the :authority and :path, the
 address it was reached at and the peer that connected; ``/status/NNN`` answers with status NNN. It prints
 ``ready`` once listening. ``get URL...`` sends each request on one connection and prints one JSON line per
 response: its status and decoded JSON body (or the error).
@@ -51,8 +51,8 @@ def _answer(conn: socket.socket) -> None:
             conn.sendall(h2conn.data_to_send())
 
 
-def serve(port: int) -> None:
-    listener = socket.create_server(("0.0.0.0", port))
+def serve(port: int, host: str = "0.0.0.0") -> None:
+    listener = socket.create_server((host, port))
     print("ready", flush=True)
     while True:
         conn, _ = listener.accept()
@@ -101,6 +101,6 @@ def get(urls: list[str]) -> None:
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
     if command == "serve":
-        serve(int(arguments[0]))
+        serve(int(arguments[0]), *arguments[1:])
     else:
         get(arguments)
