@@ -64,11 +64,11 @@ class EchoApp:
     * Bidi: echoes every message back.
     """
 
-    def __init__(self, name: str, host: str, delay: float = 0.0) -> None:
+    def __init__(self, name: str, host: str, delay: float = 0.0, port: int = 0) -> None:
         self.name = name
         self.host = host
         self.delay = delay
-        self.port = 0
+        self.port = port
         self.calls = 0
         self.in_flight = 0
         self.cancelled = 0
@@ -86,7 +86,7 @@ class EchoApp:
             "Hang": grpc.unary_unary_rpc_method_handler(self.hang),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.port = server.add_insecure_port(f"{self.host}:0")
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
         await server.start()
         self.server = server
 
@@ -277,6 +277,7 @@ class Mesh:
         original_dst: tuple[str, int] | None = None,
         meshed: bool = False,
         serviceaccount: str | None = None,
+        app_port: int = 0,
         **config: Any,
     ) -> Pod:
         """A pod: an app (when named) and its proxy. ``original_dst`` is what SO_ORIGINAL_DST would
@@ -284,7 +285,7 @@ class Mesh:
         host = self._host()
         app = None
         if app_name is not None:
-            app = EchoApp(app_name, host, delay)
+            app = EchoApp(app_name, host, delay, app_port)
             await app.start()
         app_port = app.port if app is not None else 0
         settings: dict[str, Any] = {

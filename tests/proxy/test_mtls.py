@@ -26,7 +26,7 @@ from proxy_mesh import NAMESPACE, Mesh, Pod, authority, metric, ready_pod, unary
 from tether.proxy.tlsconfig import server_context
 from tether.shared.grpc_certify import GrpcCertify
 from tether.shared.keygen import make_key_and_csr
-from tether.shared.natsserver import EmbeddedNats
+from tether.shared.natsserver import EmbeddedNats, free_port
 from tether.shared.testing import eventually
 from tether.shared.tls import KeyPair
 
@@ -134,12 +134,25 @@ async def test_plaintext_clients_are_labelled_and_refused_when_identity_is_requi
 
     async with unmeshed(open_server) as channel:
         assert await unary(channel)(b"whoami", timeout=10) == b"-"
-    assert metric(open_server, "request_total", direction="inbound", tls="no_identity") == 1
+    plain = {"direction": "inbound", "tls": "no_identity", "no_tls_reason": "not_provided_by_remote"}
+    assert metric(open_server, "request_total", **plain) == 1
     async with unmeshed(strict_server) as channel:
         with pytest.raises(grpc.aio.AioRpcError):
             await unary(channel)(b"echo:hi", timeout=5)
     assert metric(strict_server, "inbound_connections_refused_total", reason="identity_required") >= 1
     assert strict_server.app is not None and strict_server.app.calls == 0
+    # Per port: plaintext refused on a listed application port only.
+    guarded_port = free_port()
+    guarded = await ready_pod(
+        meshed, "guarded", meshed=True, app_port=guarded_port, require_identity_ports=(guarded_port,)
+    )
+    other = await ready_pod(meshed, "other", meshed=True, require_identity_ports=(guarded_port,))
+    async with unmeshed(guarded) as channel:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await unary(channel)(b"echo:hi", timeout=5)
+    async with unmeshed(other) as channel:
+        assert await unary(channel)(b"whoami", timeout=10) == b"-"
+    assert metric(guarded, "inbound_connections_refused_total", reason="identity_required") >= 1
 
 
 def _foreign_client_certificate(identity: str) -> tuple[bytes, bytes]:

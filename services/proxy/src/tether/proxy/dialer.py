@@ -15,7 +15,7 @@ from collections.abc import Callable
 import structlog
 
 from tether.proxy.core.connection import UpstreamConnection
-from tether.proxy.core.conninfo import NO_IDENTITY
+from tether.proxy.core.conninfo import NOT_PROVIDED_BY_DISCOVERY, tls_labels
 from tether.proxy.errors import UpstreamConnectError
 from tether.proxy.metrics import MetricsRegistry
 from tether.proxy.origdst import Address
@@ -38,7 +38,7 @@ class Dialer:
         clock: Clock,
         connect_timeout: float,
         mesh_tls: ClientContext = lambda: None,
-        no_tls_reason: str = NO_IDENTITY,
+        no_tls_reason: str = NOT_PROVIDED_BY_DISCOVERY,
     ) -> None:
         self.flusher = flusher
         self._registry = registry
@@ -59,10 +59,8 @@ class Dialer:
             context = self._mesh_tls()
             if context is None:
                 raise UpstreamConnectError(address, "no certificate for mTLS yet")
-        if context is not None:
-            tcp = self._registry.tcp(self._direction, "dst", (("server_id", identity or ""),), "true")
-        else:
-            tcp = self._registry.tcp(self._direction, "dst", (), self._no_tls_reason)
+        labels, tls = tls_labels("server_id", identity if context is not None else None, self._no_tls_reason)
+        tcp = self._registry.tcp(self._direction, "dst", labels, tls)
         host, port = address
         loop = asyncio.get_running_loop()
         try:

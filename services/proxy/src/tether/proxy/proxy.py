@@ -10,7 +10,12 @@ from collections.abc import Callable
 import structlog
 
 from tether.proxy.config import PROXY_ADMIN_PORT, PROXY_CONTROL_PORT, ProxyConfig
-from tether.proxy.core.conninfo import DISABLED, LOOPBACK, NO_IDENTITY
+from tether.proxy.core.conninfo import (
+    DISABLED,
+    LOOPBACK,
+    NOT_PROVIDED_BY_DISCOVERY,
+    NOT_PROVIDED_BY_REMOTE,
+)
 from tether.proxy.dialer import Dialer
 from tether.proxy.discovery import DestinationClient, StreamOpener
 from tether.proxy.dstclient import DestinationStreams
@@ -89,7 +94,10 @@ class Proxy:
                 "identity_disabled", effect="no mTLS: all traffic is plaintext, labelled tls=disabled"
             )
         identity = self.identity
-        no_tls = DISABLED if identity is None else NO_IDENTITY
+        # Why a connection has no mesh TLS: identity is off here, or the peer could not offer it.
+        disabled = identity is None
+        outbound_no_tls = DISABLED if disabled else NOT_PROVIDED_BY_DISCOVERY
+        inbound_no_tls = DISABLED if disabled else NOT_PROVIDED_BY_REMOTE
         flusher = Flusher(loop)
         self.outbound_dialer = Dialer(
             flusher=flusher,
@@ -98,7 +106,7 @@ class Proxy:
             clock=clock,
             connect_timeout=config.connect_timeout,
             mesh_tls=identity.client_context if identity is not None else lambda: None,
-            no_tls_reason=no_tls,
+            no_tls_reason=outbound_no_tls,
         )
         inbound_dialer = Dialer(
             flusher=flusher,
@@ -117,7 +125,7 @@ class Proxy:
             fail_fast_timeout=config.fail_fast_timeout,
             clock=clock,
             mesh_tls=identity is not None,
-            no_tls_reason=no_tls,
+            no_tls_reason=outbound_no_tls,
         )
         opener = self._destination_streams
         if opener is None and config.destination_addr:
@@ -173,7 +181,7 @@ class Proxy:
             clock=clock,
             original_dst=self._inbound_original_dst,
             max_concurrent_streams=config.max_concurrent_streams,
-            no_tls_reason=no_tls,
+            no_tls_reason=inbound_no_tls,
         )
         self._contexts = [outbound, inbound]
         self._built = True

@@ -18,7 +18,7 @@ from h2.exceptions import ProtocolError
 
 from tether.proxy.core.balancer import EndpointLoad
 from tether.proxy.core.connection import UpstreamConnection
-from tether.proxy.core.conninfo import ConnectionInfo
+from tether.proxy.core.conninfo import NOT_PROVIDED_BY_DISCOVERY, ConnectionInfo, tls_labels
 from tether.proxy.core.exchange import Exchange
 from tether.proxy.core.headers import with_client_id
 from tether.proxy.core.resolution import Address, Endpoint, Resolution, Status
@@ -107,7 +107,8 @@ class _BaseRouter:
             exchange.fail(503, "upstream refused a new stream", now)
 
     def _plain_metrics(self, exchange: Exchange) -> RouteHandle:
-        return self.registry.route(self.direction, _authority_text(exchange), (), _info(exchange).tls_label)
+        labels, tls = _info(exchange).metric_labels()
+        return self.registry.route(self.direction, _authority_text(exchange), labels, tls)
 
     def _fail(self, exchange: Exchange, metrics: RouteHandle, http_status: int, message: str) -> None:
         if exchange.closed:
@@ -159,7 +160,7 @@ class OutboundRouter(_BaseRouter):
         fail_fast_timeout: float,
         clock: Clock,
         mesh_tls: bool = True,
-        no_tls_reason: str = "no_identity",
+        no_tls_reason: str = NOT_PROVIDED_BY_DISCOVERY,
     ) -> None:
         super().__init__(
             direction="outbound",
@@ -251,12 +252,9 @@ class OutboundRouter(_BaseRouter):
         endpoint = resolution.endpoints.get(address)
         cached = self._labels.get(address)
         if cached is None or cached[0] is not endpoint:
-            labels = _endpoint_labels(endpoint)
             identity = endpoint.tls_identity if endpoint is not None and self.mesh_tls else None
-            if identity:
-                labels, tls = (*labels, ("server_id", identity)), "true"
-            else:
-                tls = self._no_tls_reason if self.mesh_tls else "disabled"
+            extra, tls = tls_labels("server_id", identity, self._no_tls_reason)
+            labels = (*_endpoint_labels(endpoint), *extra)
             cached = self._labels[address] = (endpoint or Endpoint(address), labels, tls)
         return self.registry.route(self.direction, resolution.authority, cached[1], cached[2])
 
@@ -301,10 +299,9 @@ class InboundRouter(_BaseRouter):
 
     def route(self, exchange: Exchange) -> None:
         info = _info(exchange)
-        client_id = info.client_id
-        labels = (("client_id", client_id),) if client_id else ()
-        metrics = self.registry.route(self.direction, _authority_text(exchange), labels, info.tls_label)
-        exchange.request_headers = with_client_id(exchange.request_headers, client_id)
+        labels, tls = info.metric_labels()
+        metrics = self.registry.route(self.direction, _authority_text(exchange), labels, tls)
+        exchange.request_headers = with_client_id(exchange.request_headers, info.client_id)
         original = info.original_dst
         if original is None:
             self._fail(exchange, metrics, 502, "no original destination: the connection was not redirected")

@@ -201,8 +201,8 @@ class DownstreamProtocol(_H2Protocol):
         context = self.context
         self.transport = cast(asyncio.Transport, transport)
         info = context.describe(transport)
-        labels = (("client_id", info.client_id),) if info.client_id else ()
-        self.tcp = context.registry.tcp(context.direction, "src", labels, info.tls_label)
+        labels, tls = info.metric_labels()
+        self.tcp = context.registry.tcp(context.direction, "src", labels, tls)
         self.tcp.opened()
         self.conn = DownstreamConnection(
             context.flusher,

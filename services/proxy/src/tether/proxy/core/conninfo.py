@@ -11,10 +11,24 @@ from dataclasses import dataclass
 
 Address = tuple[str, int]
 
-#: Linkerd's ``no_tls_reason`` values for connections without mesh TLS.
-NO_IDENTITY = "no_identity"  # the peer spoke plaintext (an unmeshed client or server)
-DISABLED = "disabled"  # identity is turned off in this proxy (--identity-disabled)
-LOOPBACK = "loopback"  # the application itself, over loopback (outbound side)
+#: Linkerd's ``no_tls_reason`` values, for connections without mesh TLS (labelled ``tls="no_identity"``).
+NOT_PROVIDED_BY_REMOTE = "not_provided_by_remote"  # an unmeshed client spoke plaintext to us
+NOT_PROVIDED_BY_DISCOVERY = "not_provided_by_service_discovery"  # destination gave the endpoint no identity
+LOOPBACK = "loopback"  # the proxy's own application (its outbound clients, the inbound target)
+#: Identity turned off in this proxy (--identity-disabled): labelled ``tls="disabled"``, no reason.
+DISABLED = "disabled"
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def tls_labels(peer_label: str, identity: str | None, no_tls_reason: str) -> tuple[Labels, str]:
+    """The TLS labels of a series, Linkerd's way: ``tls`` plus ``client_id``/``server_id`` (``peer_label``)
+    when there is mesh TLS, else ``no_tls_reason`` (none when identity is disabled altogether)."""
+    if identity:
+        return ((peer_label, identity),), "true"
+    if no_tls_reason == DISABLED:
+        return (), DISABLED
+    return (("no_tls_reason", no_tls_reason),), "no_identity"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +49,13 @@ class ConnectionInfo:
     original_dst: Address | None
     tls: TlsInfo | None = None
     #: Why there is no mesh TLS (see the constants above); "" when there is.
-    no_tls_reason: str = NO_IDENTITY
+    no_tls_reason: str = NOT_PROVIDED_BY_REMOTE
 
     @property
     def client_id(self) -> str | None:
         """The authenticated identity of the client (inbound mTLS only)."""
         return self.tls.peer_identity if self.tls is not None else None
 
-    @property
-    def tls_label(self) -> str:
-        """Linkerd's ``tls`` label: ``true`` for mesh TLS, else the reason there is none."""
-        return "true" if self.tls is not None else self.no_tls_reason
+    def metric_labels(self) -> tuple[Labels, str]:
+        """``(labels, tls)`` for this connection's series (the client's identity as ``client_id``)."""
+        return tls_labels("client_id", self.client_id, self.no_tls_reason if self.tls is None else "")
