@@ -176,7 +176,10 @@ class AdminServer:
                 await self._send_error(conn, writer, exc.error_status_hint, b"bad request\n")
                 return
             if event is h11.NEED_DATA:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK_BYTES), READ_TIMEOUT_SECONDS)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+                # arrives as data does, and a busy keep-alive client then holds close() (and shutdown).
+                async with asyncio.timeout(READ_TIMEOUT_SECONDS):
+                    data = await reader.read(READ_CHUNK_BYTES)
                 conn.receive_data(data)  # b"" marks the peer's EOF
                 if not data and conn.their_state is h11.IDLE:
                     return

@@ -335,9 +335,10 @@ class Bus:
         try:
             waiting: set[asyncio.Future[Any]] = {task, denied}
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                return task.result()
-            raise PermissionDenied(denied.result().operation, subject)
+            # Both may be done: a refused SUB's -ERR arrives just before the PONG that ends the call.
+            if denied.done():
+                raise PermissionDenied(denied.result().operation, subject)
+            return task.result()
         finally:
             self._denials.forget(subject, denied)
             if not task.done():
@@ -389,13 +390,27 @@ class Bus:
             except Exception:
                 bound.exception("bus_handler_failed", subject=msg.subject)
 
+        made: list[Any] = []
+
         async def subscribe_and_confirm() -> Any:
-            sub = await self._nc.subscribe(subject, queue=queue, cb=on_message)
-            await self._nc.flush()  # the server answers a refused SUB with -ERR before this PONG
-            return sub
+            made.append(await self._nc.subscribe(subject, queue=queue, cb=on_message))
+            # The server answers a refused SUB with -ERR before the PONG of a later PING. nats-py writes a
+            # PING straight to the socket, ahead of the SUB still queued for its flusher, so the first
+            # round trip only gets the SUB written; the second one comes back after the -ERR.
+            # Shielded: when the -ERR wins, _guarded cancels this call, and a flush cancelled while its PONG
+            # is outstanding leaves a cancelled future in nats-py's queue of pongs. That PONG then ends
+            # nats-py's read loop (InvalidStateError), and the connection silently stops receiving.
+            await asyncio.shield(self._nc.flush())
+            await asyncio.shield(self._nc.flush())
+            return made[0]
 
         try:
             sub = await self._guarded("subscribe", subject, subscribe_and_confirm())
+        except PermissionDenied:
+            # Drop the client's half too, or nats-py would re-send the refused SUB on every reconnect.
+            for refused in made:
+                await Subscription(refused).unsubscribe()
+            raise
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"subscribe to {subject} failed: {exc}") from exc
         return Subscription(sub)
@@ -568,7 +583,12 @@ class KeyValue:
 
     async def latest(self, key: str) -> tuple[int, bytes | None]:
         """The key's latest revision (deletions included, 0 when never written) and its bytes."""
-        subject = f"$JS.API.STREAM.MSG.GET.{self._stream}"
+        # The API subject nats-py asks: a bucket created with direct gets allowed (the nats CLI's default)
+        # is read on $JS.API.DIRECT.GET.<stream>.<key's subject>.
+        if getattr(self._store, "_direct", False):
+            subject = f"$JS.API.DIRECT.GET.{self._stream}.$KV.{self.bucket}.{key}"
+        else:
+            subject = f"$JS.API.STREAM.MSG.GET.{self._stream}"
         try:
             entry = await self._bus._guarded("publish", subject, self._store.get(key))
         except nats.js.errors.KeyNotFoundError as missing:

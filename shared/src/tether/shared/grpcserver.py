@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import grpc
 
-from tether.shared.listen import bind_failure
+from tether.shared.listen import CONCLUSIVE_BIND_ERRORS, bind_failure, probe_bind
 
 # Keep idle client connections alive through NAT/conntrack, and let clients ping on idle streams.
 SERVER_OPTIONS: list[tuple[str, int]] = [
@@ -37,6 +37,11 @@ async def start_grpc_server(
         options=SERVER_OPTIONS + (extra_options or []), maximum_concurrent_rpcs=maximum_concurrent_rpcs
     )
     register(server)
+    # A port we can tell is taken fails here, before grpcio tries it: gRPC core would first print its own
+    # error line (plain text, even with --log-format json) above the process's one failure line.
+    taken = probe_bind(addr)
+    if taken is not None and taken.errno in CONCLUSIVE_BIND_ERRORS:
+        raise bind_failure(option, addr, taken)
     try:
         port = (
             server.add_secure_port(addr, credentials)

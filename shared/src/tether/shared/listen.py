@@ -8,6 +8,9 @@ import socket
 from tether.shared.config import parse_hostport
 from tether.shared.errors import PortInUse
 
+# Bind errors that no other way of binding the same address avoids.
+CONCLUSIVE_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
 
 def bind_failure(option: str, addr: str, exc: OSError | None = None) -> PortInUse:
     """The error for ``option``'s address ``addr`` failing to bind; probes the address when ``exc`` is
@@ -34,7 +37,13 @@ def probe_bind(addr: str) -> OSError | None:
     """Try binding ``addr`` with a throwaway socket; the error it raises, if any."""
     host, port = parse_hostport(addr)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
+    try:
+        probe = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:  # no IPv6 on this host, say
+        return exc
+    with probe:
+        # As asyncio and gRPC bind their listeners: connections in TIME_WAIT do not make a port taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
