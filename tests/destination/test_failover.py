@@ -122,10 +122,11 @@ async def test_garbage_in_the_bucket_is_logged_and_skipped(mesh: Mesh, tmp_path:
         await kv.put_raw("shop.web", b'{"schema_version": 1, "namespace": "shop", "endpoints": "nope"}')
         await kv.put_raw("shop.web", b"\x00\xffnot json at all")
         for replica in mesh.replicas:
-            await eventually(
-                partial(logged_both_rejections, replica),
-                what=lambda replica=replica: f"{replica.name} logs the garbage: {replica.logs()[-3000:]}",
-            )
+
+            def tail(replica: Replica = replica) -> str:
+                return f"{replica.name} logs the garbage: {replica.logs()[-3000:]}"
+
+            await eventually(partial(logged_both_rejections, replica), what=tail)
         rejected = next(
             json.loads(x) for x in mesh.replicas[0].logs().splitlines() if "endpoint_value_rejected" in x
         )

@@ -26,7 +26,10 @@ SERVICES = {
     "public-api": ("tether.public_api", ["--grpc-addr", "127.0.0.1:0"]),
     "destination": (
         "tether.destination",
-        ["--grpc-addr", "127.0.0.1:0", "--source", "local", "--registry-file", "", "--identity-disabled", "true"],
+        [
+            *("--grpc-addr", "127.0.0.1:0", "--source", "local"),
+            *("--registry-file", "", "--identity-disabled", "true"),
+        ],
     ),
 }
 

@@ -153,6 +153,10 @@ class AdminServer:
             await self._serve(reader, writer, peer_host)
         except (ConnectionError, TimeoutError):
             pass
+        except asyncio.CancelledError:
+            # close() cancels open connections. Ending normally: on Python 3.11 asyncio's stream callback
+            # logs a cancelled connection task as an error ("Exception in callback ... CancelledError").
+            pass
         except Exception:
             log.exception("admin_connection_failed", peer=peer_host)
         finally:

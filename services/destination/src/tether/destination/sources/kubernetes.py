@@ -116,7 +116,7 @@ class KubernetesSource:
             log.error(
                 "kube_object_rejected",
                 resource=kind,
-                event=event_type,
+                watch_event=event_type,  # not ``event``: structlog's name for the message itself
                 error=str(exc)[:300],
                 keeping="previous version",
             )
@@ -209,18 +209,27 @@ class KubernetesSource:
                 if not line:
                     continue
                 event = json.loads(line)
+                if not isinstance(event, dict):
+                    log.warning("kube_watch_unknown_event", resource=kind, watch_event=type(event).__name__)
+                    continue
                 event_type = event.get("type")
-                obj = event.get("object") or {}
+                raw = event.get("object") or {}
+                # An object of the wrong shape goes to the index, which rejects it: nothing read here may
+                # raise on one, or the watch would fail and replay it forever.
+                obj = raw if isinstance(raw, dict) else {}
                 if event_type == "ERROR":
                     if obj.get("code") == 410:
                         log.info("kube_watch_expired", resource=kind, message=str(obj.get("message"))[:200])
                         return core.gone()
                     raise ApiException(status=int(obj.get("code") or 500), reason=str(obj.get("message")))
-                resource_version_seen = (obj.get("metadata") or {}).get("resourceVersion")
+                metadata = obj.get("metadata")
+                if not isinstance(metadata, dict):
+                    metadata = {}
+                resource_version_seen = metadata.get("resourceVersion")
                 if event_type in ("ADDED", "MODIFIED", "DELETED"):
-                    self._post(self._apply, kind, event_type, obj)
+                    self._post(self._apply, kind, event_type, raw)
                 elif event_type != "BOOKMARK":
-                    log.warning("kube_watch_unknown_event", resource=kind, event=str(event_type)[:40])
+                    log.warning("kube_watch_unknown_event", resource=kind, watch_event=str(event_type)[:40])
                 core.seen(resource_version_seen)
             return core.watch_ended()
         finally:
