@@ -6,7 +6,12 @@ Every scenario runs in fresh network namespaces: a ``client`` namespace (h2load,
 - direct:   h2load -> nghttpd
 - tether:   h2load dials the server's address with no knowledge of the proxy; ``tether-proxy init`` rules
             redirect it to the outbound proxy, which forwards to the original destination, where the
-            server's rules redirect it to the inbound proxy, which forwards to nghttpd over loopback.
+            server's rules redirect it to the inbound proxy, which forwards to the original destination
+            (the server's own address, where nghttpd listens). Plaintext, no discovery.
+- mtls:     the same hops with identity on: each namespace runs NATS and the identity service (the same CA
+            files), the client's also the destination service, which announces the server's address with
+            the server proxy's identity. h2load names the service in :authority, so the outbound proxy
+            resolves it through destination and dials the endpoint over mTLS.
 - nghttpx:  the same pair of hops with two nghttpx instances (static backends, no interception).
 
 Measured: requests/s at saturation (``-c 10 -m 10``), open-loop latency at a fixed rate from h2load's
@@ -22,21 +27,26 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "netns"))
 
 from netns_harness import (  # noqa: E402
+    ADMIN_PORT,
     INBOUND_PORT,
     OUTBOUND_PORT,
+    PROXY_UID,
     Namespace,
     NetnsHarness,
     proxy_init,
@@ -48,7 +58,36 @@ from netns_harness import (  # noqa: E402
 
 APP_PORT = 8080
 TOOLS = {"h2load": "nghttp2-client", "nghttpd": "nghttp2-server", "nghttpx": "nghttp2-proxy"}
-TARGETS = {"pair_rps": 4000.0, "added_p50_ms": 1.0, "added_p99_ms": 2.0, "rss_mb": 50.0}
+TARGETS = {
+    "pair_rps": 4000.0,
+    "added_p50_ms": 1.0,
+    "added_p99_ms": 2.0,
+    "rss_mb": 50.0,
+    "mtls_rps_ratio": 0.85,  # the mTLS pair's req/s over the plaintext pair's, in the same run
+    "mtls_added_p99_ms": 1.0,
+    "mtls_rss_mb": 50.0,
+}
+PROFILED = ("tether", "mtls")
+
+# The mtls scenario's control plane: the same ports in both namespaces, each on its own loopback.
+NATS_PORT = 4222
+IDENTITY_PORT = 8083
+IDENTITY_ADMIN_PORT = 9990
+DESTINATION_PORT = 8086
+DESTINATION_ADMIN_PORT = 9996
+TRUST_DOMAIN = "cluster.local"
+BENCH_NAMESPACE = "bench"
+SERVICE_AUTHORITY = f"bench.{BENCH_NAMESPACE}.svc.{TRUST_DOMAIN}:{APP_PORT}"
+
+
+def identity_name(serviceaccount: str, namespace: str) -> str:
+    return f"{serviceaccount}.{namespace}.serviceaccount.identity.{TRUST_DOMAIN}"
+
+
+CLIENT_ID = identity_name("client", BENCH_NAMESPACE)
+SERVER_ID = identity_name("server", BENCH_NAMESPACE)
+IDENTITY_ID = identity_name("identity", "tether")
+DESTINATION_ID = identity_name("destination", "tether")
 
 
 @dataclass
@@ -69,6 +108,12 @@ class Result:
     latency_samples: int = 0
     latency_failed: int = 0
     proxies: list[ProxyUsage] = field(default_factory=list)
+    #: Requests each Tether proxy counted, in all and over mTLS with the expected peer identity.
+    requests_seen: dict[str, int] = field(default_factory=dict)
+    #: Warnings, errors and unparsable lines in the logs of the scenario's Tether processes.
+    log_notes: list[str] = field(default_factory=list)
+    #: With --profile: each proxy's functions with the most self time, as [percent, function].
+    profile: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -119,7 +164,296 @@ class ProcStat:
         return total / 1024
 
 
-def saturate(client: Namespace, url: str, seconds: float, warmup: float) -> tuple[float, int]:
+class Logs:
+    """Copies the output of background processes to files (an unread pipe would block a chatty process)
+    and finds the lines worth a look afterwards."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, Path] = {}
+        self._threads: list[threading.Thread] = []
+
+    def keep(self, name: str, process: subprocess.Popen[str]) -> subprocess.Popen[str]:
+        path = self.directory / f"{name}.log"
+        self.files[name] = path
+        lock = threading.Lock()
+        with path.open("w"):
+            pass
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                thread = threading.Thread(target=self._copy, args=(stream, path, lock), daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        return process
+
+    @staticmethod
+    def _copy(stream: IO[str], path: Path, lock: threading.Lock) -> None:
+        with contextlib.suppress(OSError, ValueError), path.open("a") as out:
+            for line in stream:
+                with lock:
+                    out.write(line)
+                    out.flush()
+
+    def tail(self, name: str, lines: int = 5) -> str:
+        path = self.files.get(name)
+        if path is None or not path.exists():
+            return ""
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def finish(self) -> None:
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def notes(self, limit: int = 12) -> list[str]:
+        """One line per (process, level, event): how often, and the first occurrence."""
+        seen: dict[tuple[str, str, str], list[Any]] = {}
+        for name, path in self.files.items():
+            if not path.exists():
+                continue
+            for line in path.read_text(errors="replace").splitlines():
+                key, first = _log_problem(name, line)
+                if key is None:
+                    continue
+                entry = seen.setdefault(key, [0, first])
+                entry[0] += 1
+        return [
+            f"{name}: {count}x {level} {event}: {first[:240]}"
+            for (name, level, event), (count, first) in list(seen.items())[:limit]
+        ]
+
+    def save(self, destination: Path) -> None:
+        destination.mkdir(parents=True, exist_ok=True)
+        for path in self.files.values():
+            if path.exists():
+                shutil.copy(path, destination / path.name)
+
+
+def _log_problem(name: str, line: str) -> tuple[tuple[str, str, str] | None, str]:
+    line = line.strip()
+    if not line:
+        return None, ""
+    if name.startswith("nats"):  # nats-server's own format: [pid] date [LVL] message
+        match = re.search(r"\[(WRN|ERR|FTL)\] (.*)", line)
+        return ((name, match.group(1), match.group(2)[:60]), line) if match else (None, "")
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return (name, "unparsed", line[:60]), line
+    if not isinstance(record, dict):
+        return (name, "unparsed", line[:60]), line
+    level = str(record.get("level", ""))
+    if level in ("debug", "info"):
+        return None, ""
+    return (name, level or "?", str(record.get("event", ""))[:80]), line
+
+
+def start_logged_proxy(namespace: Namespace, logs: Logs, name: str, *extra: str) -> ProcStat:
+    try:
+        process = start_tether_proxy(namespace, "--log-level", "warning", *extra)
+    except AssertionError as exc:  # its admin port never opened: say why, from what it printed
+        started = namespace.harness.processes[-1]
+        output = ""
+        if started.poll() is not None:
+            output = " ".join(started.communicate()[1].split())
+        raise RuntimeError(f"the {name} proxy did not start: {output or exc}") from None
+    return ProcStat(logs.keep(name, process).pid)
+
+
+def stop_in_reverse(harness: NetnsHarness) -> None:
+    """SIGTERM the processes last-started first (proxies before destination, identity before NATS), so
+    their logs hold no warnings about the shutdown of what they depend on."""
+    for process in reversed(harness.processes):
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+
+
+_WAIT_READY = """
+import sys, time, urllib.error, urllib.request
+deadline = time.monotonic() + float(sys.argv[2])
+last = "nothing listening"
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(sys.argv[1], timeout=2) as response:
+            if response.status == 200:
+                sys.exit(0)
+    except urllib.error.HTTPError as error:
+        last = f"HTTP {error.code}"
+    except OSError as error:
+        last = str(error)
+    time.sleep(0.05)
+sys.exit(f"{sys.argv[1]} not ready after {sys.argv[2]} s: {last}")
+"""
+
+
+def wait_ready(namespace: Namespace, port: int, what: str, logs: Logs, timeout: float = 30.0) -> None:
+    """Poll ``/ready`` on 127.0.0.1:``port`` inside ``namespace``; fail with the tail of ``what``'s log."""
+    done = namespace.run(
+        [sys.executable, "-c", _WAIT_READY, f"http://127.0.0.1:{port}/ready", str(timeout)],
+        check=False,
+        timeout=timeout + 15,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{what}: {done.stderr.strip()}; its log: {logs.tail(what) or '(empty)'}")
+
+
+def tether_cli(*argv: str) -> str:
+    """``python -m tether.identity ...`` on the host (bootstrap, mint-token); its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tether.identity", *argv], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"tether-identity {argv[0]} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+@dataclass
+class ControlPlaneFiles:
+    """One CA for both namespaces (identity is stateless: two servers on the same files are one CA)."""
+
+    ca: Path
+
+    @property
+    def trust_anchors(self) -> Path:
+        return self.ca / "ca.crt"
+
+    @classmethod
+    def make(cls, workdir: Path) -> ControlPlaneFiles:
+        ca = workdir / "ca"
+        tether_cli("bootstrap", "--out", str(ca))
+        ca.chmod(0o755)
+        (ca / "ca.crt").chmod(0o644)  # the proxies (UID 2102) read the trust anchors
+        return cls(ca)
+
+    def token(self, serviceaccount: str, namespace: str, owner: int | None) -> Path:
+        """A minted token in a file only ``owner`` (or root) can read, as a projected token would be."""
+        token = tether_cli(
+            "mint-token", "--namespace", namespace, "--serviceaccount", serviceaccount,
+            "--key", str(self.ca / "token-signing.key"),
+        ).strip()  # fmt: skip
+        path = self.ca / f"{namespace}-{serviceaccount}.token"
+        path.write_text(token)
+        path.chmod(0o600)
+        if owner is not None:
+            os.chown(path, owner, owner)
+        return path
+
+    def identity_options(self, name: str, token: Path) -> list[str]:
+        """The ``--identity-*`` options of a workload (proxy or destination) in either namespace."""
+        return [
+            "--identity-disabled", "false",
+            "--identity-name", name,
+            "--identity-addr", f"127.0.0.1:{IDENTITY_PORT}",
+            "--identity-server-name", IDENTITY_ID,
+            "--identity-trust-anchors", str(self.trust_anchors),
+            "--identity-token-file", str(token),
+        ]  # fmt: skip
+
+
+def start_identity(namespace: Namespace, files: ControlPlaneFiles, logs: Logs, label: str) -> None:
+    """nats-server and the identity service on the namespace's loopback (waited for by ``wait_ready``)."""
+    nats_server = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
+    store = files.ca.parent / f"nats-{label}"
+    logs.keep(
+        f"nats-{label}",
+        namespace.spawn([nats_server, "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(NATS_PORT)]),
+    )
+    wait_port(namespace, "127.0.0.1", NATS_PORT)
+    logs.keep(
+        f"identity-{label}",
+        namespace.spawn(
+            [
+                sys.executable, "-m", "tether.identity", "serve",
+                "--grpc-addr", f"127.0.0.1:{IDENTITY_PORT}",
+                "--admin-addr", f"127.0.0.1:{IDENTITY_ADMIN_PORT}",
+                "--nats-url", f"nats://127.0.0.1:{NATS_PORT}",
+                "--trust-anchors", str(files.trust_anchors),
+                "--issuer-certificate", str(files.ca / "issuer.crt"),
+                "--issuer-key", str(files.ca / "issuer.key"),
+                "--token-verifier", "local",
+                "--token-key", str(files.ca / "token-signing.key"),
+                "--log-format", "json", "--log-level", "warning",
+            ]
+        ),
+    )  # fmt: skip
+
+
+def start_destination(namespace: Namespace, files: ControlPlaneFiles, logs: Logs, server_ip: str) -> None:
+    """The destination service: the local registry announces ``bench`` at the server, meshed."""
+    registry = files.ca.parent / "registry.yaml"
+    registry.write_text(
+        "services:\n"
+        f"  - namespace: {BENCH_NAMESPACE}\n"
+        "    name: bench\n"
+        f"    ports: [{{name: http, port: {APP_PORT}}}]\n"
+        "    endpoints:\n"
+        f"      - address: {server_ip}\n"
+        f"        port: {APP_PORT}\n"
+        f"        identity: {SERVER_ID}\n"
+        "        labels: {pod: server-0}\n"
+    )
+    token = files.token("destination", "tether", owner=None)
+    logs.keep(
+        "destination",
+        namespace.spawn(
+            [
+                sys.executable, "-m", "tether.destination",
+                "--source", "local", "--registry-file", str(registry),
+                "--grpc-addr", f"127.0.0.1:{DESTINATION_PORT}",
+                "--admin-addr", f"127.0.0.1:{DESTINATION_ADMIN_PORT}",
+                "--nats-url", f"nats://127.0.0.1:{NATS_PORT}",
+                *files.identity_options(DESTINATION_ID, token),
+                "--log-format", "json", "--log-level", "warning",
+            ]
+        ),
+    )  # fmt: skip
+
+
+def start_mtls_pair(
+    client: Namespace, server: Namespace, server_ip: str, workdir: Path, logs: Logs
+) -> dict[str, ProcStat]:
+    """The meshed pair and its control plane; returns once both proxies hold a certificate (/ready)."""
+    files = ControlPlaneFiles.make(workdir)
+    start_identity(client, files, logs, "client")
+    start_identity(server, files, logs, "server")
+    wait_ready(client, IDENTITY_ADMIN_PORT, "identity-client", logs)
+    start_destination(client, files, logs, server_ip)
+    wait_ready(server, IDENTITY_ADMIN_PORT, "identity-server", logs)
+    wait_ready(client, DESTINATION_ADMIN_PORT, "destination", logs)
+    proxy_init(client)
+    proxy_init(server)
+    proxies = {
+        "outbound": start_logged_proxy(
+            client, logs, "outbound",
+            "--destination-addr", f"127.0.0.1:{DESTINATION_PORT}",
+            "--destination-server-name", DESTINATION_ID,
+            "--pod-namespace", BENCH_NAMESPACE,
+            *files.identity_options(CLIENT_ID, files.token("client", BENCH_NAMESPACE, owner=PROXY_UID)),
+        ),
+        "inbound": start_logged_proxy(
+            server, logs, "inbound",
+            *files.identity_options(SERVER_ID, files.token("server", BENCH_NAMESPACE, owner=PROXY_UID)),
+        ),
+    }  # fmt: skip
+    wait_ready(client, ADMIN_PORT, "outbound", logs)
+    wait_ready(server, ADMIN_PORT, "inbound", logs)
+    return proxies
+
+
+def h2load_counts(output: str) -> tuple[int, int]:
+    """(succeeded, failed) from h2load's summary."""
+    counts = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", output)
+    if counts is None:
+        raise RuntimeError(f"could not parse h2load output:\n{output}")
+    return int(counts.group(1)), int(counts.group(2))
+
+
+def saturate(
+    client: Namespace, url: str, seconds: float, warmup: float, headers: Sequence[str] = ()
+) -> tuple[float, int]:
     done = client.run(
         [
             "h2load",
@@ -133,21 +467,21 @@ def saturate(client: Namespace, url: str, seconds: float, warmup: float) -> tupl
             f"{seconds:g}",
             "--warm-up-time",
             f"{warmup:g}",
+            *headers,
             url,
         ],
         timeout=seconds + warmup + 60,
         check=False,  # h2load exits 1 when the duration ends with streams still in flight
     )
     rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", done.stdout)
-    counts = re.search(
-        r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", done.stdout
-    )
-    if rps is None or counts is None:
+    if rps is None:
         raise RuntimeError(f"could not parse h2load output:\n{done.stdout}\n{done.stderr}")
-    return float(rps.group(1)), int(counts.group(2))
+    return float(rps.group(1)), h2load_counts(done.stdout)[1]
 
 
-def open_loop(client: Namespace, url: str, rate: float, seconds: float, workdir: Path) -> dict[str, float]:
+def open_loop(
+    client: Namespace, url: str, rate: float, seconds: float, workdir: Path, headers: Sequence[str] = ()
+) -> dict[str, float]:
     """Requests scheduled at a fixed rate regardless of responses; latency per request from the log."""
     count = int(rate * seconds)
     script = workdir / "timing.tsv"
@@ -155,7 +489,18 @@ def open_loop(client: Namespace, url: str, rate: float, seconds: float, workdir:
     log = workdir / "latency.log"
     log.unlink(missing_ok=True)
     client.run(
-        ["h2load", "-c", "1", "-m", "100", "--timing-script-file", str(script), "--log-file", str(log)],
+        [
+            "h2load",
+            "-c",
+            "1",
+            "-m",
+            "100",
+            *headers,
+            "--timing-script-file",
+            str(script),
+            "--log-file",
+            str(log),
+        ],
         timeout=seconds + 60,
         check=False,
     )
@@ -176,17 +521,52 @@ def open_loop(client: Namespace, url: str, rate: float, seconds: float, workdir:
 
 def start_nghttpd(server: Namespace, docroot: Path, host: str) -> None:
     server.spawn(["nghttpd", "--no-tls", "-a", host, "-d", str(docroot), str(APP_PORT)])
-    wait_port(server, host, APP_PORT)
+    wait_port(server, "127.0.0.1" if host == "0.0.0.0" else host, APP_PORT)
 
 
-def request_count(metrics: str, direction: str) -> int:
-    pattern = re.compile(rf'^request_total\{{direction="{direction}"[^}}]*\}} (\d+)$', re.MULTILINE)
-    return sum(int(n) for n in pattern.findall(metrics))
+def sample(metrics: str, name: str, **labels: str) -> int:
+    """The sum of the ``name`` series whose labels include ``labels`` (in any order)."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        series, _, value = line.rpartition(" ")
+        if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
+            total += float(value)
+    return int(total)
+
+
+def check_traffic(scenario: str, client: Namespace, server: Namespace, result: Result) -> None:
+    """Both proxies must have carried the traffic; for mtls, all of it over mTLS with the expected peers."""
+    outbound, inbound = proxy_metrics(client), proxy_metrics(server)
+    seen = {
+        "outbound": sample(outbound, "request_total", direction="outbound"),
+        "inbound": sample(inbound, "request_total", direction="inbound"),
+    }
+    if scenario == "mtls":
+        seen["outbound_mtls"] = sample(
+            outbound, "request_total", direction="outbound", tls="true", server_id=SERVER_ID
+        )
+        seen["inbound_mtls"] = sample(
+            inbound, "request_total", direction="inbound", tls="true", client_id=CLIENT_ID
+        )
+    result.requests_seen = seen
+    if min(seen["outbound"], seen["inbound"]) == 0:
+        result.error = f"traffic bypassed a proxy: outbound saw {seen['outbound']}, inbound {seen['inbound']}"
+    elif scenario == "mtls" and (
+        seen["outbound_mtls"] != seen["outbound"] or seen["inbound_mtls"] != seen["inbound"]
+    ):
+        result.error = (
+            f"not all over mTLS: outbound {seen['outbound_mtls']} of {seen['outbound']} "
+            f"(server_id {SERVER_ID}), inbound {seen['inbound_mtls']} of {seen['inbound']} "
+            f"(client_id {CLIENT_ID})"
+        )
 
 
 def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Result:
     harness = NetnsHarness()
     result = Result(scenario)
+    logs = Logs(workdir / "logs")
     try:
         client, server = harness.namespace("cli"), harness.namespace("srv")
         _, server_ip = harness.link(client, server)
@@ -195,15 +575,23 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
         (docroot / "index.html").write_bytes(b"x" * args.body_bytes)
         proxies: dict[str, ProcStat] = {}
         url = f"http://{server_ip}:{APP_PORT}/index.html"
+        headers: list[str] = []
         if scenario == "direct":
             start_nghttpd(server, docroot, "0.0.0.0")
         elif scenario == "tether":
-            start_nghttpd(server, docroot, "127.0.0.1")
+            # The inbound proxy forwards to the original destination, the server's own address.
+            start_nghttpd(server, docroot, "0.0.0.0")
             proxy_init(client)
             proxy_init(server)
-            proxies["outbound"] = ProcStat(start_tether_proxy(client, "--log-level", "warning").pid)
-            proxies["inbound"] = ProcStat(start_tether_proxy(server, "--log-level", "warning").pid)
-        else:
+            proxies["outbound"] = start_logged_proxy(client, logs, "outbound")
+            proxies["inbound"] = start_logged_proxy(server, logs, "inbound")
+        elif scenario == "mtls":
+            start_nghttpd(server, docroot, "0.0.0.0")
+            proxies = start_mtls_pair(client, server, server_ip, workdir, logs)
+            # h2load still dials the server's address (redirected to the outbound proxy), but names the
+            # service, which the outbound proxy resolves through destination.
+            headers = ["-H", f":authority: {SERVICE_AUTHORITY}"]
+        elif scenario == "nghttpx":
             start_nghttpd(server, docroot, "127.0.0.1")
             inbound = server.spawn(
                 ["nghttpx", "--workers=1", f"--frontend=0.0.0.0,{INBOUND_PORT};no-tls",
@@ -219,14 +607,22 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
             wait_port(client, "127.0.0.1", OUTBOUND_PORT)
             proxies = {"outbound": ProcStat(outbound.pid), "inbound": ProcStat(inbound.pid)}
             url = f"http://127.0.0.1:{OUTBOUND_PORT}/index.html"
-        client.run(["h2load", "-n", "200", "-c", "2", url])  # warm-up: connections, caches
+        else:
+            raise RuntimeError(f"unknown scenario {scenario!r}")
+        # Warm-up (connections, caches, the destination lookup); a path that fails fails here, quickly.
+        warm = client.run(["h2load", "-n", "200", "-c", "2", *headers, url], check=False, timeout=60)
+        succeeded, _ = h2load_counts(warm.stdout)
+        if succeeded != 200:
+            notes = "".join(f"; {note}" for note in logs.notes(3))
+            raise RuntimeError(f"warm-up: {succeeded} of 200 requests succeeded{notes}")
         cpu_before = {name: stat.cpu_seconds() for name, stat in proxies.items()}
-        profilers = start_profilers(proxies, args, scenario) if args.profile and scenario == "tether" else {}
-        result.rps, result.failed = saturate(client, url, args.seconds, args.warmup)
+        profilers = start_profilers(proxies, args, scenario) if args.profile and scenario in PROFILED else {}
+        result.rps, result.failed = saturate(client, url, args.seconds, args.warmup, headers)
         for name, profiler in profilers.items():
             profiler.wait(timeout=args.seconds + 30)
-            summarise_profile(args.profile / f"{scenario}-{name}.txt", name)
-        latency = open_loop(client, url, args.rate, args.seconds, workdir)
+            collapsed = args.profile / f"{scenario}-{name}.txt"
+            result.profile[name] = summarise_profile(collapsed, f"{scenario} {name}")
+        latency = open_loop(client, url, args.rate, args.seconds, workdir, headers)
         result.latency_p50_ms, result.latency_p99_ms = latency["p50"], latency["p99"]
         result.latency_max_ms, result.latency_samples = latency["max"], int(latency["samples"])
         result.latency_failed = int(latency["failed"])
@@ -234,17 +630,17 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
             ProxyUsage(name, round(stat.cpu_seconds() - cpu_before[name], 2), round(stat.peak_rss_mb(), 1))
             for name, stat in proxies.items()
         ]
-        if scenario == "tether":
-            outbound_seen = request_count(proxy_metrics(client), "outbound")
-            inbound_seen = request_count(proxy_metrics(server), "inbound")
-            if min(outbound_seen, inbound_seen) == 0:
-                result.error = (
-                    f"traffic bypassed a proxy: outbound saw {outbound_seen}, inbound {inbound_seen}"
-                )
+        if scenario in ("tether", "mtls"):
+            check_traffic(scenario, client, server, result)
     except (AssertionError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        result.error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        result.error = " ".join(str(exc).split())[:600] or type(exc).__name__
     finally:
+        stop_in_reverse(harness)
         harness.cleanup()
+        logs.finish()
+        result.log_notes = logs.notes()
+        if args.logs and logs.files:
+            logs.save(args.logs / scenario)
     return result
 
 
@@ -278,11 +674,11 @@ def start_profilers(
     }
 
 
-def summarise_profile(collapsed: Path, name: str, top: int = 15) -> None:
-    """Print the functions with the most self time from py-spy's collapsed stacks."""
+def summarise_profile(collapsed: Path, name: str, top: int = 15) -> list[tuple[float, str]]:
+    """Print (and return) the functions with the most self time from py-spy's collapsed stacks."""
     if not collapsed.exists():
         print(f"profile of {name}: py-spy wrote nothing (is py-spy installed?)", file=sys.stderr)
-        return
+        return []
     self_time: dict[str, int] = {}
     total = 0
     for line in collapsed.read_text(errors="replace").splitlines():
@@ -293,8 +689,13 @@ def summarise_profile(collapsed: Path, name: str, top: int = 15) -> None:
         self_time[leaf] = self_time.get(leaf, 0) + int(count)
         total += int(count)
     print(f"profile of the {name} proxy ({total} samples, self time):", file=sys.stderr)
-    for leaf, samples in sorted(self_time.items(), key=lambda item: -item[1])[:top]:
-        print(f"  {100 * samples / max(total, 1):5.1f}%  {leaf}", file=sys.stderr)
+    entries = [
+        (round(100 * samples / max(total, 1), 1), leaf)
+        for leaf, samples in sorted(self_time.items(), key=lambda item: -item[1])[:top]
+    ]
+    for percent, leaf in entries:
+        print(f"  {percent:5.1f}%  {leaf}", file=sys.stderr)
+    return entries
 
 
 def render_table(results: list[Result]) -> str:
@@ -319,25 +720,80 @@ def render_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+Measure = Callable[[dict[str, Result]], float]
+
+
+def _peak_rss(result: Result) -> float:
+    return max((p.peak_rss_mb for p in result.proxies), default=float("inf"))
+
+
+def _added_p50(scenario: str) -> Measure:
+    return lambda r: r[scenario].latency_p50_ms - r["direct"].latency_p50_ms
+
+
+def _added_p99(scenario: str) -> Measure:
+    return lambda r: r[scenario].latency_p99_ms - r["direct"].latency_p99_ms
+
+
+#: target -> (the scenarios it needs, what is measured, whether the target is a floor or a ceiling)
+CHECKS: dict[str, tuple[tuple[str, ...], Measure, str]] = {
+    "pair_rps": (("tether",), lambda r: r["tether"].rps, ">="),
+    "added_p50_ms": (("tether", "direct"), _added_p50("tether"), "<"),
+    "added_p99_ms": (("tether", "direct"), _added_p99("tether"), "<"),
+    "rss_mb": (("tether",), lambda r: _peak_rss(r["tether"]), "<"),
+    "mtls_rps_ratio": (("mtls", "tether"), lambda r: r["mtls"].rps / max(r["tether"].rps, 1e-9), ">="),
+    "mtls_added_p99_ms": (("mtls", "direct"), _added_p99("mtls"), "<"),
+    "mtls_rss_mb": (("mtls",), lambda r: _peak_rss(r["mtls"]), "<"),
+}
+
+
 def verdict(results: list[Result]) -> dict[str, Any]:
-    by_name = {r.scenario: r for r in results if r.error is None}
-    tether, direct = by_name.get("tether"), by_name.get("direct")
-    if tether is None or direct is None:
-        return {"met": False, "reason": "tether or direct scenario failed"}
-    checks = {
-        "pair_rps": tether.rps >= TARGETS["pair_rps"],
-        "added_p50_ms": tether.latency_p50_ms - direct.latency_p50_ms < TARGETS["added_p50_ms"],
-        "added_p99_ms": tether.latency_p99_ms - direct.latency_p99_ms < TARGETS["added_p99_ms"],
-        "rss_mb": all(p.peak_rss_mb < TARGETS["rss_mb"] for p in tether.proxies),
+    """Each target whose scenarios were run: met or not (not met when one of them failed)."""
+    ran = {r.scenario for r in results}
+    ok = {r.scenario: r for r in results if r.error is None}
+    checks: dict[str, bool] = {}
+    values: dict[str, float] = {}
+    failed: set[str] = set()
+    for name, (needs, measure, sense) in CHECKS.items():
+        if not set(needs) <= ran:
+            continue
+        if not set(needs) <= ok.keys():
+            checks[name] = False
+            failed.update(set(needs) - ok.keys())
+            continue
+        value = measure(ok)
+        values[name] = round(value, 3)
+        checks[name] = value >= TARGETS[name] if sense == ">=" else value < TARGETS[name]
+    report: dict[str, Any] = {
+        "met": bool(checks) and all(checks.values()),
+        "checks": checks,
+        "values": values,
+        "targets": TARGETS,
     }
-    return {"met": all(checks.values()), "checks": checks, "targets": TARGETS}
+    if failed:
+        report["reason"] = f"scenario failed: {', '.join(sorted(failed))}"
+    return report
+
+
+def render_verdict(report: dict[str, Any]) -> str:
+    lines = ["targets:"]
+    for name, met in report["checks"].items():
+        sense = CHECKS[name][2]
+        value = report["values"].get(name)
+        shown = f"{value:g}" if value is not None else "-"
+        lines.append(f"  {name:<18} {shown:>9} {sense} {TARGETS[name]:g}  {'met' if met else 'NOT MET'}")
+    if "reason" in report:
+        lines.append(f"  ({report['reason']})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenarios", default="direct,tether,nghttpx", help="comma-separated subset to run")
+    parser.add_argument(
+        "--scenarios", default="direct,tether,mtls,nghttpx", help="comma-separated subset to run"
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
     parser.add_argument("--warmup", type=float, default=1.0, help="h2load warm-up before the saturation run")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s of the open-loop latency run")
@@ -345,6 +801,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
     parser.add_argument(
         "--profile", type=Path, help="py-spy the Tether proxies during the saturation run; stacks go here"
+    )
+    parser.add_argument(
+        "--logs", type=Path, help="keep the Tether processes' logs here, one folder per scenario"
     )
     args = parser.parse_args(argv)
     missing = check_tools()
@@ -369,14 +828,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"running {scenario} ...", file=sys.stderr, flush=True)
             results.append(run_scenario(scenario, args, workdir))
             print(f"  {scenario} took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+            for note in results[-1].log_notes:
+                print(f"  log: {note}", file=sys.stderr, flush=True)
+    targets = verdict(results)
     report = {
         "cores": os.cpu_count(),
         "h2load": subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip(),
         "settings": {"saturation": "-c 10 -m 10", "seconds": args.seconds, "open_loop_rate": args.rate},
         "results": [asdict(r) for r in results],
-        "targets": verdict(results),
+        "targets": targets,
     }
     print(render_table(results))
+    print(render_verdict(targets))
     print(f"cores: {os.cpu_count()}")
     print(json.dumps(report, indent=2))
     if args.json:

@@ -236,7 +236,8 @@ class Runtime:
         for task in asyncio.all_tasks():
             coro = task.get_coro()
             code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
-            module = getattr(coro, "__module__", "") or ""
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            module = str(frame.f_globals.get("__name__", "")) if frame is not None else ""
             qualname = getattr(coro, "__qualname__", "") or (code.co_name if code else repr(coro))
             tasks.append(
                 {
