@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -51,7 +52,6 @@ from netns_harness import (  # noqa: E402
     NetnsHarness,
     proxy_init,
     proxy_metrics,
-    start_tether_proxy,
     unavailable_reason,
     wait_port,
 )
@@ -107,9 +107,13 @@ class Result:
     latency_max_ms: float = 0.0
     latency_samples: int = 0
     latency_failed: int = 0
+    #: The rate h2load really offered in the open-loop run (below --rate when its timers slip).
+    latency_offered_rps: float = 0.0
     proxies: list[ProxyUsage] = field(default_factory=list)
     #: Requests each Tether proxy counted, in all and over mTLS with the expected peer identity.
     requests_seen: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds of the other Tether processes (mtls: NATS, identity, destination) in the measured runs.
+    control_plane_cpu_seconds: dict[str, float] = field(default_factory=dict)
     #: Warnings, errors and unparsable lines in the logs of the scenario's Tether processes.
     log_notes: list[str] = field(default_factory=list)
     #: With --profile: each proxy's functions with the most self time, as [percent, function].
@@ -172,11 +176,13 @@ class Logs:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.files: dict[str, Path] = {}
+        self.pids: dict[str, int] = {}
         self._threads: list[threading.Thread] = []
 
     def keep(self, name: str, process: subprocess.Popen[str]) -> subprocess.Popen[str]:
         path = self.directory / f"{name}.log"
         self.files[name] = path
+        self.pids[name] = process.pid
         lock = threading.Lock()
         with path.open("w"):
             pass
@@ -205,15 +211,15 @@ class Logs:
         for thread in self._threads:
             thread.join(timeout=2)
 
-    def notes(self, limit: int = 12) -> list[str]:
-        """One line per (process, level, event): how often, and the first occurrence."""
+    def notes(self, limit: int = 12, expected: Collection[str] = ()) -> list[str]:
+        """One line per (process, level, event) but the ``expected`` events: how often, and the first."""
         seen: dict[tuple[str, str, str], list[Any]] = {}
         for name, path in self.files.items():
             if not path.exists():
                 continue
             for line in path.read_text(errors="replace").splitlines():
                 key, first = _log_problem(name, line)
-                if key is None:
+                if key is None or key[2] in expected:
                     continue
                 entry = seen.setdefault(key, [0, first])
                 entry[0] += 1
@@ -248,16 +254,47 @@ def _log_problem(name: str, line: str) -> tuple[tuple[str, str, str] | None, str
     return (name, level or "?", str(record.get("event", ""))[:80]), line
 
 
-def start_logged_proxy(namespace: Namespace, logs: Logs, name: str, *extra: str) -> ProcStat:
+_REEXEC = "import os, sys; os.execv(sys.executable, [sys.executable, '-c', ''])"
+
+
+@functools.cache
+def proxy_user() -> tuple[str, ...]:
+    """``setpriv`` to the proxy UID, as the harness does; plus CAP_DAC_READ_SEARCH (ambient) when that UID
+    cannot exec this interpreter a second time, which is where the venv's interpreter lives under a
+    directory only root may search (a pyenv or uv Python under /root): the proxy would then run on the
+    system's standard library rather than the venv's. Both Tether scenarios run the same way, so they
+    compare."""
+    user = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
+    if subprocess.run([*user, sys.executable, "-c", _REEXEC], capture_output=True, check=False).returncode:
+        user += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+    return tuple(user)
+
+
+def start_proxy(namespace: Namespace, logs: Logs, name: str, log_level: str, *extra: str) -> ProcStat:
+    """``python -m tether.proxy run`` as netns_harness.start_tether_proxy starts it (discovery and identity
+    off unless ``extra`` turns them on), but as ``proxy_user()``; its output goes to ``logs``."""
+    process = namespace.spawn(
+        [
+            *proxy_user(), sys.executable, "-m", "tether.proxy", "run",
+            "--outbound-addr", f"127.0.0.1:{OUTBOUND_PORT}",
+            "--inbound-addr", f"0.0.0.0:{INBOUND_PORT}",
+            "--admin-addr", f"0.0.0.0:{ADMIN_PORT}",
+            "--destination-addr", "",
+            "--identity-disabled", "true",
+            "--log-format", "json",
+            "--log-level", log_level,
+            *extra,
+        ]
+    )  # fmt: skip
+    logs.keep(name, process)
     try:
-        process = start_tether_proxy(namespace, "--log-level", "warning", *extra)
-    except AssertionError as exc:  # its admin port never opened: say why, from what it printed
-        started = namespace.harness.processes[-1]
-        output = ""
-        if started.poll() is not None:
-            output = " ".join(started.communicate()[1].split())
-        raise RuntimeError(f"the {name} proxy did not start: {output or exc}") from None
-    return ProcStat(logs.keep(name, process).pid)
+        # The admin listener opens after the data listeners; probing those would add connections to metrics.
+        wait_port(namespace, "127.0.0.1", ADMIN_PORT)
+    except AssertionError:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=2)
+        raise RuntimeError(f"the {name} proxy did not start: {logs.tail(name) or 'no output'}") from None
+    return ProcStat(process.pid)
 
 
 def stop_in_reverse(harness: NetnsHarness) -> None:
@@ -413,7 +450,7 @@ def start_destination(namespace: Namespace, files: ControlPlaneFiles, logs: Logs
 
 
 def start_mtls_pair(
-    client: Namespace, server: Namespace, server_ip: str, workdir: Path, logs: Logs
+    client: Namespace, server: Namespace, server_ip: str, workdir: Path, logs: Logs, log_level: str
 ) -> dict[str, ProcStat]:
     """The meshed pair and its control plane; returns once both proxies hold a certificate (/ready)."""
     files = ControlPlaneFiles.make(workdir)
@@ -426,15 +463,15 @@ def start_mtls_pair(
     proxy_init(client)
     proxy_init(server)
     proxies = {
-        "outbound": start_logged_proxy(
-            client, logs, "outbound",
+        "outbound": start_proxy(
+            client, logs, "outbound", log_level,
             "--destination-addr", f"127.0.0.1:{DESTINATION_PORT}",
             "--destination-server-name", DESTINATION_ID,
             "--pod-namespace", BENCH_NAMESPACE,
             *files.identity_options(CLIENT_ID, files.token("client", BENCH_NAMESPACE, owner=PROXY_UID)),
         ),
-        "inbound": start_logged_proxy(
-            server, logs, "inbound",
+        "inbound": start_proxy(
+            server, logs, "inbound", log_level,
             *files.identity_options(SERVER_ID, files.token("server", BENCH_NAMESPACE, owner=PROXY_UID)),
         ),
     }  # fmt: skip
@@ -516,6 +553,9 @@ def open_loop(
         "max": latencies[-1],
         "samples": len(latencies),
         "failed": sum(1 for row in steady if row[1] != "200"),
+        # h2load schedules each request relative to when it sent the previous one, so whenever it wakes
+        # late the schedule slips: the rate it really offered, from the requests' start times (µs).
+        "offered_rps": (len(steady) - 1) / max((int(steady[-1][0]) - int(steady[0][0])) / 1e6, 1e-9),
     }
 
 
@@ -583,11 +623,11 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
             start_nghttpd(server, docroot, "0.0.0.0")
             proxy_init(client)
             proxy_init(server)
-            proxies["outbound"] = start_logged_proxy(client, logs, "outbound")
-            proxies["inbound"] = start_logged_proxy(server, logs, "inbound")
+            proxies["outbound"] = start_proxy(client, logs, "outbound", args.proxy_log_level)
+            proxies["inbound"] = start_proxy(server, logs, "inbound", args.proxy_log_level)
         elif scenario == "mtls":
             start_nghttpd(server, docroot, "0.0.0.0")
-            proxies = start_mtls_pair(client, server, server_ip, workdir, logs)
+            proxies = start_mtls_pair(client, server, server_ip, workdir, logs, args.proxy_log_level)
             # h2load still dials the server's address (redirected to the outbound proxy), but names the
             # service, which the outbound proxy resolves through destination.
             headers = ["-H", f":authority: {SERVICE_AUTHORITY}"]
@@ -616,6 +656,9 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
             notes = "".join(f"; {note}" for note in logs.notes(3))
             raise RuntimeError(f"warm-up: {succeeded} of 200 requests succeeded{notes}")
         cpu_before = {name: stat.cpu_seconds() for name, stat in proxies.items()}
+        # The control plane (mtls) shares the cores: what it used in the measured window.
+        others = {name: ProcStat(pid) for name, pid in logs.pids.items() if name not in proxies}
+        others_before = {name: stat.cpu_seconds() for name, stat in others.items()}
         profilers = start_profilers(proxies, args, scenario) if args.profile and scenario in PROFILED else {}
         result.rps, result.failed = saturate(client, url, args.seconds, args.warmup, headers)
         for name, profiler in profilers.items():
@@ -626,10 +669,14 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
         result.latency_p50_ms, result.latency_p99_ms = latency["p50"], latency["p99"]
         result.latency_max_ms, result.latency_samples = latency["max"], int(latency["samples"])
         result.latency_failed = int(latency["failed"])
+        result.latency_offered_rps = round(latency["offered_rps"], 1)
         result.proxies = [
             ProxyUsage(name, round(stat.cpu_seconds() - cpu_before[name], 2), round(stat.peak_rss_mb(), 1))
             for name, stat in proxies.items()
         ]
+        result.control_plane_cpu_seconds = {
+            name: round(stat.cpu_seconds() - others_before[name], 2) for name, stat in others.items()
+        }
         if scenario in ("tether", "mtls"):
             check_traffic(scenario, client, server, result)
     except (AssertionError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
@@ -638,9 +685,12 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
         stop_in_reverse(harness)
         harness.cleanup()
         logs.finish()
-        result.log_notes = logs.notes()
-        if args.logs and logs.files:
+        # Identity is off on purpose in the plaintext pair, and the proxies say so.
+        result.log_notes = logs.notes(expected={"identity_disabled"} if scenario == "tether" else ())
+        if args.logs:
             logs.save(args.logs / scenario)
+            with contextlib.suppress(OSError):  # h2load's per-request log of the open-loop run
+                shutil.copy(workdir / "latency.log", args.logs / scenario / "h2load-latency.log")
     return result
 
 
@@ -675,7 +725,7 @@ def start_profilers(
 
 
 def summarise_profile(collapsed: Path, name: str, top: int = 15) -> list[tuple[float, str]]:
-    """Print (and return) the functions with the most self time from py-spy's collapsed stacks."""
+    """Print (and return) the functions with the most self time (all their lines) from py-spy's stacks."""
     if not collapsed.exists():
         print(f"profile of {name}: py-spy wrote nothing (is py-spy installed?)", file=sys.stderr)
         return []
@@ -685,7 +735,8 @@ def summarise_profile(collapsed: Path, name: str, top: int = 15) -> list[tuple[f
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue  # --nonblocking sampling occasionally reads a half-updated frame
-        leaf = stack.rsplit(";", 1)[-1]
+        # One entry per function: py-spy names a frame "function (file:line)".
+        leaf = re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1].strip()) or "(unreadable frame)"
         self_time[leaf] = self_time.get(leaf, 0) + int(count)
         total += int(count)
     print(f"profile of the {name} proxy ({total} samples, self time):", file=sys.stderr)
@@ -702,7 +753,7 @@ def render_table(results: list[Result]) -> str:
     direct = next((r for r in results if r.scenario == "direct" and r.error is None), None)
     header = (
         f"{'scenario':<9} {'req/s':>9} {'x direct':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'+p50':>6} {'+p99':>6}  proxies (CPU s / peak RSS MB)"
+        f"{'+p50':>6} {'+p99':>6} {'@req/s':>6}  proxies (CPU s / peak RSS MB)"
     )
     lines = [header, "-" * len(header)]
     for r in results:
@@ -715,7 +766,8 @@ def render_table(results: list[Result]) -> str:
         usage = ", ".join(f"{p.name} {p.cpu_seconds:.1f}s/{p.peak_rss_mb:.0f}MB" for p in r.proxies) or "-"
         lines.append(
             f"{r.scenario:<9} {r.rps:>9.0f} {ratio:>8.2f} {r.latency_p50_ms:>7.2f} {r.latency_p99_ms:>7.2f} "
-            f"{r.latency_max_ms:>7.2f} {added_p50:>6.2f} {added_p99:>6.2f}  {usage}"
+            f"{r.latency_max_ms:>7.2f} {added_p50:>6.2f} {added_p99:>6.2f} "
+            f"{r.latency_offered_rps:>6.0f}  {usage}"
         )
     return "\n".join(lines)
 
@@ -803,6 +855,9 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", type=Path, help="py-spy the Tether proxies during the saturation run; stacks go here"
     )
     parser.add_argument(
+        "--proxy-log-level", default="warning", help="the Tether proxies' --log-level (default: warning)"
+    )
+    parser.add_argument(
         "--logs", type=Path, help="keep the Tether processes' logs here, one folder per scenario"
     )
     args = parser.parse_args(argv)
@@ -835,6 +890,7 @@ def main(argv: list[str] | None = None) -> int:
         "cores": os.cpu_count(),
         "h2load": subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip(),
         "settings": {"saturation": "-c 10 -m 10", "seconds": args.seconds, "open_loop_rate": args.rate},
+        "proxy_user": " ".join(proxy_user()),
         "results": [asdict(r) for r in results],
         "targets": targets,
     }

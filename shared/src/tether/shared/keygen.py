@@ -1,23 +1,23 @@
 """A workload's key and certificate signing request: ECDSA P-256, one DNS SAN and its SPIFFE ID.
 
 Control-plane services make them in-process. The proxy must not load ``cryptography`` (it would double
-the sidecar's memory), so it runs this module as a short-lived helper process,
-``python -m tether.shared.keygen <identity>``, which prints the key and CSR as one JSON line on stdout: the
-key travels over a pipe into the proxy's memory and never touches a disk.
+the sidecar's memory), so a forked, short-lived child makes them and writes them as one JSON line to a pipe:
+the key travels into the proxy's memory and never touches a disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import sys
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 import msgspec
 
 from tether.shared.errors import FatalError
-from tether.shared.identity_names import InvalidIdentityName, WorkloadIdentity, parse_identity
+from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.tls import KeyPair
 
 HELPER_TIMEOUT = 30.0
@@ -89,56 +89,85 @@ def placeholder_key_pair(now: datetime, name: str = "tether-no-certificate-yet")
 
 
 async def make_key_and_csr_in_helper(identity: WorkloadIdentity) -> KeyMaterial:
-    """The same, made by a helper process so that this one never loads cryptography."""
+    """The same, made by a forked child so that this process never loads cryptography.
+
+    Forked rather than started from the interpreter's path: the proxy runs as an unprivileged user that may
+    not be allowed to execute (or even reach) the interpreter it was started with. The child computes,
+    writes one JSON line to a pipe and exits; it never returns to the event loop it was forked from.
+    """
+    loop = asyncio.get_running_loop()
+    read_end, write_end = os.pipe()
     try:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tether.shared.keygen",
-            identity.dns_name,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        child = os.fork()
     except OSError as exc:
-        raise FatalError(
-            f"cannot start the key helper {sys.executable}: {exc.strerror}", "check the install"
-        ) from None
+        os.close(read_end)
+        os.close(write_end)
+        raise FatalError(f"cannot fork the key helper: {exc.strerror}", "check the process limits") from None
+    if child == 0:  # the child: reports through the pipe and its exit code, never returns
+        _child(identity, read_end, write_end)
+    os.close(write_end)
     try:
         async with asyncio.timeout(HELPER_TIMEOUT):
-            out, err = await process.communicate()
+            data = await _read_all(loop, read_end)
     except TimeoutError:
-        process.kill()
+        os.kill(child, 9)
         raise FatalError(
             f"the key helper did not answer within {HELPER_TIMEOUT:g}s", "check the host's load"
         ) from None
-    if process.returncode != 0:
-        detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise FatalError(
-            f"the key helper failed (exit {process.returncode}): {detail[0][:300]}", "check the install"
-        )
-    wire = msgspec.json.decode(out, type=_Wire)
+    finally:
+        os.close(read_end)
+        status = await _reap(child)
+    code = os.waitstatus_to_exitcode(status)
+    if not data or code != 0:
+        raise FatalError(f"the key helper failed (exit {code})", "check the install")
+    wire = msgspec.json.decode(data, type=_Wire)
     return KeyMaterial(key_pem=wire.key_pem.encode("ascii"), csr_der=base64.b64decode(wire.csr_der))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m tether.shared.keygen <identity>\n")
-        return 2
+def _child(identity: WorkloadIdentity, read_end: int, write_end: int) -> NoReturn:
+    code = 1
     try:
-        identity = parse_identity(args[0])
-    except InvalidIdentityName as exc:
-        sys.stderr.write(f"tether-keygen: error: {exc}\n")
-        return 2
-    material = make_key_and_csr(identity)
-    wire = _Wire(
-        key_pem=material.key_pem.decode("ascii"), csr_der=base64.b64encode(material.csr_der).decode()
-    )
-    sys.stdout.buffer.write(msgspec.json.encode(wire) + b"\n")
-    sys.stdout.flush()
-    return 0
+        os.close(read_end)
+        material = make_key_and_csr(identity)
+        wire = _Wire(
+            key_pem=material.key_pem.decode("ascii"), csr_der=base64.b64encode(material.csr_der).decode()
+        )
+        payload = msgspec.json.encode(wire)
+        while payload:
+            payload = payload[os.write(write_end, payload) :]
+        code = 0
+    finally:
+        os._exit(code)  # no atexit handlers, no flushing of the parent's buffers: only the result
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+async def _reap(child: int) -> int:
+    """The child's wait status; it has closed its end of the pipe (exited, or was killed), so soon."""
+    while True:
+        pid, status = os.waitpid(child, os.WNOHANG)  # noqa: ASYNC222 - WNOHANG never blocks
+        if pid == child:
+            return status
+        await asyncio.sleep(0.005)
+
+
+async def _read_all(loop: asyncio.AbstractEventLoop, descriptor: int) -> bytes:
+    chunks: list[bytes] = []
+    os.set_blocking(descriptor, False)
+    while True:
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def wake(future: asyncio.Future[None] = readable) -> None:
+            if not future.done():
+                future.set_result(None)
+
+        loop.add_reader(descriptor, wake)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(descriptor)
+        try:
+            chunk = os.read(descriptor, 65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
