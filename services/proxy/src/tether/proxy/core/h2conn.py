@@ -5,6 +5,11 @@ GOAWAY is sent or received, after which frames for streams that are still in
 flight are rejected. A proxy must keep those streams flowing while it drains,
 so GOAWAY here only records the peer's intent; deciding which streams may
 still be opened is the forwarding layer's job.
+
+Every override of h2's internals lives in :class:`ProxyH2Connection` and is used only with the exact
+library releases it was tested against (``h2speedups.SUPPORTED``); otherwise the proxy runs stock h2
+connections (drain then ends a connection at GOAWAY, and the speedups are off). Nothing is patched
+process-wide.
 """
 
 from __future__ import annotations
@@ -14,10 +19,19 @@ from typing import Any
 from h2.config import H2Configuration
 from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated
+from h2.events import ConnectionTerminated, Event
+from h2.exceptions import StreamClosedError, StreamIDTooLowError
 from h2.settings import SettingCodes, Settings
+from h2.stream import H2Stream
+from hyperframe.frame import Frame, RstStreamFrame
 
-from tether.proxy.core import h2speedups
+from tether.proxy.core.h2speedups import (
+    SUPPORTED,
+    FastDecoder,
+    FastEncoder,
+    ProxyH2Stream,
+    serialize_frame,
+)
 
 #: Per-stream receive window we advertise. Bounds what one stream may buffer in the proxy.
 STREAM_WINDOW = 256 * 1024
@@ -27,8 +41,6 @@ CONNECTION_WINDOW = 1024 * 1024
 DEFAULT_MAX_CONCURRENT_STREAMS = 2048
 MAX_HEADER_LIST_SIZE = 64 * 1024
 _DEFAULT_WINDOW = 65_535
-
-h2speedups.install()
 
 _DRAINABLE_TRANSITIONS = dict(H2ConnectionStateMachine._transitions)
 for _state in (ConnectionState.CLIENT_OPEN, ConnectionState.SERVER_OPEN):
@@ -40,8 +52,8 @@ class _DrainableStateMachine(H2ConnectionStateMachine):
     _transitions = _DRAINABLE_TRANSITIONS
 
 
-class ForwardingH2Connection(H2Connection):
-    """An H2Connection whose open streams survive GOAWAY in either direction."""
+class ProxyH2Connection(H2Connection):
+    """An H2Connection whose open streams survive GOAWAY in either direction, with the speedups."""
 
     # How many closed streams h2 remembers (to answer late frames on reset streams
     # with RST_STREAM rather than a connection error). h2's 65,536 per connection
@@ -52,6 +64,45 @@ class ForwardingH2Connection(H2Connection):
         super().__init__(config=config)
         self.state_machine = _DrainableStateMachine()
         self._recount_at = 0
+        self.encoder = FastEncoder()
+        self.decoder = FastDecoder()
+        self.decoder.max_header_list_size = self.DEFAULT_MAX_HEADER_LIST_SIZE
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        # Same layout, only methods added: the proxy's streams validate headers in one pass.
+        stream.__class__ = ProxyH2Stream
+        return stream
+
+    def _prepare_for_sending(self, frames: list[Frame]) -> None:
+        if frames:
+            self._data_to_send += b"".join(serialize_frame(frame) for frame in frames)
+
+    def _receive_frame(self, frame: Frame) -> list[Event]:
+        # h2's own, without formatting repr(frame) for a trace log nobody reads.
+        events: list[Event]
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except StreamClosedError as exc:
+            if not self._stream_is_closed_by_reset(exc.stream_id):
+                raise
+            reset = RstStreamFrame(exc.stream_id)
+            reset.error_code = exc.error_code
+            self._prepare_for_sending([reset])
+            events = exc._events
+        except StreamIDTooLowError as exc:
+            if self._stream_is_closed_by_reset(exc.stream_id):
+                reset = RstStreamFrame(exc.stream_id)
+                reset.error_code = ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([reset])
+                events = []
+            elif self._stream_is_closed_by_end(exc.stream_id):
+                raise StreamClosedError(exc.stream_id) from exc
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
 
     def _open_streams(self, remainder: int) -> int:
         # h2 recounts every stream (pruning closed ones) each time a stream opens,
@@ -101,14 +152,17 @@ _SERVER_CONFIG = _configuration(client_side=False)
 _CLIENT_CONFIG = _configuration(client_side=True)
 
 
+_CONNECTION_CLASS: type[H2Connection] = ProxyH2Connection if SUPPORTED else H2Connection
+
+
 def new_server_connection(max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS) -> H2Connection:
     """A server-side connection with the SETTINGS already queued."""
-    return _initiated(ForwardingH2Connection(_SERVER_CONFIG), max_concurrent_streams)
+    return _initiated(_CONNECTION_CLASS(_SERVER_CONFIG), max_concurrent_streams)
 
 
 def new_client_connection() -> H2Connection:
     """A client-side connection with the preface and SETTINGS already queued."""
-    return _initiated(ForwardingH2Connection(_CLIENT_CONFIG), DEFAULT_MAX_CONCURRENT_STREAMS)
+    return _initiated(_CONNECTION_CLASS(_CLIENT_CONFIG), DEFAULT_MAX_CONCURRENT_STREAMS)
 
 
 def _initiated(conn: H2Connection, max_concurrent_streams: int) -> H2Connection:

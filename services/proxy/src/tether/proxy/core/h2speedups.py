@@ -1,16 +1,12 @@
-"""Work h2 and hpack do on every frame that a proxy never uses, removed without changing behaviour.
+"""Work h2 and hpack do on every frame that a proxy never uses, removed for the proxy's own connections only.
 
-Profiling the data path showed these costs that buy nothing here:
+Nothing here patches a library: the proxy's connections (tether.proxy.core.h2conn) are subclasses of h2's,
+with their own hpack encoder and decoder, their own stream class, and these pieces plugged in. Other users
+of h2 in the same process (tests' peers, anything else) run the libraries as shipped. Profiling the data
+path showed these costs that buy nothing here:
 
 * h2 formats ``repr(frame)`` for a trace log on every received frame, which its
-  default logger then discards. The frame itself formats identically if a real
-  logger ever asks, so the string is built lazily instead.
-* hpack logs every header it encodes or decodes at DEBUG: dozens of logger calls
-  per request. Its module loggers are replaced by ones that keep warnings and
-  errors only.
-* h2 copies every header list it sends into fresh bytes tuples. The copy is only
-  read, and the proxy's headers are bytes already, so those pass through as they
-  are; anything else still gets h2's conversion.
+  default logger then discards (the proxy's connection skips the log call).
 * hpack's decoder copies every decoded header into a new tuple once more at the
   end, and its encoder re-encodes the same table index for every indexed header.
   Decoding and encoding below produce the same header lists and the same bytes,
@@ -19,12 +15,13 @@ Profiling the data path showed these costs that buy nothing here:
 * h2 validates received headers through a chain of seven generators. One pass
   below checks that a header block is certainly valid; any block it is not sure
   of goes through h2's own chain, so every rejection keeps h2's exact error.
+* h2 rebuilds the header-validation flags for every header block, and serialises
+  frames through hyperframe's flag set one ``__contains__`` per defined flag.
 
-* hyperframe rebuilds each frame class's set of valid flag names for every frame,
-  and serialises flags through a Python ``__contains__`` per defined flag.
-
-Versions are pinned (h2 4.4.1, hpack 4.2.0, hyperframe 6.1.0); test_h2speedups.py checks each
-replacement against the original.
+All of it relies on library internals, so it is used only with the exact releases it was written and
+tested against (h2 4.4.1, hpack 4.2.0, hyperframe 6.1.0); with any other release the proxy uses stock h2
+(``SUPPORTED`` is false and a warning says so). test_h2speedups.py checks each piece against the library
+on hypothesis-generated inputs.
 """
 
 from __future__ import annotations
@@ -32,38 +29,21 @@ from __future__ import annotations
 import logging
 import re
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, cast
 
-import h2.connection
 import h2.exceptions
 import h2.stream
 import h2.utilities
 import hpack.hpack
 import hpack.table
-import hyperframe.frame
+from hpack import Decoder, Encoder
 from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 from hpack.struct import HeaderTuple
 
 Header = tuple[bytes, bytes]
 
-
-class _QuietLog:
-    def __init__(self, logger: logging.Logger) -> None:
-        self.warning = logger.warning
-        self.error = logger.error
-
-    def debug(self, *_args: object, **_kwargs: object) -> None:
-        return None
-
-    info = debug
-
-
-def _lazy_repr(frame: object) -> object:
-    return frame
-
-
-# The exact releases these patches were written and tested against. Any other release runs stock h2.
+# The exact releases these overrides were written and tested against.
 PATCHED_VERSIONS = {"h2": "4.4.1", "hpack": "4.2.0", "hyperframe": "6.1.0"}
 
 
@@ -73,68 +53,22 @@ def installed_versions() -> dict[str, str]:
     return {name: version(name) for name in PATCHED_VERSIONS}
 
 
-def install() -> bool:
-    """Patch h2, hpack and hyperframe if they are the tested releases; True if patched. Idempotent."""
-    if getattr(h2.connection, "repr", None) is _lazy_repr:
-        return True
-    found = installed_versions()
-    if found != PATCHED_VERSIONS:
-        logging.getLogger(__name__).warning(
-            "h2 speedups not applied: tested with %s, found %s", PATCHED_VERSIONS, found
-        )
-        return False
-    cast(Any, h2.connection).repr = _lazy_repr
-    for module in (hpack.hpack, hpack.table):
-        cast(Any, module).log = _QuietLog(logging.getLogger(module.__name__))
-    stream = cast(Any, h2.stream)
-    convert = stream.utf8_encode_headers
-
-    def bytes_headers(headers: Any) -> Any:
-        if headers.__class__ is list or headers.__class__ is tuple:
-            for name, value in headers:
-                if name.__class__ is not bytes or value.__class__ is not bytes:
-                    return convert(headers)
-            return headers
-        return convert(headers)
-
-    stream.utf8_encode_headers = bytes_headers
-    stream.validate_headers = validating(stream.validate_headers)
-    stream.H2Stream._build_hdr_validation_flags = cached_validation_flags(
-        stream.H2Stream._build_hdr_validation_flags
+SUPPORTED = installed_versions() == PATCHED_VERSIONS
+if not SUPPORTED:
+    logging.getLogger(__name__).warning(
+        "proxy h2 overrides not used: tested with %s, found %s", PATCHED_VERSIONS, installed_versions()
     )
-    codec = cast(Any, hpack.hpack)
-    codec.Decoder.decode = fast_decode(codec.Decoder.decode)
-    codec.Encoder.encode = fast_encode(codec.Encoder.encode)
-    frames = cast(Any, hyperframe.frame)
-    frames.Flags.__init__ = shared_valid_flags()
-    frames.Frame.serialize = _serialize_frame
-    return True
 
 
 # --- hyperframe -----------------------------------------------------------------------------
 
 
-def shared_valid_flags() -> Callable[[Any, Any], None]:
-    """``Flags.__init__`` building each frame class's set of valid flag names once, not per frame."""
-    # Keyed by id() with the list itself kept alive, so an id is never reused while cached.
-    valid_by_list: dict[int, tuple[object, set[str]]] = {}
-
-    def flags_init(self: Any, defined_flags: Any) -> None:
-        cached = valid_by_list.get(id(defined_flags))
-        if cached is None or cached[0] is not defined_flags:
-            cached = valid_by_list[id(defined_flags)] = (defined_flags, {flag.name for flag in defined_flags})
-        self._valid_flags = cached[1]  # only ever read
-        self._flags = set()
-
-    return flags_init
-
-
 _FRAME_HEADER = struct.Struct(">HBBBL")
 
 
-def _serialize_frame(frame: Any) -> bytes:
-    # hyperframe's Frame.serialize, reading the flag set directly rather than
-    # through Flags.__contains__ once per defined flag.
+def serialize_frame(frame: Any) -> bytes:
+    """hyperframe's ``Frame.serialize``, reading the flag set directly rather than through
+    ``Flags.__contains__`` once per defined flag."""
     body: bytes = frame.serialize_body()
     length = frame.body_len = len(body)
     present = frame.flags._flags
@@ -159,15 +93,11 @@ _CONNECTION_HEADERS = h2.utilities.CONNECTION_HEADERS
 _check_pseudo = h2.utilities._check_pseudo_header_field_acceptability
 
 
-def validating(original: Callable[[Iterable[Header], Any], Iterable[Header]]) -> Callable[..., Any]:
+def validate_headers(headers: Any, flags: Any) -> Iterable[Header]:
     """h2's ``validate_headers``, answering at once for blocks that are plainly valid."""
-
-    def validate_headers(headers: Any, flags: Any) -> Any:
-        if headers.__class__ is not list or not _plainly_valid(headers, flags):
-            return original(headers, flags)
-        return headers
-
-    return validate_headers
+    if headers.__class__ is not list or not _plainly_valid(headers, flags):
+        return h2.utilities.validate_headers(headers, flags)
+    return cast(list[Header], headers)
 
 
 def _plainly_valid(headers: list[Header], flags: Any) -> bool:
@@ -215,18 +145,29 @@ def _plainly_valid(headers: list[Header], flags: Any) -> bool:
     return True
 
 
-def cached_validation_flags(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    """The flags depend only on the side and the first event's class: build each combination once."""
-    cache: dict[tuple[type, object], Any] = {}
+class ProxyH2Stream(h2.stream.H2Stream):
+    """h2's stream, with the fast header validation and the validation flags built once per kind."""
 
-    def build_hdr_validation_flags(stream: Any, events: Any) -> Any:
-        key = (events[0].__class__, stream.state_machine.client)
-        flags = cache.get(key)
+    # The flags depend only on the side and the first event's class.
+    _flags_cache: dict[tuple[type, object], Any] = {}
+
+    def _build_hdr_validation_flags(self, events: Any) -> Any:
+        key = (events[0].__class__, self.state_machine.client)
+        flags = self._flags_cache.get(key)
         if flags is None:
-            flags = cache[key] = original(stream, events)
+            flags = self._flags_cache[key] = super()._build_hdr_validation_flags(events)
         return flags
 
-    return build_hdr_validation_flags
+    def _process_received_headers(
+        self, headers: Iterable[Header], header_validation_flags: Any, header_encoding: Any
+    ) -> list[Header]:
+        # h2's own pipeline with the one-pass validation first; the proxy never normalises or decodes
+        # headers (they stay bytes), which its configuration guarantees.
+        if self.config.normalize_inbound_headers or isinstance(header_encoding, str):
+            return super()._process_received_headers(headers, header_validation_flags, header_encoding)
+        if self.config.validate_inbound_headers:
+            headers = validate_headers(headers, header_validation_flags)
+        return headers if headers.__class__ is list else list(headers)
 
 
 # --- hpack ----------------------------------------------------------------------------------
@@ -238,12 +179,12 @@ _STATIC_MAPPING = hpack.table.HeaderTable.STATIC_TABLE_MAPPING
 _INDEXED = [bytes([0x80 | index]) for index in range(127)]
 
 
-def fast_decode(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``Decoder.decode`` for raw (bytes) output with single-byte indexed fields decoded inline."""
+class FastDecoder(Decoder):
+    """hpack's decoder; raw (bytes) decoding with single-byte indexed fields decoded inline."""
 
-    def decode(self: Any, data: bytes, raw: bool = False) -> Any:
+    def decode(self, data: bytes, raw: bool = False) -> Any:
         if not raw:
-            return original(self, data, raw)
+            return super().decode(data, raw)
         table = self.header_table
         max_size = self.max_header_list_size
         data_mem = memoryview(data)
@@ -284,15 +225,13 @@ def fast_decode(original: Callable[..., Any]) -> Callable[..., Any]:
                 return [header.__class__(bytes(h[0]), bytes(h[1])) for h in headers]
         return headers
 
-    return decode
 
+class FastEncoder(Encoder):
+    """hpack's encoder for sequences of bytes pairs, without per-header logging or integer encoding."""
 
-def fast_encode(original: Callable[..., bytes]) -> Callable[..., bytes]:
-    """``Encoder.encode`` for sequences of bytes pairs, without per-header logging or integer encoding."""
-
-    def encode(self: Any, headers: Any, huffman: bool = True) -> bytes:
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
         if headers.__class__ is not list and headers.__class__ is not tuple:
-            return original(self, headers, huffman)
+            return super().encode(headers, huffman)
         table = self.header_table
         block: list[bytes] = []
         if table.resized:
@@ -312,8 +251,6 @@ def fast_encode(original: Callable[..., bytes]) -> Callable[..., bytes]:
                 value = hpack.hpack._to_bytes(value)
             block.append(_encode_field(self, table, name, value, sensitive, huffman))
         return b"".join(block)
-
-    return encode
 
 
 def _encode_field(
