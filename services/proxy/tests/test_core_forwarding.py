@@ -6,210 +6,35 @@ asserted is what would be on the wire.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
-
 import pytest
-from hpack import Decoder, Encoder
+from h2rig import (
+    CANCEL,
+    GET_REQUEST,
+    GRPC_REQUEST,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PREFACE,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    Peer,
+    Rig,
+    Router,
+    Scheduler,
+    data_of,
+    of_type,
+)
 from hyperframe.frame import (
-    ContinuationFrame,
     DataFrame,
-    Frame,
     GoAwayFrame,
     HeadersFrame,
     PingFrame,
     RstStreamFrame,
-    SettingsFrame,
     WindowUpdateFrame,
 )
 
-from tether.proxy.core.connection import DownstreamConnection, Http2Connection, UpstreamConnection
-from tether.proxy.core.exchange import Exchange
-from tether.proxy.core.h2conn import STREAM_WINDOW
-
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, REFUSED_STREAM, CANCEL = 0, 1, 2, 7, 8
-
-GRPC_REQUEST = [
-    (b":method", b"POST"),
-    (b":scheme", b"http"),
-    (b":path", b"/pkg.Svc/Call"),
-    (b":authority", b"web.ns.svc.cluster.local:8080"),
-    (b"content-type", b"application/grpc"),
-    (b"te", b"trailers"),
-    (b"grpc-timeout", b"250m"),
-]
-GET_REQUEST = [
-    (b":method", b"GET"),
-    (b":scheme", b"http"),
-    (b":path", b"/"),
-    (b":authority", b"web:80"),
-]
-
-
-class Scheduler:
-    """Records which connections asked to be flushed (the I/O layer's Flusher, minus the loop)."""
-
-    def __init__(self) -> None:
-        self.scheduled: list[Http2Connection] = []
-
-    def schedule(self, connection: Http2Connection) -> None:
-        self.scheduled.append(connection)
-
-
-class Router:
-    """Keeps routed exchanges for the test to attach or fail."""
-
-    def __init__(self) -> None:
-        self.exchanges: list[Exchange] = []
-
-    def route(self, exchange: Exchange) -> None:
-        self.exchanges.append(exchange)
-
-
-class Peer:
-    """One side of an HTTP/2 connection written with hyperframe and hpack: builds and parses frames."""
-
-    def __init__(self) -> None:
-        self.encoder = Encoder()
-        self.decoder = Decoder()
-        self._buffer = b""
-        self._header_block: list[Any] = []
-        self.frames: list[Any] = []
-
-    def headers(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]], end: bool = False) -> bytes:
-        frame = HeadersFrame(stream_id)
-        frame.data = self.encoder.encode(list(headers))
-        frame.flags.add("END_HEADERS")
-        if end:
-            frame.flags.add("END_STREAM")
-        return bytes(frame.serialize())
-
-    def data(self, stream_id: int, payload: bytes, end: bool = False, pad: int = 0) -> bytes:
-        frame = DataFrame(stream_id)
-        frame.data = payload
-        if pad:
-            frame.flags.add("PADDED")
-            frame.pad_length = pad
-        if end:
-            frame.flags.add("END_STREAM")
-        return bytes(frame.serialize())
-
-    def chunks(self, stream_id: int, payload: bytes, end: bool = False, size: int = 16384) -> bytes:
-        pieces = [payload[i : i + size] for i in range(0, len(payload), size)] or [b""]
-        return b"".join(
-            self.data(stream_id, piece, end=end and i == len(pieces) - 1) for i, piece in enumerate(pieces)
-        )
-
-    @staticmethod
-    def settings(**values: int) -> bytes:
-        frame = SettingsFrame(0)
-        for name, value in values.items():
-            frame.settings[getattr(SettingsFrame, name)] = value
-        return bytes(frame.serialize())
-
-    @staticmethod
-    def settings_ack() -> bytes:
-        frame = SettingsFrame(0)
-        frame.flags.add("ACK")
-        return bytes(frame.serialize())
-
-    @staticmethod
-    def rst(stream_id: int, code: int) -> bytes:
-        frame = RstStreamFrame(stream_id)
-        frame.error_code = code
-        return bytes(frame.serialize())
-
-    @staticmethod
-    def window_update(stream_id: int, increment: int) -> bytes:
-        frame = WindowUpdateFrame(stream_id)
-        frame.window_increment = increment
-        return bytes(frame.serialize())
-
-    @staticmethod
-    def goaway(last_stream_id: int, code: int = NO_ERROR) -> bytes:
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = last_stream_id
-        frame.error_code = code
-        return bytes(frame.serialize())
-
-    def receive(self, data: bytes) -> list[Any]:
-        """Parse bytes the proxy sent; returns the complete frames (header blocks decoded)."""
-        self._buffer += data
-        if self._buffer.startswith(PREFACE):
-            self._buffer = self._buffer[len(PREFACE) :]
-        parsed: list[Any] = []
-        while len(self._buffer) >= 9:
-            frame, length = Frame.parse_frame_header(memoryview(self._buffer[:9]))
-            if len(self._buffer) < 9 + length:
-                break
-            frame.parse_body(memoryview(self._buffer[9 : 9 + length]))
-            self._buffer = self._buffer[9 + length :]
-            if isinstance(frame, HeadersFrame | ContinuationFrame):
-                self._header_block.append(frame)
-                if "END_HEADERS" not in frame.flags:
-                    continue
-                first = self._header_block[0]
-                block = b"".join(f.data for f in self._header_block)
-                self._header_block = []
-                first.decoded = [(bytes(n), bytes(v)) for n, v in self.decoder.decode(block, raw=True)]
-                frame = first
-            parsed.append(frame)
-        self.frames.extend(parsed)
-        return parsed
-
-
-def of_type(frames: Iterable[Any], kind: type[Frame], stream_id: int | None = None) -> list[Any]:
-    return [f for f in frames if isinstance(f, kind) and (stream_id is None or f.stream_id == stream_id)]
-
-
-def data_of(frames: Iterable[Any], stream_id: int) -> bytes:
-    return b"".join(bytes(f.data) for f in of_type(frames, DataFrame, stream_id))
-
-
-class Rig:
-    """A downstream connection (client side of the proxy) and an upstream one (server side)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.scheduler = Scheduler()
-        self.router = Router()
-        self.down = DownstreamConnection(self.scheduler, self.router, max_concurrent_streams=100)
-        self.up = UpstreamConnection(self.scheduler)
-        self.client = Peer()
-        self.server = Peer()
-        # Handshakes: the client's preface and SETTINGS, then each side ACKs the other's SETTINGS.
-        self.to_proxy(PREFACE + Peer.settings())
-        self.to_client()
-        self.to_proxy(Peer.settings_ack())
-        self.from_server(Peer.settings())
-        self.to_server()
-        self.from_server(Peer.settings_ack())
-        self.to_client()
-        self.to_server()
-
-    def to_proxy(self, data: bytes) -> None:
-        self.down.receive_data(data, self.now)
-
-    def from_server(self, data: bytes) -> None:
-        self.up.receive_data(data, self.now)
-
-    def to_client(self) -> list[Any]:
-        return self.client.receive(self.down.data_to_send())
-
-    def to_server(self) -> list[Any]:
-        return self.server.receive(self.up.data_to_send())
-
-    def request(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]], end: bool = False) -> Exchange:
-        self.to_proxy(self.client.headers(stream_id, headers, end=end))
-        exchange = self.router.exchanges[-1]
-        assert exchange.downstream_sid == stream_id
-        return exchange
-
-    def routed(self, stream_id: int, headers: Sequence[tuple[bytes, bytes]], end: bool = False) -> Exchange:
-        exchange = self.request(stream_id, headers, end=end)
-        exchange.attach(self.up, self.now)
-        return exchange
+from tether.proxy.core.abuse import PREMATURE_RESET_AGE
+from tether.proxy.core.connection import DownstreamConnection
+from tether.proxy.core.h2conn import CONNECTION_WINDOW, STREAM_WINDOW
 
 
 @pytest.fixture
@@ -326,6 +151,7 @@ def test_padding_is_credited_back_even_while_the_data_waits(rig: Rig) -> None:
 def test_client_reset_cancels_the_upstream_stream_with_the_same_code(rig: Rig) -> None:
     exchange = rig.routed(1, GRPC_REQUEST)
     rig.to_server()
+    rig.now = PREMATURE_RESET_AGE
     rig.to_proxy(rig.client.rst(1, CANCEL))
     (reset,) = of_type(rig.to_server(), RstStreamFrame, exchange.upstream_sid)
     assert reset.error_code == CANCEL
@@ -333,6 +159,58 @@ def test_client_reset_cancels_the_upstream_stream_with_the_same_code(rig: Rig) -
     # A late response for the cancelled stream is dropped, and its bytes credited.
     rig.from_server(rig.server.headers(1, [(b":status", b"200")]) + rig.server.data(1, b"late"))
     assert not of_type(rig.to_client(), HeadersFrame, 1)
+
+
+def test_client_reset_of_a_started_response_is_passed_upstream_at_once(rig: Rig) -> None:
+    exchange = rig.routed(1, GRPC_REQUEST)
+    rig.to_server()
+    rig.from_server(rig.server.headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc")]))
+    rig.to_proxy(rig.client.rst(1, CANCEL))
+    (reset,) = of_type(rig.to_server(), RstStreamFrame, exchange.upstream_sid)
+    assert reset.error_code == CANCEL and not rig.up.orphans
+
+
+def test_a_young_stream_its_client_resets_is_left_to_finish_and_its_response_discarded(rig: Rig) -> None:
+    """Resetting a stream younger than PREMATURE_RESET_AGE on a shared connection is what a server's
+    rapid-reset defence counts; the proxy lets the stream finish instead."""
+    exchanges = [rig.routed(sid, GET_REQUEST, end=True) for sid in (1, 3, 5)]
+    rig.to_server()
+    rig.to_proxy(b"".join(rig.client.rst(sid, CANCEL) for sid in (1, 3, 5)))
+    assert all(exchange.closed and exchange.reset_code == CANCEL for exchange in exchanges)
+    assert not of_type(rig.to_server(), RstStreamFrame)
+    assert set(rig.up.orphans) == {1, 3, 5}
+    body = b"x" * 200_000
+    for sid in (1, 3, 5):
+        rig.from_server(
+            rig.server.headers(sid, [(b":status", b"200")]) + rig.server.chunks(sid, body, end=True)
+        )
+    assert not of_type(rig.to_client(), HeadersFrame)
+    assert not rig.up.orphans
+    # What the discarded responses carried is credited back to the server (in half-window steps).
+    credited = sum(f.window_increment for f in of_type(rig.to_server(), WindowUpdateFrame, 0))
+    assert credited >= CONNECTION_WINDOW // 2
+
+
+def test_an_abandoned_stream_is_reset_once_it_is_old_enough(rig: Rig) -> None:
+    exchange = rig.routed(1, GRPC_REQUEST)  # its request body never ends: the server would wait forever
+    rig.to_server()
+    rig.down.connection_lost(rig.now)
+    assert not of_type(rig.to_server(), RstStreamFrame)
+    assert rig.up.expire_orphans(PREMATURE_RESET_AGE / 2) == 0
+    assert rig.up.expire_orphans(PREMATURE_RESET_AGE) == 1
+    (reset,) = of_type(rig.to_server(), RstStreamFrame, exchange.upstream_sid)
+    assert reset.error_code == CANCEL and not rig.up.orphans
+
+
+def test_abandoned_streams_hold_their_upstream_slot_until_they_end(rig: Rig) -> None:
+    rig.from_server(Peer.settings(MAX_CONCURRENT_STREAMS=1))
+    rig.to_server()
+    rig.routed(1, GET_REQUEST, end=True)
+    rig.to_server()
+    rig.to_proxy(rig.client.rst(1, CANCEL))
+    assert not rig.up.has_capacity
+    rig.from_server(rig.server.headers(1, [(b":status", b"204")], end=True))
+    assert rig.up.has_capacity
 
 
 def test_client_reset_before_routing_completes_leaves_nothing_to_attach(rig: Rig) -> None:
@@ -413,26 +291,41 @@ def test_client_goaway_lets_in_flight_streams_finish(rig: Rig) -> None:
     assert exchange.closed and rig.down.closing
 
 
-def test_connection_specific_response_headers_are_stripped(rig: Rig) -> None:
+@pytest.mark.parametrize(
+    "bad_header",
+    [
+        (b"connection", b"keep-alive"),
+        (b"keep-alive", b"timeout=5"),
+        (b"transfer-encoding", b"chunked"),
+        (b"upgrade", b"h2c"),
+        (b"X-Upper", b"1"),
+        (b"x-bad", b"a\r\nb"),
+    ],
+)
+def test_malformed_response_resets_only_its_stream_and_answers_502(
+    rig: Rig, bad_header: tuple[bytes, bytes]
+) -> None:
+    """RFC 9113 §8.1.1/§8.2.2: a response with connection-specific or invalid fields is malformed, a
+    stream error. The upstream connection carries other clients' streams, so it must survive."""
     rig.routed(1, GET_REQUEST, end=True)
+    rig.routed(3, GET_REQUEST, end=True)
+    rig.routed(5, GRPC_REQUEST)
     rig.to_server()
-    rig.from_server(
-        rig.server.headers(
-            1,
-            [
-                (b":status", b"200"),
-                (b"connection", b"keep-alive, x-hop"),
-                (b"keep-alive", b"timeout=5"),
-                (b"x-hop", b"1"),
-                (b"transfer-encoding", b"chunked"),
-                (b"upgrade", b"h2c"),
-                (b"x-end-to-end", b"kept"),
-            ],
-            end=True,
-        )
-    )
-    (headers,) = of_type(rig.to_client(), HeadersFrame, 1)
-    assert headers.decoded == [(b":status", b"200"), (b"x-end-to-end", b"kept")]
+    rig.from_server(rig.server.headers(1, [(b":status", b"200"), bad_header], end=True))
+    rig.from_server(rig.server.headers(5, [(b":status", b"200"), bad_header]))
+    upstream = rig.to_server()
+    assert not of_type(upstream, GoAwayFrame)
+    assert not of_type(upstream, RstStreamFrame, 1)  # that response ended its stream: nothing to reset
+    (reset,) = of_type(upstream, RstStreamFrame, 5)  # this one is still open: reset, not left hanging
+    assert reset.error_code == PROTOCOL_ERROR
+    downstream = rig.to_client()
+    (answer,) = of_type(downstream, HeadersFrame, 1)
+    assert (b":status", b"502") in answer.decoded
+    (grpc_answer,) = of_type(downstream, HeadersFrame, 5)
+    assert (b"grpc-status", b"14") in grpc_answer.decoded
+    rig.from_server(rig.server.headers(3, [(b":status", b"200")]) + rig.server.data(3, b"ok", end=True))
+    assert data_of(rig.to_client(), 3) == b"ok"
+    assert not rig.up.closing
 
 
 def test_request_trailers_are_forwarded(rig: Rig) -> None:
@@ -503,6 +396,7 @@ def test_client_disconnect_cancels_every_upstream_stream(rig: Rig) -> None:
     rig.routed(1, GET_REQUEST, end=True)
     rig.routed(3, GET_REQUEST)
     rig.to_server()
+    rig.now = PREMATURE_RESET_AGE
     rig.down.connection_lost(rig.now)
     resets = of_type(rig.to_server(), RstStreamFrame)
     assert {(f.stream_id, f.error_code) for f in resets} == {(1, CANCEL), (3, CANCEL)}
@@ -519,6 +413,7 @@ def test_malformed_request_is_rejected_without_reaching_the_router(rig: Rig) -> 
 def test_garbage_closes_the_connection_with_goaway(rig: Rig) -> None:
     rig.routed(1, GET_REQUEST, end=True)
     rig.to_server()
+    rig.now = PREMATURE_RESET_AGE
     rig.to_proxy(b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00")  # WINDOW_UPDATE with 0 increment
     (goaway,) = of_type(rig.to_client(), GoAwayFrame)
     assert goaway.error_code == PROTOCOL_ERROR

@@ -15,6 +15,47 @@ PROXY_CONTROL_PORT = 4190
 PROXY_ADMIN_PORT = 4191
 
 
+class H2LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """What one HTTP/2 client may do on either listener: the ``--h2-*`` options (see core.abuse)."""
+
+    max_header_count: Annotated[int, Meta(ge=8, le=10_000, description="header fields per request (431)")] = (
+        100
+    )
+    max_header_list_bytes: Annotated[
+        int,
+        Meta(
+            ge=4096,
+            le=1 << 20,
+            description="decoded header bytes per request (SETTINGS_MAX_HEADER_LIST_SIZE)",
+        ),
+    ] = 64 * 1024
+    handshake_timeout: Annotated[
+        float, Meta(gt=0.0, le=300.0, description="seconds for a client's TLS handshake and HTTP/2 preface")
+    ] = 10.0
+    max_connections: Annotated[
+        int, Meta(ge=1, le=1_000_000, description="client connections open at once, per listener")
+    ] = 10_000
+    reset_burst: Annotated[
+        int, Meta(ge=1, description="streams a client may reset before their response, in a burst")
+    ] = 200
+    reset_rate: Annotated[
+        float, Meta(gt=0.0, description="... refilled at this many per second (rapid reset: more is cut off)")
+    ] = 100.0
+    max_queued_control_replies: Annotated[
+        int, Meta(ge=1, description="PING/SETTINGS replies queued to a client that does not read")
+    ] = 1000
+    control_frame_rate: Annotated[
+        float, Meta(gt=0.0, description="PING/SETTINGS per second a client may keep sending after a burst")
+    ] = 100.0
+    max_consecutive_empty_frames: Annotated[
+        int, Meta(ge=0, description="DATA frames in a row without payload or END_STREAM")
+    ] = 1
+    max_priority_per_stream: Annotated[int, Meta(ge=1, description="PRIORITY frames per stream opened")] = 100
+    max_window_updates_per_data: Annotated[
+        int, Meta(ge=1, description="WINDOW_UPDATE frames per DATA frame sent")
+    ] = 10
+
+
 class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
     admin_addr: AdminAddr = "0.0.0.0:4191"
     outbound_addr: Annotated[
@@ -76,6 +117,7 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
         tuple[Annotated[int, Meta(ge=1, le=65535)], ...],
         Meta(description="inbound ports on which plaintext is refused (meshed clients only)"),
     ] = ()
+    h2: H2LimitsConfig = msgspec.field(default_factory=H2LimitsConfig)
     max_concurrent_streams: Annotated[
         int, Meta(ge=1, le=2**31 - 1, description="streams a client may open on one connection")
     ] = 2048

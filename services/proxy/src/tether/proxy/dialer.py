@@ -49,6 +49,18 @@ class Dialer:
         self._no_tls_reason = no_tls_reason
         #: Connections refused because the server's certificate named another identity.
         self.identity_mismatches = 0
+        #: Every upstream connection this dialer made that is still open (pooled, or draining).
+        self.live: set[UpstreamConnection] = set()
+        #: Abandoned upstream streams reset once old enough (see UpstreamConnection.abandon).
+        self.orphans_reset = 0
+
+    def orphan_count(self) -> int:
+        return sum(len(connection.orphans) for connection in self.live)
+
+    def expire_orphans(self, now: float) -> None:
+        for connection in self.live:
+            if connection.orphans:
+                self.orphans_reset += connection.expire_orphans(now)
 
     async def dial(
         self, address: Address, identity: str | None, on_capacity: Callable[[UpstreamConnection], None]
@@ -66,7 +78,7 @@ class Dialer:
         try:
             async with asyncio.timeout(self._connect_timeout):
                 transport, protocol = await loop.create_connection(
-                    lambda: UpstreamProtocol(self.flusher, tcp, on_capacity, self._clock),
+                    lambda: UpstreamProtocol(self.flusher, tcp, on_capacity, self._clock, self.live),
                     host,
                     port,
                     ssl=context,

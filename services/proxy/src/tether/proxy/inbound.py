@@ -34,7 +34,6 @@ from tether.shared.supervisor import SupervisedTask
 log = structlog.get_logger(__name__)
 
 DETECT_TIMEOUT = 10.0
-HANDSHAKE_TIMEOUT = 10.0
 _PEEK_BYTES = MAX_CLIENT_HELLO + 9
 
 ServerContext = Callable[[], ssl.SSLContext | None]
@@ -103,6 +102,11 @@ class InboundAcceptor:
                 await asyncio.sleep(0.1)
                 continue
             sock.setblocking(False)
+            if len(self._admitting) + len(self.context.connections) >= self.context.limits.max_connections:
+                # Connections still being classified count too: idle sockets are the cheapest flood.
+                self.context.refused_over_limit += 1
+                sock.close()
+                continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # One short task per connection, bounded by the detection and handshake timeouts.
             task = loop.create_task(self._admit(sock))
@@ -111,8 +115,12 @@ class InboundAcceptor:
 
     def _refuse(self, sock: socket.socket, reason: str, **details: object) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
-        log.info("inbound_connection_refused", reason=reason, **details)
         sock.close()
+        dropped = self.context.log_throttle.admit(f"refused:{reason}", self.context.clock())
+        if dropped is not None:
+            if dropped:
+                details["similar_lines_dropped"] = dropped
+            log.info("inbound_connection_refused", reason=reason, **details)
 
     async def _admit(self, sock: socket.socket) -> None:
         try:
@@ -133,7 +141,7 @@ class InboundAcceptor:
                 return
             try:
                 await loop.connect_accepted_socket(
-                    factory, sock, ssl=context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+                    factory, sock, ssl=context, ssl_handshake_timeout=self.context.limits.handshake_timeout
                 )
             except (ssl.SSLError, OSError, TimeoutError) as exc:
                 reason = getattr(exc, "reason", None) or type(exc).__name__

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import structlog
 
 from tether.proxy.config import PROXY_ADMIN_PORT, PROXY_CONTROL_PORT, ProxyConfig
+from tether.proxy.core.abuse import ClientLimits
 from tether.proxy.core.conninfo import (
     DISABLED,
     LOOPBACK,
@@ -32,6 +33,10 @@ from tether.shared.listen import bind_failure
 from tether.shared.supervisor import SupervisedTask, Supervisor
 
 log = structlog.get_logger(__name__)
+
+#: The housekeeping pass's period at most (seconds): it also times out silent handshakes and resets
+#: abandoned upstream streams once old enough, both of which want second-level precision.
+_SWEEP_INTERVAL = 1.0
 
 
 class Proxy:
@@ -108,7 +113,7 @@ class Proxy:
             mesh_tls=identity.client_context if identity is not None else lambda: None,
             no_tls_reason=outbound_no_tls,
         )
-        inbound_dialer = Dialer(
+        self.inbound_dialer = inbound_dialer = Dialer(
             flusher=flusher,
             registry=self.registry,
             direction="inbound",
@@ -163,6 +168,21 @@ class Proxy:
             proxy_ports=self._own_ports(),
             app_host=config.inbound_app_host,
         )
+        h2 = config.h2
+        limits = ClientLimits(
+            max_concurrent_streams=config.max_concurrent_streams,
+            max_header_count=h2.max_header_count,
+            max_header_list_size=h2.max_header_list_bytes,
+            handshake_timeout=h2.handshake_timeout,
+            max_connections=h2.max_connections,
+            reset_burst=h2.reset_burst,
+            reset_rate=h2.reset_rate,
+            max_queued_control_replies=h2.max_queued_control_replies,
+            control_frame_rate=h2.control_frame_rate,
+            max_consecutive_empty_frames=h2.max_consecutive_empty_frames,
+            max_priority_per_stream=h2.max_priority_per_stream,
+            max_window_updates_per_data=h2.max_window_updates_per_data,
+        )
         outbound = ListenerContext(
             direction="outbound",
             flusher=flusher,
@@ -170,8 +190,8 @@ class Proxy:
             registry=self.registry,
             clock=clock,
             original_dst=self._original_dst,
-            max_concurrent_streams=config.max_concurrent_streams,
             no_tls_reason=LOOPBACK,
+            limits=limits,
         )
         inbound = ListenerContext(
             direction="inbound",
@@ -180,8 +200,8 @@ class Proxy:
             registry=self.registry,
             clock=clock,
             original_dst=self._inbound_original_dst,
-            max_concurrent_streams=config.max_concurrent_streams,
             no_tls_reason=inbound_no_tls,
+            limits=limits,
         )
         self._contexts = [outbound, inbound]
         self._built = True
@@ -219,7 +239,7 @@ class Proxy:
             ),
             original_port=original_port,
             # A client that sends nothing is closed as an idle one would be (and never held for longer).
-            detect_timeout=min(DETECT_TIMEOUT, config.downstream_idle_timeout),
+            detect_timeout=min(DETECT_TIMEOUT, h2.handshake_timeout, config.downstream_idle_timeout),
         )
         self._acceptor.start()
         self._sweeper = self.supervisor.spawn("proxy-sweeper", self._sweep)
@@ -262,7 +282,7 @@ class Proxy:
         # One periodic pass instead of a timer per connection: an idle client is
         # closed between one and one-and-a-quarter timeouts after its last stream.
         config = self.config
-        interval = min(config.idle_timeout / 4, config.downstream_idle_timeout / 4, 10.0)
+        interval = min(config.idle_timeout / 4, config.downstream_idle_timeout / 4, _SWEEP_INTERVAL)
         while True:
             await asyncio.sleep(interval)
             now = self.clock()
@@ -271,17 +291,54 @@ class Proxy:
             timeout = config.idle_timeout
             if self.discovery is not None:
                 self.discovery.evict_idle(now, timeout)
+            self.outbound_dialer.expire_orphans(now)
+            self.inbound_dialer.expire_orphans(now)
             self.outbound_pools.evict_idle(now, timeout)
             self.inbound_pools.evict_idle(now, timeout)
             self.registry.expire(now)
 
     def _render_limits(self) -> str:
+        dialers = (("outbound", self.outbound_dialer), ("inbound", self.inbound_dialer))
         lines = [
             "# HELP proxy_downstream_idle_closed_total Client connections closed after the idle timeout.",
             "# TYPE proxy_downstream_idle_closed_total counter",
             *(
                 f'proxy_downstream_idle_closed_total{{direction="{context.direction}"}} {context.idle_closed}'
                 for context in self._contexts
+            ),
+            "# HELP proxy_h2_abuse_total Client connections cut off (GOAWAY ENHANCE_YOUR_CALM), by class.",
+            "# TYPE proxy_h2_abuse_total counter",
+            *(
+                f'proxy_h2_abuse_total{{direction="{context.direction}",reason="{reason}"}} {count}'
+                for context in self._contexts
+                for reason, count in sorted(context.abuse.items())
+            ),
+            "# HELP proxy_downstream_connections_refused_total Client connections refused at the limit.",
+            "# TYPE proxy_downstream_connections_refused_total counter",
+            *(
+                f'proxy_downstream_connections_refused_total{{direction="{context.direction}"}} '
+                f"{context.refused_over_limit}"
+                for context in self._contexts
+            ),
+            "# HELP proxy_downstream_handshake_timeout_total Client connections closed without a preface.",
+            "# TYPE proxy_downstream_handshake_timeout_total counter",
+            *(
+                f'proxy_downstream_handshake_timeout_total{{direction="{context.direction}"}} '
+                f"{context.silent_closed}"
+                for context in self._contexts
+            ),
+            "# HELP proxy_upstream_abandoned_reset_total Upstream streams whose client went away before the"
+            " response, reset once old enough not to look like a rapid reset.",
+            "# TYPE proxy_upstream_abandoned_reset_total counter",
+            *(
+                f'proxy_upstream_abandoned_reset_total{{direction="{direction}"}} {dialer.orphans_reset}'
+                for direction, dialer in dialers
+            ),
+            "# HELP proxy_upstream_abandoned_streams Upstream streams left to finish whose client left.",
+            "# TYPE proxy_upstream_abandoned_streams gauge",
+            *(
+                f'proxy_upstream_abandoned_streams{{direction="{direction}"}} {dialer.orphan_count()}'
+                for direction, dialer in dialers
             ),
             "# HELP proxy_identity_mismatch_total Connections refused: the peer's certificate named another"
             " identity than expected.",

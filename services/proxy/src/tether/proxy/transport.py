@@ -11,7 +11,9 @@ from typing import Any, cast
 
 import structlog
 
+from tether.proxy.core.abuse import REASONS, ClientLimits
 from tether.proxy.core.connection import (
+    DEFAULT_LIMITS,
     DownstreamConnection,
     Http2Connection,
     Router,
@@ -21,6 +23,7 @@ from tether.proxy.core.conninfo import ConnectionInfo, TlsInfo
 from tether.proxy.metrics import MetricsRegistry, TcpHandle
 from tether.proxy.origdst import Address, original_destination
 from tether.proxy.tlsconfig import peer_identity
+from tether.shared.logthrottle import LogThrottle
 
 log = structlog.get_logger(__name__)
 
@@ -124,8 +127,8 @@ class ListenerContext:
         registry: MetricsRegistry,
         clock: Clock,
         original_dst: OriginalDstResolver = original_destination,
-        max_concurrent_streams: int = 2048,
         no_tls_reason: str,
+        limits: ClientLimits = DEFAULT_LIMITS,
     ) -> None:
         self.direction = direction
         self.flusher = flusher
@@ -133,9 +136,17 @@ class ListenerContext:
         self.registry = registry
         self.clock = clock
         self.original_dst = original_dst
-        self.max_concurrent_streams = max_concurrent_streams
         #: What a connection accepted here without mesh TLS is labelled with (see core.conninfo).
         self.no_tls_reason = no_tls_reason
+        self.limits = limits
+        #: Clients cut off, by class of abuse (core.abuse).
+        self.abuse: dict[str, int] = dict.fromkeys(REASONS, 0)
+        #: Connections refused because ``limits.max_connections`` were open.
+        self.refused_over_limit = 0
+        #: Connections closed for not completing their preface within the handshake timeout.
+        self.silent_closed = 0
+        #: Warnings a client can provoke are logged at a bounded rate.
+        self.log_throttle = LogThrottle()
         self.connections: set[DownstreamProtocol] = set()
         self.draining = False
         #: Connections closed for having no stream open for the downstream idle timeout.
@@ -168,9 +179,13 @@ class ListenerContext:
             protocol.drain()
 
     def close_idle(self, now: float, idle_timeout: float) -> int:
-        """Close client connections with no stream open for ``idle_timeout`` seconds; returns how many."""
+        """Close client connections with no stream open for ``idle_timeout`` seconds (or no preface
+        within the handshake timeout); returns how many."""
         closed = 0
         for protocol in list(self.connections):
+            if protocol.conn.close_if_silent(now, self.limits.handshake_timeout):
+                self.silent_closed += 1
+                continue
             if protocol.conn.close_if_idle(now, idle_timeout):
                 closed += 1
                 transport = protocol.transport
@@ -196,10 +211,17 @@ class DownstreamProtocol(_H2Protocol):
         self.context = context
         self.clock = context.clock
         self.transport = None
+        self._admitted = False
+        self._cut_off_reported = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         context = self.context
         self.transport = cast(asyncio.Transport, transport)
+        if len(context.connections) >= context.limits.max_connections:
+            context.refused_over_limit += 1
+            self.transport = None
+            cast(asyncio.Transport, transport).abort()
+            return
         info = context.describe(transport)
         labels, tls = info.metric_labels()
         self.tcp = context.registry.tcp(context.direction, "src", labels, tls)
@@ -207,20 +229,58 @@ class DownstreamProtocol(_H2Protocol):
         self.conn = DownstreamConnection(
             context.flusher,
             context.router,
-            max_concurrent_streams=context.max_concurrent_streams,
+            limits=context.limits,
             context=self,
             info=info,
             now=self.clock(),
         )
+        self._admitted = True
         context.connections.add(self)
         if context.draining:
             self.conn.start_drain()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        reason = self.conn.abuse
+        if reason is not None and not self._cut_off_reported:
+            self._report_cut_off(reason, None)
+
+    def _rejected(self, peer: str, error: str) -> None:
+        reason = self.conn.abuse
+        if reason is not None:
+            self.conn.error = None
+            self._report_cut_off(reason, error)
+        elif self.context.log_throttle.admit("protocol_error", self.clock()) is not None:
+            super()._rejected(peer, error)
+        else:
+            self.conn.error = None
+
+    def _report_cut_off(self, reason: str, error: str | None) -> None:
+        # Counted once per connection (receive_data ignores the peer from now on), logged at a bounded rate.
+        self._cut_off_reported = True
+        context = self.context
+        context.abuse[reason] = context.abuse.get(reason, 0) + 1
+        dropped = context.log_throttle.admit(reason, self.clock())
+        if dropped is None:
+            return
+        transport = self.transport
+        address = transport.get_extra_info("peername") if transport is not None else None
+        log.warning(
+            "client_cut_off",
+            direction=context.direction,
+            reason=reason,
+            address=str(address),
+            **({"error": error} if error else {}),
+            **({"similar_lines_dropped": dropped} if dropped else {}),
+        )
 
     def eof_received(self) -> bool | None:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if not self._admitted:  # refused at connection_made: over the connection limit
+            return
         self.context.connections.discard(self)
         self.conn.connection_lost(self.clock())
         self.tcp.closed(_errno(exc))
@@ -242,20 +302,24 @@ class UpstreamProtocol(_H2Protocol):
         tcp: TcpHandle,
         on_capacity: Callable[[UpstreamConnection], None],
         clock: Clock,
+        live: set[UpstreamConnection],
     ) -> None:
         self.flusher = flusher
         self.tcp = tcp
         self.on_capacity = on_capacity
         self.clock = clock
+        self.live = live
         self.transport = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.tcp.opened()
         self.conn = UpstreamConnection(self.flusher, on_capacity=self.on_capacity, context=self)
+        self.live.add(self.conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.live.discard(self.conn)
         self.conn.connection_lost(self.clock())
         self.tcp.closed(_errno(exc))
 

@@ -17,25 +17,38 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     InformationalResponseReceived,
+    PingAckReceived,
+    PingReceived,
+    PriorityUpdated,
     RemoteSettingsChanged,
     RequestReceived,
     ResponseReceived,
+    SettingsAcknowledged,
     StreamEnded,
     StreamReset,
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError
+from h2.exceptions import DenialOfServiceError, ProtocolError
 from h2.settings import SettingCodes
 
+from tether.proxy.core.abuse import (
+    CONTINUATION_FLOOD,
+    OVERSIZED_HEADERS,
+    PREMATURE_RESET_AGE,
+    AbuseGuard,
+    ClientLimits,
+)
 from tether.proxy.core.conninfo import ConnectionInfo
 from tether.proxy.core.exchange import Exchange
 from tether.proxy.core.h2conn import (
-    DEFAULT_MAX_CONCURRENT_STREAMS,
+    ContinuationFlood,
     new_client_connection,
     new_server_connection,
 )
-from tether.proxy.core.headers import strip_hop_by_hop
+from tether.proxy.core.headers import Headers, error_response, request_target, strip_hop_by_hop
+
+DEFAULT_LIMITS = ClientLimits()
 
 
 class FlushScheduler(Protocol):
@@ -57,6 +70,7 @@ class Http2Connection:
         "blocked",
         "closing",
         "context",
+        "data_frames_sent",
         "error",
         "exchanges",
         "h2",
@@ -78,6 +92,8 @@ class Http2Connection:
         self.context = context
         #: Why the peer's bytes were rejected, once they were (for the I/O layer to log).
         self.error: str | None = None
+        #: DATA frames sent to the peer (what its WINDOW_UPDATEs are measured against).
+        self.data_frames_sent = 0
         self.mark_dirty()
 
     def mark_dirty(self) -> None:
@@ -130,20 +146,40 @@ class Http2Connection:
 class DownstreamConnection(Http2Connection):
     """A connection accepted from a client; each request becomes an :class:`Exchange`."""
 
-    __slots__ = ("drain_last_stream_id", "idle_since", "info", "peer_gone", "preface_received", "router")
+    __slots__ = (
+        "abuse",
+        "drain_last_stream_id",
+        "guard",
+        "idle_since",
+        "info",
+        "max_header_count",
+        "opened_at",
+        "peer_gone",
+        "preface_received",
+        "router",
+    )
 
     def __init__(
         self,
         scheduler: FlushScheduler,
         router: Router,
         *,
-        max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+        limits: ClientLimits = DEFAULT_LIMITS,
         context: object = None,
         info: ConnectionInfo | None = None,
         now: float = 0.0,
     ) -> None:
-        super().__init__(new_server_connection(max_concurrent_streams), scheduler, context)
+        super().__init__(
+            new_server_connection(limits.max_concurrent_streams, limits.max_header_list_size),
+            scheduler,
+            context,
+        )
         self.router = router
+        self.max_header_count = limits.max_header_count
+        self.guard = AbuseGuard(limits, now)
+        #: Why the peer was cut off (a class of abuse, see core.abuse), once it was.
+        self.abuse: str | None = None
+        self.opened_at = now
         #: What was known of the connection when it was accepted (None only in core-level tests).
         self.info = info
         #: Set once we sent GOAWAY: streams above it are refused.
@@ -156,17 +192,31 @@ class DownstreamConnection(Http2Connection):
         self.idle_since = now
 
     def receive_data(self, data: bytes, now: float) -> None:
+        if self.abuse is not None:
+            return  # cut off: nothing more from this peer is looked at
         try:
             events = self.h2.receive_data(data)
+        except DenialOfServiceError as exc:
+            # h2 has queued GOAWAY ENHANCE_YOUR_CALM already.
+            self.abuse = CONTINUATION_FLOOD if isinstance(exc, ContinuationFlood) else OVERSIZED_HEADERS
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.protocol_error(now)
+            return
         except ProtocolError as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             self.protocol_error(now)
             return
         exchanges = self.exchanges
+        guard = self.guard
         touched: dict[Exchange, None] = {}
+        # New requests are routed once the whole read is processed: a stream the peer opens and resets in
+        # the same read (rapid reset) never costs an upstream stream.
+        arrived: list[Exchange] = []
+        abuse: str | None = None
         for event in events:
             kind = event.__class__
             if kind is DataReceived:
+                abuse = guard.data_frame(not event.flow_controlled_length and event.stream_ended is None)
                 exchange = exchanges.get(event.stream_id)
                 if exchange is None:
                     self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -174,42 +224,97 @@ class DownstreamConnection(Http2Connection):
                     exchange.request.push(event.data, event.flow_controlled_length)
                     touched[exchange] = None
             elif kind is RequestReceived:
-                self._request_received(event, now)
+                guard.stream_opened()
+                exchange = self._request_received(event, now)
+                if exchange is not None:
+                    arrived.append(exchange)
             elif kind is StreamEnded:
                 exchange = exchanges.get(event.stream_id)
                 if exchange is not None:
                     exchange.request.ended = True
                     touched[exchange] = None
             elif kind is WindowUpdated:
+                abuse = guard.window_update(self.data_frames_sent)
                 self._window_updated(event.stream_id, now)
             elif kind is StreamReset:
                 exchange = exchanges.get(event.stream_id)
                 if exchange is not None:
+                    if not exchange.response_started and now - exchange.started_at < PREMATURE_RESET_AGE:
+                        abuse = guard.premature_reset(now)
                     exchange.reset_by_downstream(event.error_code, now)
             elif kind is TrailersReceived:
+                abuse = guard.data_frame(not event.headers)
                 exchange = exchanges.get(event.stream_id)
                 if exchange is not None:
                     exchange.request.trailers = strip_hop_by_hop(event.headers)
             elif kind is RemoteSettingsChanged:
+                abuse = guard.control_frame(self.writable, now)
                 self.preface_received = True
                 self._settings_changed(event, now)
+            elif kind is PingReceived or kind is PingAckReceived or kind is SettingsAcknowledged:
+                abuse = guard.control_frame(self.writable, now)
+            elif kind is PriorityUpdated:
+                abuse = guard.priority_frame()
             elif kind is ConnectionTerminated:
                 self.peer_gone = True
+            if abuse is not None:
+                self.cut_off(abuse, now)
+                return
+        for exchange in arrived:
+            if not exchange.closed:
+                self.router.route(exchange)
         for exchange in touched:
             exchange.pump(now)
         self.mark_dirty()
         self.stream_released()
 
-    def _request_received(self, event: RequestReceived, now: float) -> None:
+    def _request_received(self, event: RequestReceived, now: float) -> Exchange | None:
+        """The exchange for a new request, or None when it was answered or refused at once."""
         stream_id = event.stream_id
         if self.drain_last_stream_id is not None and stream_id > self.drain_last_stream_id:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
-            return
-        exchange = Exchange(self, stream_id, event.headers, now)
+            return None
+        headers = event.headers
+        problem = self._header_problem(headers)
+        if problem is not None:
+            status, message = problem
+            _, is_grpc = request_target(headers)
+            with contextlib.suppress(ProtocolError):
+                self.h2.send_headers(stream_id, error_response(is_grpc, status, message), end_stream=True)
+                if event.stream_ended is None:
+                    self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+            return None
+        exchange = Exchange(self, stream_id, headers, now)
         if event.stream_ended is not None:
             exchange.request.ended = True
         self.exchanges[stream_id] = exchange
-        self.router.route(exchange)
+        return exchange
+
+    def _header_problem(self, headers: Headers) -> tuple[int, str] | None:
+        """Why a request is refused before routing (status and message), or None."""
+        # (Conflicting or non-numeric content-length, like every other malformed header, h2 refuses itself.)
+        if len(headers) > self.max_header_count:
+            return 431, f"more than {self.max_header_count} header fields"
+        return None
+
+    def cut_off(self, reason: str, now: float) -> None:
+        """The peer went beyond a limit: GOAWAY ENHANCE_YOUR_CALM, end its exchanges, close."""
+        self.abuse = reason
+        with contextlib.suppress(ProtocolError):
+            self.h2.close_connection(
+                error_code=ErrorCodes.ENHANCE_YOUR_CALM,
+                last_stream_id=self.h2.highest_inbound_stream_id,
+                additional_data=reason.encode(),
+            )
+        self.drain_last_stream_id = self.h2.highest_inbound_stream_id
+        self.closing = True
+        self.connection_lost(now)
+        self.mark_dirty()
+
+    def set_writable(self, writable: bool, now: float) -> None:
+        if writable:
+            self.guard.drained()
+        super().set_writable(writable, now)
 
     def start_drain(self) -> None:
         """Send GOAWAY: requests already received complete, new ones are refused."""
@@ -218,6 +323,14 @@ class DownstreamConnection(Http2Connection):
             self.h2.close_connection(last_stream_id=self.drain_last_stream_id)
             self.mark_dirty()
             self.stream_released()
+
+    def close_if_silent(self, now: float, handshake_timeout: float) -> bool:
+        """Close the connection if the peer has not completed its preface within ``handshake_timeout``."""
+        if self.preface_received or self.closing or now - self.opened_at < handshake_timeout:
+            return False
+        self.closing = True
+        self.mark_dirty()
+        return True
 
     def close_if_idle(self, now: float, idle_timeout: float) -> bool:
         """Close the connection if no stream has been open for ``idle_timeout`` seconds.
@@ -255,7 +368,7 @@ class DownstreamConnection(Http2Connection):
 class UpstreamConnection(Http2Connection):
     """A connection the proxy opened to a server; exchanges are attached to it by the router."""
 
-    __slots__ = ("draining", "on_capacity")
+    __slots__ = ("draining", "on_capacity", "orphans")
 
     def __init__(
         self,
@@ -269,14 +382,45 @@ class UpstreamConnection(Http2Connection):
         self.draining = False
         #: Called when a stream slot frees up or the connection stops taking streams.
         self.on_capacity = on_capacity
+        #: Streams whose client went away before their response started, by when they will be reset.
+        self.orphans: dict[int, float] = {}
 
     @property
     def has_capacity(self) -> bool:
         return (
             not self.draining
             and not self.closing
-            and len(self.exchanges) < self.h2.remote_settings.max_concurrent_streams
+            and len(self.exchanges) + len(self.orphans) < self.h2.remote_settings.max_concurrent_streams
         )
+
+    def abandon(self, stream_id: int, opened_at: float, now: float) -> None:
+        """Nobody wants this stream's response any more. A stream younger than PREMATURE_RESET_AGE is
+        left to finish (what it receives is discarded) and reset only once it is that old: to the server,
+        a young reset is the mark of a rapid-reset attack (see core.abuse), and this connection is shared."""
+        deadline = opened_at + PREMATURE_RESET_AGE
+        if now >= deadline:
+            self._cancel(stream_id)
+        else:
+            self.orphans[stream_id] = deadline
+
+    def expire_orphans(self, now: float) -> int:
+        """Reset the abandoned streams that are now old enough; returns how many."""
+        expired = [stream_id for stream_id, deadline in self.orphans.items() if deadline <= now]
+        for stream_id in expired:
+            del self.orphans[stream_id]
+            self._cancel(stream_id)
+        if expired:
+            self.stream_released()
+        return len(expired)
+
+    def _cancel(self, stream_id: int) -> None:
+        with contextlib.suppress(ProtocolError):
+            self.h2.reset_stream(stream_id, ErrorCodes.CANCEL)
+            self.mark_dirty()
+
+    def _orphan_ended(self, stream_id: int) -> None:
+        if self.orphans.pop(stream_id, None) is not None:
+            self.stream_released()
 
     def receive_data(self, data: bytes, now: float) -> None:
         try:
@@ -306,6 +450,8 @@ class UpstreamConnection(Http2Connection):
                 if exchange is not None:
                     exchange.response.ended = True
                     touched[exchange] = None
+                elif self.orphans:
+                    self._orphan_ended(event.stream_id)
             elif kind is TrailersReceived:
                 exchange = exchanges.get(event.stream_id)
                 if exchange is not None:
@@ -314,8 +460,14 @@ class UpstreamConnection(Http2Connection):
                 self._window_updated(event.stream_id, now)
             elif kind is StreamReset:
                 exchange = exchanges.get(event.stream_id)
-                if exchange is not None:
+                if exchange is None:
+                    if self.orphans:
+                        self._orphan_ended(event.stream_id)
+                elif event.remote_reset:
                     exchange.reset_by_upstream(event.error_code, now)
+                else:
+                    # Reset by our side of h2: the server's response was malformed.
+                    exchange.upstream_lost(now, "upstream sent a malformed response")
             elif kind is InformationalResponseReceived:
                 exchange = exchanges.get(event.stream_id)
                 if exchange is not None:
@@ -335,6 +487,8 @@ class UpstreamConnection(Http2Connection):
         for stream_id, exchange in list(self.exchanges.items()):
             if stream_id > last_stream_id:
                 exchange.refused_by_upstream(now)
+        for stream_id in [stream_id for stream_id in self.orphans if stream_id > last_stream_id]:
+            del self.orphans[stream_id]
         self.stream_released()
 
     def retire(self) -> None:
@@ -344,7 +498,7 @@ class UpstreamConnection(Http2Connection):
             self.stream_released()
 
     def stream_released(self) -> None:
-        if self.draining and not self.exchanges and not self.closing:
+        if self.draining and not self.exchanges and not self.orphans and not self.closing:
             self.closing = True
             with contextlib.suppress(ProtocolError):
                 self.h2.close_connection()
@@ -355,6 +509,7 @@ class UpstreamConnection(Http2Connection):
     def connection_lost(self, now: float) -> None:
         self.closing = True
         self.draining = True
+        self.orphans.clear()
         for exchange in list(self.exchanges.values()):
             exchange.upstream_lost(now)
         if self.on_capacity is not None:

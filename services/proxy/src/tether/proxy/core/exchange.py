@@ -113,6 +113,7 @@ class Pipe:
                 self.buffered -= size
                 last = not chunks and self.ended and self.trailers is None
                 h2.send_data(sid, chunk, end_stream=last)
+                dst.data_frames_sent += 1
                 src_h2.acknowledge_received_data(size, self.src_sid)
                 if last:
                     self.done = True
@@ -131,6 +132,7 @@ class Exchange:
 
     __slots__ = (
         "_reset_after_response",
+        "attached_at",
         "authority",
         "downstream",
         "downstream_sid",
@@ -160,6 +162,8 @@ class Exchange:
         self.authority, self.is_grpc = request_target(headers)
         self.upstream: UpstreamConnection | None = None
         self.upstream_sid = 0
+        #: When the upstream stream was opened.
+        self.attached_at = now
         self.request = Pipe(downstream, stream_id)
         self.response = Pipe(None, 0)
         self.response.dst = downstream
@@ -193,6 +197,7 @@ class Exchange:
         upstream.mark_dirty()
         self.upstream = upstream
         self.upstream_sid = sid
+        self.attached_at = now
         self.state = State.OPEN
         request.dst = upstream
         request.dst_sid = sid
@@ -280,7 +285,7 @@ class Exchange:
         if self.state is State.CLOSED:
             return
         self.reset_code = error_code
-        self._reset_upstream(error_code)
+        self._cancel_upstream(error_code, now)
         self._abort(now)
 
     def reset_by_upstream(self, error_code: int, now: float) -> None:
@@ -311,22 +316,22 @@ class Exchange:
         if self.state is State.CLOSED:
             return
         self.reset_code = ErrorCodes.CANCEL
-        self._reset_upstream(ErrorCodes.CANCEL)
+        self._cancel_upstream(ErrorCodes.CANCEL, now)
         self._abort(now)
 
-    def upstream_lost(self, now: float) -> None:
-        """The upstream connection failed: answer for it as an unreachable server would look."""
+    def upstream_lost(self, now: float, reason: str = "upstream connection lost") -> None:
+        """The upstream connection (or its stream) failed: answer as an unreachable server would look."""
         if self.state is State.CLOSED:
             return
         if not self.response_started:
-            self.fail(502, "upstream connection lost", now)
+            self.fail(502, reason, now)
             return
         self.request.discard()
         self.request.done = True
         response = self.response
         if self.is_grpc and not response.ended:
             # What was received is still delivered, then the stream ends as UNAVAILABLE.
-            response.trailers = error_response(True, 502, "upstream connection lost")[2:]
+            response.trailers = error_response(True, 502, reason)[2:]
             response.ended = True
             self.grpc_status = GRPC_UNAVAILABLE
             self.pump(now)
@@ -340,6 +345,19 @@ class Exchange:
         self._reset_upstream(error_code)
         self._reset_downstream(error_code)
         self._abort(now)
+
+    def _cancel_upstream(self, error_code: int, now: float) -> None:
+        # The client gave up. A response under way is reset at once (an ordinary cancellation); a stream
+        # still waiting for its response is left to the upstream connection to end (see
+        # UpstreamConnection.abandon): many clients share that connection, and a burst of young resets
+        # on it is what a server's rapid-reset defence cuts connections off for.
+        upstream = self.upstream
+        if upstream is None or (self.request.done and self.response.ended):
+            return
+        if self.response_started:
+            self._reset_upstream(error_code)
+        else:
+            upstream.abandon(self.upstream_sid, self.attached_at, now)
 
     def _reset_upstream(self, error_code: int) -> None:
         upstream = self.upstream

@@ -19,16 +19,18 @@ from typing import Any
 from h2.config import H2Configuration
 from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated, Event
-from h2.exceptions import StreamClosedError, StreamIDTooLowError
+from h2.events import ConnectionTerminated, Event, StreamReset
+from h2.exceptions import DenialOfServiceError, ProtocolError, StreamClosedError, StreamIDTooLowError
+from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
 from h2.settings import SettingCodes, Settings
 from h2.stream import H2Stream
-from hyperframe.frame import Frame, RstStreamFrame
+from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, RstStreamFrame
 
 from tether.proxy.core.h2speedups import (
     SUPPORTED,
     FastDecoder,
     FastEncoder,
+    MalformedMessage,
     ProxyH2Stream,
     serialize_frame,
 )
@@ -52,6 +54,40 @@ class _DrainableStateMachine(H2ConnectionStateMachine):
     _transitions = _DRAINABLE_TRANSITIONS
 
 
+class ContinuationFlood(DenialOfServiceError):
+    """A header block that keeps growing across CONTINUATION frames beyond what the proxy will hold."""
+
+
+class _BoundedFrameBuffer(FrameBuffer):
+    """h2's frame buffer, holding at most ``max_block`` bytes of an unfinished header block.
+
+    h2 bounds only the number of CONTINUATION frames (64, of up to 16 KiB each: a megabyte per connection
+    held before anything is decoded, CVE-2024-27316's class). A block longer than the header list the proxy
+    accepts cannot decode to an acceptable one, so it is refused as soon as it is that long.
+    """
+
+    def __init__(self, server: bool, max_block: int) -> None:
+        super().__init__(server=server)
+        self.max_block = max_block
+        self._block_bytes = 0
+
+    def _update_header_buffer(self, f: Frame | None) -> Frame | None:
+        try:
+            result = super()._update_header_buffer(f)
+        except ProtocolError as exc:
+            if len(self._headers_buffer) > CONTINUATION_BACKLOG:  # h2's own count of CONTINUATIONs
+                raise ContinuationFlood(str(exc)) from exc
+            raise
+        if not self._headers_buffer:
+            self._block_bytes = 0
+        elif f is not None:
+            self._block_bytes += len(f.data) if isinstance(f, ContinuationFrame | HeadersFrame) else 0
+            if self._block_bytes > self.max_block:
+                msg = f"header block over {self.max_block} bytes before END_HEADERS"
+                raise ContinuationFlood(msg)
+        return result
+
+
 class ProxyH2Connection(H2Connection):
     """An H2Connection whose open streams survive GOAWAY in either direction, with the speedups."""
 
@@ -66,7 +102,9 @@ class ProxyH2Connection(H2Connection):
         self._recount_at = 0
         self.encoder = FastEncoder()
         self.decoder = FastDecoder()
-        self.decoder.max_header_list_size = self.DEFAULT_MAX_HEADER_LIST_SIZE
+        self.decoder.max_header_list_size = min(self.DEFAULT_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE)
+        self.incoming_buffer = _BoundedFrameBuffer(not config.client_side, MAX_HEADER_LIST_SIZE)
+        self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
         stream = super()._begin_new_stream(stream_id, allowed_ids)
@@ -118,6 +156,23 @@ class ProxyH2Connection(H2Connection):
         self._recount_at = min(2 * len(self.streams) + 32, limit - 1)
         return count
 
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Frame], list[Event]]:
+        # h2 makes any malformed header block a connection error. From a client that is what the proxy
+        # wants (Envoy's default too: a peer sending invalid messages loses its connection); but an
+        # upstream connection carries many clients' streams, so a malformed response is the stream
+        # error RFC 9113 §8.1.1 asks for: that stream is reset and its client answered 502.
+        try:
+            return super()._receive_headers_frame(frame)
+        except MalformedMessage as exc:
+            if not self.config.client_side:
+                raise exc.rejection from None
+            stream = self.streams[exc.stream_id]
+            # A response that also ended its stream leaves nothing to reset.
+            frames = [] if stream.closed else stream.reset_stream(ErrorCodes.PROTOCOL_ERROR)
+            return frames, [
+                StreamReset(stream_id=exc.stream_id, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)
+            ]
+
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
         # Unlike upstream h2 this neither closes the connection nor discards queued
         # output: responses to streams the peer still expects must go out.
@@ -133,14 +188,13 @@ class ProxyH2Connection(H2Connection):
 
 
 def _configuration(client_side: bool) -> H2Configuration:
-    # Requests come from untrusted clients and are validated on receipt. Responses
-    # come from servers the proxy chose, and the client validates what it is sent,
-    # so checking them here too would only cost time; likewise outbound headers are
-    # ones already validated (or built by the proxy). Headers stay bytes end to end.
+    # Requests from clients and responses from servers are validated on receipt: neither side is
+    # trusted to be well-formed (a server may be anyone's). Outbound headers are ones already validated
+    # (or built by the proxy). Headers stay bytes end to end.
     return H2Configuration(
         client_side=client_side,
         header_encoding=None,
-        validate_inbound_headers=not client_side,
+        validate_inbound_headers=True,
         normalize_inbound_headers=False,
         validate_outbound_headers=False,
         normalize_outbound_headers=False,
@@ -155,9 +209,12 @@ _CLIENT_CONFIG = _configuration(client_side=True)
 _CONNECTION_CLASS: type[H2Connection] = ProxyH2Connection if SUPPORTED else H2Connection
 
 
-def new_server_connection(max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS) -> H2Connection:
+def new_server_connection(
+    max_concurrent_streams: int = DEFAULT_MAX_CONCURRENT_STREAMS,
+    max_header_list_size: int = MAX_HEADER_LIST_SIZE,
+) -> H2Connection:
     """A server-side connection with the SETTINGS already queued."""
-    return _initiated(_CONNECTION_CLASS(_SERVER_CONFIG), max_concurrent_streams)
+    return _initiated(_CONNECTION_CLASS(_SERVER_CONFIG), max_concurrent_streams, max_header_list_size)
 
 
 def new_client_connection() -> H2Connection:
@@ -165,14 +222,20 @@ def new_client_connection() -> H2Connection:
     return _initiated(_CONNECTION_CLASS(_CLIENT_CONFIG), DEFAULT_MAX_CONCURRENT_STREAMS)
 
 
-def _initiated(conn: H2Connection, max_concurrent_streams: int) -> H2Connection:
+def _initiated(
+    conn: H2Connection, max_concurrent_streams: int, max_header_list_size: int = MAX_HEADER_LIST_SIZE
+) -> H2Connection:
     initial_values = {
         SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
         SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-        SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+        SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,
     }
     if conn.config.client_side:
         initial_values[SettingCodes.ENABLE_PUSH] = 0
+    # Enforced from the first byte, not only once the peer acknowledges the SETTINGS.
+    conn.decoder.max_header_list_size = max_header_list_size
+    if isinstance(conn.incoming_buffer, _BoundedFrameBuffer):
+        conn.incoming_buffer.max_block = max_header_list_size
     conn.local_settings = Settings(client=conn.config.client_side, initial_values=initial_values)
     conn.initiate_connection()
     # The connection window is not a SETTING: it starts at 65,535 and can only grow.

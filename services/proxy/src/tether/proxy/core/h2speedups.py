@@ -145,6 +145,16 @@ def _plainly_valid(headers: list[Header], flags: Any) -> bool:
     return True
 
 
+class MalformedMessage(h2.exceptions.ProtocolError):
+    """A received header block that fails validation: the message is malformed (RFC 9113 §8.1.1)."""
+
+    def __init__(self, stream_id: int, rejection: h2.exceptions.ProtocolError) -> None:
+        super().__init__(str(rejection))
+        self.stream_id = stream_id
+        #: h2's own exception, for callers that keep h2's behaviour (a connection error).
+        self.rejection = rejection
+
+
 class ProxyH2Stream(h2.stream.H2Stream):
     """h2's stream, with the fast header validation and the validation flags built once per kind."""
 
@@ -165,9 +175,13 @@ class ProxyH2Stream(h2.stream.H2Stream):
         # headers (they stay bytes), which its configuration guarantees.
         if self.config.normalize_inbound_headers or isinstance(header_encoding, str):
             return super()._process_received_headers(headers, header_validation_flags, header_encoding)
-        if self.config.validate_inbound_headers:
+        if not self.config.validate_inbound_headers:
+            return headers if headers.__class__ is list else list(headers)
+        try:
             headers = validate_headers(headers, header_validation_flags)
-        return headers if headers.__class__ is list else list(headers)
+            return headers if headers.__class__ is list else list(headers)
+        except h2.exceptions.ProtocolError as exc:
+            raise MalformedMessage(self.stream_id, exc) from exc
 
 
 # --- hpack ----------------------------------------------------------------------------------

@@ -112,13 +112,15 @@ def error_response(is_grpc: bool, http_status: int, message: str) -> list[Header
 
 #: The client's authenticated identity, as the inbound proxy tells the application.
 CLIENT_ID_HEADER = b"tether-client-id"
+#: Headers only the mesh itself sets: never taken from a request that arrives from outside the pod.
+INTERNAL_PREFIX = b"tether-"
 
 
 def with_client_id(headers: Headers, client_id: str | None) -> Headers:
-    """``headers`` without any ``tether-client-id`` a client sent, plus the verified one (if any)."""
+    """``headers`` without any ``tether-*`` header a client sent, plus the verified client id (if any)."""
     kept: Headers = headers
-    if any(name == CLIENT_ID_HEADER for name, _ in headers):
-        kept = [(name, value) for name, value in headers if name != CLIENT_ID_HEADER]
+    if any(name.startswith(INTERNAL_PREFIX) for name, _ in headers):
+        kept = [(name, value) for name, value in headers if not name.startswith(INTERNAL_PREFIX)]
     if client_id is None:
         return kept
     return [*kept, (CLIENT_ID_HEADER, client_id.encode("ascii"))]
