@@ -7,10 +7,13 @@ are created directly inside their namespaces, so nothing is ever added to the ho
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +27,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 IDENTIFY = HERE / "tcp_identify.py"
 TOOLS = ("ip", "iptables", "iptables-save", "iptables-restore", "setpriv")
+_CLONE_NEWNET = 0x40000000
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def unavailable_reason() -> str | None:
@@ -126,6 +135,37 @@ class Namespace:
         return self.spawn(
             [sys.executable, str(IDENTIFY), "serve", *map(str, ports)], uid=uid, ready_line="ready"
         )
+
+    def open_socket(self, host: str, port: int, timeout: float = 5.0) -> socket.socket:
+        """A TCP socket connected from inside the namespace, usable by this process (e.g. by asyncio).
+
+        A socket belongs to the network namespace of the thread that created it, so a short-lived thread
+        joins the namespace (setns), connects and hands the socket back; the rest of the process is
+        untouched. The connection is subject to the namespace's iptables rules like any other from there.
+        """
+        result: list[socket.socket | BaseException] = []
+
+        def connect_inside() -> None:
+            try:
+                fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+                try:
+                    if _libc().setns(fd, _CLONE_NEWNET) != 0:
+                        errno = ctypes.get_errno()
+                        raise OSError(errno, f"setns into {self.name}: {os.strerror(errno)}")
+                finally:
+                    os.close(fd)
+                result.append(socket.create_connection((host, port), timeout=timeout))
+            except BaseException as exc:  # handed to the caller's thread
+                result.append(exc)
+
+        thread = threading.Thread(target=connect_inside, name=f"setns-{self.name}")
+        thread.start()
+        thread.join()
+        outcome = result[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        outcome.settimeout(None)
+        return outcome
 
     def connect(self, targets: Sequence[str], uid: int | None = None) -> list[dict[str, Any]]:
         """Dial each ``host:port`` from inside; what the accepting server reported, or an error."""
