@@ -36,13 +36,20 @@ class H2LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
         int, Meta(ge=1, le=1_000_000, description="client connections open at once, per listener")
     ] = 10_000
     reset_burst: Annotated[
-        int, Meta(ge=1, description="streams a client may reset before their response, in a burst")
+        int, Meta(ge=1, description="young streams a client may reset before their response, in a burst")
     ] = 200
     reset_rate: Annotated[
-        float, Meta(gt=0.0, description="... refilled at this many per second (rapid reset: more is cut off)")
+        float,
+        Meta(
+            gt=0.0,
+            description="the reset burst refills at this many per second (beyond: rapid reset, cut off)",
+        ),
     ] = 100.0
     max_queued_control_replies: Annotated[
-        int, Meta(ge=1, description="PING/SETTINGS replies queued to a client that does not read")
+        int,
+        Meta(
+            ge=1, description="PING/SETTINGS replies queued to a client that does not read; also their burst"
+        ),
     ] = 1000
     control_frame_rate: Annotated[
         float, Meta(gt=0.0, description="PING/SETTINGS per second a client may keep sending after a burst")
