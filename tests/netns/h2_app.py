@@ -1,9 +1,10 @@
 """A plaintext HTTP/2 application and client that know nothing about proxies (h2 library, blocking sockets).
 
 ``serve PORT [HOST]`` answers every request with JSON describing what it saw: the :authority and :path, the
-address it was reached at and the peer that connected; ``/status/NNN`` answers with status NNN. It prints
-``ready`` once listening. ``get URL...`` sends each request on one connection and prints one JSON line per
-response: its status and decoded JSON body (or the error).
+address it was reached at and the peer that connected (a HEAD request gets the headers only);
+``/status/NNN`` answers with status NNN. It prints ``ready`` once listening. ``get URL...`` sends each
+request on one connection and prints one JSON line per response: its status and decoded JSON body (or the
+error).
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ def _answer(conn: socket.socket) -> None:
                 status = int(path.split("/")[2]) if path.startswith("/status/") else 200
                 body = json.dumps({"authority": headers.get(":authority"), "path": path, **seen}).encode()
                 response = [(":status", str(status)), ("content-type", "application/json")]
-                h2conn.send_headers(event.stream_id, [*response, ("content-length", str(len(body)))])
-                h2conn.send_data(event.stream_id, body, end_stream=True)
+                head = headers.get(":method") == "HEAD"  # a HEAD response has no content
+                h2conn.send_headers(
+                    event.stream_id, [*response, ("content-length", str(len(body)))], end_stream=head
+                )
+                if not head:
+                    h2conn.send_data(event.stream_id, body, end_stream=True)
             conn.sendall(h2conn.data_to_send())
 
 

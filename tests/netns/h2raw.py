@@ -181,6 +181,30 @@ class RawH2Client:
                 self.send(self.settings(ack=True))
                 return
 
+    async def handshake_acked(self, timeout: float = 5.0, **settings: int) -> list[Frame]:
+        """Like ``handshake``, but done only once the server also acknowledged our SETTINGS (what an
+        endpoint may rely on before testing a setting's effect). Returns the other frames read meanwhile.
+        ConnectionError if the server closed first; TimeoutError if either SETTINGS is missing."""
+        self.send(
+            PREFACE, SettingsFrame(0, settings={getattr(SettingsFrame, k): v for k, v in settings.items()})
+        )
+        others: list[Frame] = []
+        remote = acked = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (remote and acked):
+            frame = await self.next_frame(max(0.0, deadline - loop.time()))
+            if frame is None:
+                raise ConnectionError("the server closed the connection during the handshake")
+            if not isinstance(frame, SettingsFrame):
+                others.append(frame)
+            elif "ACK" in frame.flags:
+                acked = True
+            else:
+                remote = True
+                self.send(self.settings(ack=True))
+        return others
+
     async def next_frame(self, timeout: float) -> Frame | None:
         """The next frame from the server; None once the connection is closed. TimeoutError if none
         arrives within ``timeout`` seconds. SETTINGS from the server are recorded (not acknowledged)."""

@@ -33,7 +33,7 @@ from hyperframe.frame import (
 )
 
 from tether.proxy.core.abuse import PREMATURE_RESET_AGE
-from tether.proxy.core.connection import DownstreamConnection
+from tether.proxy.core.connection import INITIAL_STREAM_LIMIT, DownstreamConnection, UpstreamConnection
 from tether.proxy.core.h2conn import CONNECTION_WINDOW, STREAM_WINDOW
 
 
@@ -200,6 +200,32 @@ def test_an_abandoned_stream_is_reset_once_it_is_old_enough(rig: Rig) -> None:
     assert rig.up.expire_orphans(PREMATURE_RESET_AGE) == 1
     (reset,) = of_type(rig.to_server(), RstStreamFrame, exchange.upstream_sid)
     assert reset.error_code == CANCEL and not rig.up.orphans
+
+
+def test_an_abandoned_upload_answered_by_the_server_keeps_its_slot_until_reset(rig: Rig) -> None:
+    """The client left mid-request; the server answered in full. Our side of the stream is still open, so it
+    still counts against the server's concurrency limit until it is reset (once old enough)."""
+    exchange = rig.routed(1, GRPC_REQUEST)
+    rig.to_server()
+    rig.down.connection_lost(rig.now)
+    rig.from_server(rig.server.headers(1, [(b":status", b"200")]) + rig.server.data(1, b"done", end=True))
+    assert set(rig.up.orphans) == {exchange.upstream_sid}
+    assert not of_type(rig.to_server(), RstStreamFrame)
+    assert rig.up.expire_orphans(PREMATURE_RESET_AGE) == 1
+    (reset,) = of_type(rig.to_server(), RstStreamFrame, exchange.upstream_sid)
+    assert reset.error_code == CANCEL
+    assert all(stream.closed for stream in rig.up.h2.streams.values())
+
+
+def test_a_new_upstream_connection_opens_at_most_100_streams_before_the_servers_settings() -> None:
+    up = UpstreamConnection(Scheduler())
+    router_rig = Rig()
+    assert up.has_capacity
+    for sid in range(1, 2 * INITIAL_STREAM_LIMIT, 2):
+        router_rig.request(sid, GET_REQUEST, end=True).attach(up, 0.0)
+    assert len(up.exchanges) == INITIAL_STREAM_LIMIT and not up.has_capacity
+    up.receive_data(Peer.settings(MAX_CONCURRENT_STREAMS=1000), 0.0)
+    assert up.has_capacity
 
 
 def test_abandoned_streams_hold_their_upstream_slot_until_they_end(rig: Rig) -> None:

@@ -49,6 +49,9 @@ from tether.proxy.core.h2conn import (
 from tether.proxy.core.headers import Headers, error_response, request_target, strip_hop_by_hop
 
 DEFAULT_LIMITS = ClientLimits()
+#: Streams opened on a new upstream connection before the server's SETTINGS say how many it allows (Go's
+#: HTTP/2 client assumes the same).
+INITIAL_STREAM_LIMIT = 100
 
 
 class FlushScheduler(Protocol):
@@ -368,7 +371,7 @@ class DownstreamConnection(Http2Connection):
 class UpstreamConnection(Http2Connection):
     """A connection the proxy opened to a server; exchanges are attached to it by the router."""
 
-    __slots__ = ("draining", "on_capacity", "orphans")
+    __slots__ = ("draining", "on_capacity", "orphans", "settings_received")
 
     def __init__(
         self,
@@ -384,14 +387,17 @@ class UpstreamConnection(Http2Connection):
         self.on_capacity = on_capacity
         #: Streams whose client went away before their response started, by when they will be reset.
         self.orphans: dict[int, float] = {}
+        #: The server's first SETTINGS arrived (its concurrency limit is known).
+        self.settings_received = False
 
     @property
     def has_capacity(self) -> bool:
-        return (
-            not self.draining
-            and not self.closing
-            and len(self.exchanges) + len(self.orphans) < self.h2.remote_settings.max_concurrent_streams
-        )
+        limit = self.h2.remote_settings.max_concurrent_streams
+        if not self.settings_received:
+            # Until the server's SETTINGS arrive its limit is unknown (RFC 9113: unlimited); servers that
+            # treat excess streams as a connection error exist, so assume what most servers allow.
+            limit = min(limit, INITIAL_STREAM_LIMIT)
+        return not self.draining and not self.closing and len(self.exchanges) + len(self.orphans) < limit
 
     def abandon(self, stream_id: int, opened_at: float, now: float) -> None:
         """Nobody wants this stream's response any more. A stream younger than PREMATURE_RESET_AGE is
@@ -419,6 +425,11 @@ class UpstreamConnection(Http2Connection):
             self.mark_dirty()
 
     def _orphan_ended(self, stream_id: int) -> None:
+        # The server ended its side. If ours is still open (the client left mid-request), the stream still
+        # holds one of the server's concurrency slots: it stays an orphan until its deadline resets it.
+        stream = self.h2.streams.get(stream_id)
+        if stream is not None and not stream.closed:
+            return
         if self.orphans.pop(stream_id, None) is not None:
             self.stream_released()
 
@@ -474,7 +485,10 @@ class UpstreamConnection(Http2Connection):
                     exchange.informational_headers(event.headers)
             elif kind is RemoteSettingsChanged:
                 self._settings_changed(event, now)
-                if SettingCodes.MAX_CONCURRENT_STREAMS in event.changed_settings:
+                if not self.settings_received:
+                    self.settings_received = True
+                    self.stream_released()
+                elif SettingCodes.MAX_CONCURRENT_STREAMS in event.changed_settings:
                     self.stream_released()
             elif kind is ConnectionTerminated:
                 self._peer_goaway(event.last_stream_id, now)

@@ -20,10 +20,17 @@ from h2.config import H2Configuration
 from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
 from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, Event, StreamReset
-from h2.exceptions import DenialOfServiceError, ProtocolError, StreamClosedError, StreamIDTooLowError
+from h2.exceptions import (
+    DenialOfServiceError,
+    FrameTooLargeError,
+    ProtocolError,
+    StreamClosedError,
+    StreamIDTooLowError,
+)
 from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
 from h2.settings import SettingCodes, Settings
 from h2.stream import H2Stream
+from hpack.exceptions import HPACKError
 from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, RstStreamFrame
 
 from tether.proxy.core.h2speedups import (
@@ -58,6 +65,19 @@ class ContinuationFlood(DenialOfServiceError):
     """A header block that keeps growing across CONTINUATION frames beyond what the proxy will hold."""
 
 
+class HeaderCompressionError(ProtocolError):
+    """A field block that does not decode: RFC 9113 §4.3 says COMPRESSION_ERROR (h2: PROTOCOL_ERROR)."""
+
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+class _SettingsAckWithPayload(FrameTooLargeError):
+    """RFC 9113 §6.5: a SETTINGS ACK with a payload is a FRAME_SIZE_ERROR (h2 says PROTOCOL_ERROR)."""
+
+
+_SETTINGS, _ACK = 0x4, 0x1
+
+
 class _BoundedFrameBuffer(FrameBuffer):
     """h2's frame buffer, holding at most ``max_block`` bytes of an unfinished header block.
 
@@ -70,6 +90,12 @@ class _BoundedFrameBuffer(FrameBuffer):
         super().__init__(server=server)
         self.max_block = max_block
         self._block_bytes = 0
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= 9 and data[3] == _SETTINGS and data[4] & _ACK and data[0:3] != b"\0\0\0":
+            raise _SettingsAckWithPayload("SETTINGS ACK with a payload")
+        return super().__next__()
 
     def _update_header_buffer(self, f: Frame | None) -> Frame | None:
         try:
@@ -148,11 +174,12 @@ class ProxyH2Connection(H2Connection):
         # recounts the size of the stream table is returned instead: an upper
         # bound, used only while it cannot reach a concurrency limit, so no stream
         # is ever refused that the exact count would admit.
+        # The limits are read each time: the peer may lower its own after the last recount.
         streams = len(self.streams)
-        if streams < self._recount_at:
+        limit = min(self.local_settings.max_concurrent_streams, self.remote_settings.max_concurrent_streams)
+        if streams < self._recount_at and streams < limit:
             return streams
         count: int = super()._open_streams(remainder)
-        limit = min(self.local_settings.max_concurrent_streams, self.remote_settings.max_concurrent_streams)
         self._recount_at = min(2 * len(self.streams) + 32, limit - 1)
         return count
 
@@ -172,6 +199,10 @@ class ProxyH2Connection(H2Connection):
             return frames, [
                 StreamReset(stream_id=exc.stream_id, error_code=ErrorCodes.PROTOCOL_ERROR, remote_reset=False)
             ]
+        except ProtocolError as exc:
+            if type(exc) is ProtocolError and isinstance(exc.__cause__, HPACKError | IndexError | TypeError):
+                raise HeaderCompressionError(str(exc)) from exc.__cause__
+            raise
 
     def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
         # Unlike upstream h2 this neither closes the connection nor discards queued
