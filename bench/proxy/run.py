@@ -13,6 +13,8 @@ Every scenario runs in fresh network namespaces: a ``client`` namespace (h2load,
             the server proxy's identity. h2load names the service in :authority, so the outbound proxy
             resolves it through destination and dials the endpoint over mTLS.
 - nghttpx:  the same pair of hops with two nghttpx instances (static backends, no interception).
+- attack:   the tether pair under each class of HTTP/2 abuse while h2load runs through it
+            (bench/proxy/attack.py).
 
 Measured: requests/s at saturation (``-c 10 -m 10``), open-loop latency at a fixed rate from h2load's
 --timing-script-file and --log-file (p50/p99/max), and each proxy's CPU seconds and peak RSS from /proc.
@@ -42,6 +44,7 @@ from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "netns"))
+sys.path.insert(0, str(REPO))  # bench.proxy.attack, the attack phase
 
 from netns_harness import (  # noqa: E402
     ADMIN_PORT,
@@ -840,11 +843,15 @@ def render_verdict(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.proxy import attack  # imports this module in turn: only once it is loaded
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--scenarios", default="direct,tether,mtls,nghttpx", help="comma-separated subset to run"
+        "--scenarios",
+        default="direct,tether,mtls,nghttpx,attack",
+        help="comma-separated subset to run (attack: the attack phase, bench/proxy/attack.py)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
     parser.add_argument("--warmup", type=float, default=1.0, help="h2load warm-up before the saturation run")
@@ -860,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--logs", type=Path, help="keep the Tether processes' logs here, one folder per scenario"
     )
+    attack.add_arguments(parser)
     args = parser.parse_args(argv)
     missing = check_tools()
     if missing:
@@ -874,8 +882,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot run the proxy benchmark: {reason}", file=sys.stderr)
         return 2
     results = []
+    scenarios = args.scenarios.split(",")
+    attack_phase = None
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
-        for scenario in args.scenarios.split(","):
+        for scenario in [name for name in scenarios if name != "attack"]:
             workdir = Path(tmp) / scenario
             workdir.mkdir()
             os.chmod(tmp, 0o755)
@@ -885,22 +895,36 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {scenario} took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
             for note in results[-1].log_notes:
                 print(f"  log: {note}", file=sys.stderr, flush=True)
+        if "attack" in scenarios:
+            started = time.monotonic()
+            print("running attack ...", file=sys.stderr, flush=True)
+            attack_phase = attack.run_phase(args, Path(tmp) / "attack")
+            print(f"  attack took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+            for note in attack_phase.log_notes:
+                print(f"  log: {note}", file=sys.stderr, flush=True)
     targets = verdict(results)
+    if attack_phase is not None:
+        attack_met = all(attack.verdict(attack_phase)["checks"].values())  # in the JSON's "attack"
+        targets["met"] = attack_met and (targets["met"] or not results)
     report = {
         "cores": os.cpu_count(),
         "h2load": subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip(),
         "settings": {"saturation": "-c 10 -m 10", "seconds": args.seconds, "open_loop_rate": args.rate},
         "proxy_user": " ".join(proxy_user()),
         "results": [asdict(r) for r in results],
+        "attack": attack.as_json(attack_phase) if attack_phase is not None else None,
         "targets": targets,
     }
     print(render_table(results))
+    if attack_phase is not None:
+        print(attack.render(attack_phase))
     print(render_verdict(targets))
     print(f"cores: {os.cpu_count()}")
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if all(r.error is None for r in results) else 1
+    attack_failed = attack_phase is not None and attack_phase.error is not None
+    return 0 if all(r.error is None for r in results) and not attack_failed else 1
 
 
 if __name__ == "__main__":

@@ -164,6 +164,32 @@ def test_ping_flood_is_cut_off_after_the_documented_burst() -> None:
     assert cut_off_for(rig) == CONTROL_FLOOD
 
 
+def test_a_ping_flood_in_one_write_gets_no_more_than_the_burst_answered() -> None:
+    """h2 answers PINGs as it parses a read: the guard must stop it at the frame that passes the limit."""
+    rig = Rig()
+    rig.to_proxy(
+        PingFrame(0, opaque_data=b"12345678").serialize() * (5 * DEFAULTS.max_queued_control_replies)
+    )
+    frames = rig.to_client()
+    assert len(of_type(frames, PingFrame)) <= DEFAULTS.max_queued_control_replies
+    (goaway,) = of_type(frames, GoAwayFrame)
+    assert goaway.error_code == ENHANCE_YOUR_CALM and bytes(goaway.additional_data) == CONTROL_FLOOD.encode()
+    assert rig.down.abuse == CONTROL_FLOOD and rig.down.closing
+
+
+def test_frames_on_a_reset_stream_count_as_control_frames_for_their_replies() -> None:
+    rig = Rig()
+    rig.routed(1, GRPC_REQUEST)
+    rig.to_proxy(rig.client.rst(1, CANCEL))
+    rig.to_client()
+    late = DataFrame(1, data=b"x").serialize()
+    rig.to_proxy(late * (2 * DEFAULTS.max_queued_control_replies))
+    frames = rig.to_client()
+    assert len(of_type(frames, RstStreamFrame, 1)) <= DEFAULTS.max_queued_control_replies
+    (goaway,) = of_type(frames, GoAwayFrame)
+    assert goaway.error_code == ENHANCE_YOUR_CALM and rig.down.abuse == CONTROL_FLOOD
+
+
 def test_settings_flood_is_cut_off_after_the_documented_burst() -> None:
     rig = Rig()
     settings = SettingsFrame(0, settings={SettingsFrame.MAX_CONCURRENT_STREAMS: 10}).serialize()

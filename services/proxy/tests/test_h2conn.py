@@ -9,15 +9,19 @@ import h2.connection
 import pytest
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError, TooManyStreamsError
+from hpack import Decoder, Encoder
+from hpack.exceptions import HPACKDecodingError
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, SettingsFrame
 
 from tether.proxy.core.h2conn import (
     _CLIENT_CONFIG,
     DEFAULT_MAX_CONCURRENT_STREAMS,
+    MAX_HUFFMAN_FIELD,
     _initiated,
     new_client_connection,
     new_server_connection,
 )
+from tether.proxy.core.h2speedups import FastDecoder, FastEncoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"app")]
@@ -88,3 +92,25 @@ def test_a_settings_ack_with_a_payload_is_a_frame_size_error() -> None:
     with pytest.raises(ProtocolError):
         server.receive_data(ack_with_payload)
     assert _goaway_code(server.data_to_send()) == ErrorCodes.FRAME_SIZE_ERROR
+
+
+def test_long_fields_are_forwarded_as_plain_literals_and_short_ones_huffman_coded() -> None:
+    encoder = FastEncoder(max_huffman_field=MAX_HUFFMAN_FIELD)
+    short = (b"x-short", b"a" * 10)
+    long = (b"x-long", b"a" * MAX_HUFFMAN_FIELD)
+    assert encoder.encode([short]) == Encoder().encode([short], huffman=True)
+    block = FastEncoder(max_huffman_field=MAX_HUFFMAN_FIELD).encode([long])
+    assert block == Encoder().encode([long], huffman=False)
+    assert Decoder().decode(block, raw=True) == [long]
+
+
+def test_more_than_two_table_size_updates_in_one_block_are_refused() -> None:
+    """RFC 7541 §4.2: at most two (hpack accepts any number, each costing a decode step)."""
+    update = b"\x20"  # dynamic table size update to 0
+    request = Encoder().encode(REQUEST)
+    decoder = FastDecoder()
+    decoder.strict_size_updates = True
+    assert decoder.decode(update * 2 + request, raw=True) == REQUEST
+    with pytest.raises(HPACKDecodingError):
+        decoder.decode(update * 3 + request, raw=True)
+    assert Decoder().decode(update * 3 + request, raw=True) == REQUEST  # what the flag departs from

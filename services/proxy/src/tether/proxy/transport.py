@@ -92,8 +92,11 @@ class _H2Protocol(asyncio.Protocol):
             transport.write(data)
             self.tcp.wrote(len(data))
         if conn.closing:
-            transport.close()
+            self._close(transport)
             self.transport = None
+
+    def _close(self, transport: asyncio.Transport) -> None:
+        transport.close()
 
     def pause_writing(self) -> None:
         self.conn.set_writable(False, self.clock())
@@ -200,6 +203,10 @@ class ListenerContext:
         return closed
 
 
+#: How long a client connection we closed is kept half-open, so what we sent last reaches the client.
+LINGER = 2.0
+
+
 class DownstreamProtocol(_H2Protocol):
     """A client connection accepted on a listener."""
 
@@ -213,6 +220,18 @@ class DownstreamProtocol(_H2Protocol):
         self.transport = None
         self._admitted = False
         self._cut_off_reported = False
+        self._linger: asyncio.TimerHandle | None = None
+
+    def _close(self, transport: asyncio.Transport) -> None:
+        # Closing a socket with unread input makes the kernel reset the connection and discard what is
+        # still queued: the GOAWAY that says why (an attacker's, or a draining client's, input is often
+        # unread). Half-close instead, so the GOAWAY goes out ahead of our FIN, and drop what still arrives
+        # until the client closes too or LINGER seconds pass.
+        if not transport.can_write_eof():  # TLS: close_notify, then close
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger = asyncio.get_running_loop().call_later(LINGER, transport.abort)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         context = self.context
@@ -240,6 +259,8 @@ class DownstreamProtocol(_H2Protocol):
             self.conn.start_drain()
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            return  # closing: nothing more from this client is looked at
         super().data_received(data)
         reason = self.conn.abuse
         if reason is not None and not self._cut_off_reported:
@@ -275,10 +296,16 @@ class DownstreamProtocol(_H2Protocol):
         )
 
     def eof_received(self) -> bool | None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+            return False  # both sides are done: let asyncio close the socket
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._linger is not None:
+            self._linger.cancel()
         if not self._admitted:  # refused at connection_made: over the connection limit
             return
         self.context.connections.discard(self)

@@ -1,16 +1,19 @@
 """What an HTTP/2 peer may do that h2 allows but no honest client needs: counted per connection, and a
 connection that goes beyond a limit is cut off (GOAWAY ENHANCE_YOUR_CALM) with the reason.
 
-Pure: events in (with the time), a verdict out. The limits follow Envoy's defaults where Envoy has one.
+Pure: frames (and the time) in, a verdict out; h2 consults it frame by frame as it parses a read
+(core.h2conn.FrameScreen), so a limit is enforced at the frame that passes it, not a read later. The
+limits follow Envoy's defaults where Envoy has one.
 
 * **Rapid reset** (CVE-2023-44487): streams the peer resets younger than ``PREMATURE_RESET_AGE`` and before
   their response started (Envoy's notion of a premature reset) draw from a token bucket (``reset_burst``,
   refilled at ``reset_rate`` per second). The proxy itself never resets an upstream stream that young
   (core.connection.UpstreamConnection.abandon), so one proxy never trips another's guard for its clients.
-* **Control-frame floods** (PING, SETTINGS, and their unsolicited ACKs): each costs the proxy a reply or at
-  least a parse. While the peer does not read (the socket's buffer is full), at most
-  ``max_queued_control_replies`` replies may pile up; and however fast it reads, a peer may send that many
-  in a burst and ``control_frame_rate`` per second after (honest clients send a few per minute).
+* **Control-frame floods** (PING, SETTINGS, their ACKs, and frames on reset streams, which h2 answers with
+  RST_STREAM): each costs the proxy a reply or at least a parse. While the peer does not read (the socket's
+  buffer is full), at most ``max_queued_control_replies`` replies may pile up; and however fast it reads, a
+  peer may send that many in a burst and ``control_frame_rate`` per second after (honest clients send a
+  few per minute).
 * **CONTINUATION floods and HPACK bombs** are refused by h2 and the proxy's frame buffer
   (core.h2conn): a header block is never held or decoded beyond ``max_header_list_size`` bytes.
 * **Empty frames**: DATA without payload or END_STREAM, or an empty trailer block; at most
@@ -24,6 +27,17 @@ Pure: events in (with the time), a verdict out. The limits follow Envoy's defaul
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
+
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    HeadersFrame,
+    PingFrame,
+    PriorityFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 RAPID_RESET = "rapid_reset"
 CONTROL_FLOOD = "control_flood"
@@ -92,13 +106,17 @@ class AbuseGuard:
     __slots__ = (
         "_control_frames",
         "_empty_run",
+        "_highest_stream",
         "_limits",
         "_priorities",
         "_queued_replies",
         "_resets",
         "_streams",
         "_window_updates",
+        "data_frames_sent",
+        "now",
         "tripped",
+        "writable",
     )
 
     def __init__(self, limits: ClientLimits, now: float) -> None:
@@ -112,6 +130,43 @@ class AbuseGuard:
         self._window_updates = 0
         #: The first reason this connection was cut off for (it stays cut off).
         self.tripped: str | None = None
+        self._highest_stream = 0
+        # Kept current by the connection: the time of the read being parsed, whether the peer reads what
+        # it is sent, and how many DATA frames it was sent so far.
+        self.now = now
+        self.writable = True
+        self.data_frames_sent = 0
+
+    def frame_received(self, frame: Frame) -> str | None:
+        """Screen one frame before h2 acts on it (core.h2conn.FrameScreen)."""
+        kind = frame.__class__
+        if kind is DataFrame:
+            data = cast(DataFrame, frame)
+            return self.data_frame(data.flow_controlled_length == 0 and "END_STREAM" not in data.flags)
+        if kind is HeadersFrame:
+            headers = cast(HeadersFrame, frame)
+            if headers.stream_id > self._highest_stream:
+                self._highest_stream = headers.stream_id
+                self.stream_opened()
+                return None
+            # Trailers always end their stream; an empty block that does not is an empty frame.
+            return self.data_frame(not headers.data and "END_STREAM" not in headers.flags)
+        if kind is PingFrame or kind is SettingsFrame:
+            return self.control_frame(self.writable, self.now)
+        if kind is PriorityFrame:
+            return self.priority_frame()
+        if kind is WindowUpdateFrame:
+            return self.window_update(self.data_frames_sent)
+        return None
+
+    def reply_queued(self) -> str | None:
+        """h2 answered a frame on a reset stream with RST_STREAM: a reply, like a PING's."""
+        return self.control_frame(self.writable, self.now)
+
+    def set_writable(self, writable: bool) -> None:
+        self.writable = writable
+        if writable:
+            self.drained()
 
     def _trip(self, reason: str) -> str:
         if self.tripped is None:

@@ -17,13 +17,9 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     InformationalResponseReceived,
-    PingAckReceived,
-    PingReceived,
-    PriorityUpdated,
     RemoteSettingsChanged,
     RequestReceived,
     ResponseReceived,
-    SettingsAcknowledged,
     StreamEnded,
     StreamReset,
     TrailersReceived,
@@ -42,7 +38,9 @@ from tether.proxy.core.abuse import (
 from tether.proxy.core.conninfo import ConnectionInfo
 from tether.proxy.core.exchange import Exchange
 from tether.proxy.core.h2conn import (
+    AbuseDetected,
     ContinuationFlood,
+    ProxyH2Connection,
     new_client_connection,
     new_server_connection,
 )
@@ -180,6 +178,8 @@ class DownstreamConnection(Http2Connection):
         self.router = router
         self.max_header_count = limits.max_header_count
         self.guard = AbuseGuard(limits, now)
+        if isinstance(self.h2, ProxyH2Connection):
+            self.h2.screen = self.guard
         #: Why the peer was cut off (a class of abuse, see core.abuse), once it was.
         self.abuse: str | None = None
         self.opened_at = now
@@ -197,11 +197,20 @@ class DownstreamConnection(Http2Connection):
     def receive_data(self, data: bytes, now: float) -> None:
         if self.abuse is not None:
             return  # cut off: nothing more from this peer is looked at
+        guard = self.guard
+        # What the guard's frame-by-frame screen (consulted by h2 as it parses) measures against.
+        guard.now = now
+        guard.data_frames_sent = self.data_frames_sent
         try:
             events = self.h2.receive_data(data)
         except DenialOfServiceError as exc:
             # h2 has queued GOAWAY ENHANCE_YOUR_CALM already.
-            self.abuse = CONTINUATION_FLOOD if isinstance(exc, ContinuationFlood) else OVERSIZED_HEADERS
+            if isinstance(exc, AbuseDetected):
+                self.abuse = exc.reason
+            elif isinstance(exc, ContinuationFlood):
+                self.abuse = CONTINUATION_FLOOD
+            else:
+                self.abuse = OVERSIZED_HEADERS
             self.error = f"{type(exc).__name__}: {exc}"
             self.protocol_error(now)
             return
@@ -210,7 +219,6 @@ class DownstreamConnection(Http2Connection):
             self.protocol_error(now)
             return
         exchanges = self.exchanges
-        guard = self.guard
         touched: dict[Exchange, None] = {}
         # New requests are routed once the whole read is processed: a stream the peer opens and resets in
         # the same read (rapid reset) never costs an upstream stream.
@@ -219,7 +227,6 @@ class DownstreamConnection(Http2Connection):
         for event in events:
             kind = event.__class__
             if kind is DataReceived:
-                abuse = guard.data_frame(not event.flow_controlled_length and event.stream_ended is None)
                 exchange = exchanges.get(event.stream_id)
                 if exchange is None:
                     self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -227,7 +234,6 @@ class DownstreamConnection(Http2Connection):
                     exchange.request.push(event.data, event.flow_controlled_length)
                     touched[exchange] = None
             elif kind is RequestReceived:
-                guard.stream_opened()
                 exchange = self._request_received(event, now)
                 if exchange is not None:
                     arrived.append(exchange)
@@ -237,7 +243,6 @@ class DownstreamConnection(Http2Connection):
                     exchange.request.ended = True
                     touched[exchange] = None
             elif kind is WindowUpdated:
-                abuse = guard.window_update(self.data_frames_sent)
                 self._window_updated(event.stream_id, now)
             elif kind is StreamReset:
                 exchange = exchanges.get(event.stream_id)
@@ -246,18 +251,12 @@ class DownstreamConnection(Http2Connection):
                         abuse = guard.premature_reset(now)
                     exchange.reset_by_downstream(event.error_code, now)
             elif kind is TrailersReceived:
-                abuse = guard.data_frame(not event.headers)
                 exchange = exchanges.get(event.stream_id)
                 if exchange is not None:
                     exchange.request.trailers = strip_hop_by_hop(event.headers)
             elif kind is RemoteSettingsChanged:
-                abuse = guard.control_frame(self.writable, now)
                 self.preface_received = True
                 self._settings_changed(event, now)
-            elif kind is PingReceived or kind is PingAckReceived or kind is SettingsAcknowledged:
-                abuse = guard.control_frame(self.writable, now)
-            elif kind is PriorityUpdated:
-                abuse = guard.priority_frame()
             elif kind is ConnectionTerminated:
                 self.peer_gone = True
             if abuse is not None:
@@ -315,8 +314,7 @@ class DownstreamConnection(Http2Connection):
         self.mark_dirty()
 
     def set_writable(self, writable: bool, now: float) -> None:
-        if writable:
-            self.guard.drained()
+        self.guard.set_writable(writable)
         super().set_writable(writable, now)
 
     def start_drain(self) -> None:

@@ -14,7 +14,7 @@ process-wide.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from h2.config import H2Configuration
 from h2.connection import ConnectionInputs, ConnectionState, H2Connection, H2ConnectionStateMachine
@@ -31,7 +31,7 @@ from h2.frame_buffer import CONTINUATION_BACKLOG, FrameBuffer
 from h2.settings import SettingCodes, Settings
 from h2.stream import H2Stream
 from hpack.exceptions import HPACKError
-from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame, RstStreamFrame
 
 from tether.proxy.core.h2speedups import (
     SUPPORTED,
@@ -49,6 +49,8 @@ CONNECTION_WINDOW = 1024 * 1024
 #: Streams a peer may open on one downstream connection.
 DEFAULT_MAX_CONCURRENT_STREAMS = 2048
 MAX_HEADER_LIST_SIZE = 64 * 1024
+#: Longest field (name and value) the proxy Huffman-codes when it forwards headers (see FastEncoder).
+MAX_HUFFMAN_FIELD = 256
 _DEFAULT_WINDOW = 65_535
 
 _DRAINABLE_TRANSITIONS = dict(H2ConnectionStateMachine._transitions)
@@ -114,8 +116,30 @@ class _BoundedFrameBuffer(FrameBuffer):
         return result
 
 
+class FrameScreen(Protocol):
+    """Looks at each frame a peer sends before h2 acts on it (see core.abuse); a reason stops the peer."""
+
+    def frame_received(self, frame: Frame) -> str | None: ...
+
+    def reply_queued(self) -> str | None:
+        """h2 queued a frame in answer to the peer's (a RST_STREAM for a frame on a reset stream)."""
+        ...
+
+
+class AbuseDetected(DenialOfServiceError):
+    """The screen stopped the peer: the connection ends with GOAWAY ENHANCE_YOUR_CALM, ``reason`` as its
+    debug data."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class ProxyH2Connection(H2Connection):
-    """An H2Connection whose open streams survive GOAWAY in either direction, with the speedups."""
+    """An H2Connection whose open streams survive GOAWAY in either direction, with the speedups, and an
+    optional :class:`FrameScreen` consulted frame by frame: h2 answers a PING or a frame on a reset stream
+    while it parses a read, so a limit checked only on the events a read produced would come a read late.
+    """
 
     # How many closed streams h2 remembers (to answer late frames on reset streams
     # with RST_STREAM rather than a connection error). h2's 65,536 per connection
@@ -126,11 +150,14 @@ class ProxyH2Connection(H2Connection):
         super().__init__(config=config)
         self.state_machine = _DrainableStateMachine()
         self._recount_at = 0
-        self.encoder = FastEncoder()
+        self.encoder = FastEncoder(max_huffman_field=MAX_HUFFMAN_FIELD)
         self.decoder = FastDecoder()
+        self.decoder.strict_size_updates = True
         self.decoder.max_header_list_size = min(self.DEFAULT_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE)
         self.incoming_buffer = _BoundedFrameBuffer(not config.client_side, MAX_HEADER_LIST_SIZE)
         self.incoming_buffer.max_frame_size = self.max_inbound_frame_size
+        self.screen: FrameScreen | None = None
+        self._goaway_debug = b""
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: Any) -> H2Stream:
         stream = super()._begin_new_stream(stream_id, allowed_ids)
@@ -142,9 +169,26 @@ class ProxyH2Connection(H2Connection):
         if frames:
             self._data_to_send += b"".join(serialize_frame(frame) for frame in frames)
 
+    def _screened(self, reason: str | None) -> None:
+        if reason is not None:
+            self._goaway_debug = reason.encode()
+            raise AbuseDetected(reason)
+
+    def _terminate_connection(self, error_code: ErrorCodes) -> None:
+        # h2's, with the screen's reason as debug data.
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = self.highest_inbound_stream_id
+        goaway.error_code = error_code
+        goaway.additional_data = self._goaway_debug
+        self.state_machine.process_input(ConnectionInputs.SEND_GOAWAY)
+        self._prepare_for_sending([goaway])
+
     def _receive_frame(self, frame: Frame) -> list[Event]:
-        # h2's own, without formatting repr(frame) for a trace log nobody reads.
+        # h2's own, without formatting repr(frame) for a trace log nobody reads, and with the screen.
         events: list[Event]
+        screen = self.screen
+        if screen is not None:
+            self._screened(screen.frame_received(frame))
         try:
             frames, events = self._frame_dispatch_table[frame.__class__](frame)
         except StreamClosedError as exc:
@@ -154,18 +198,25 @@ class ProxyH2Connection(H2Connection):
             reset.error_code = exc.error_code
             self._prepare_for_sending([reset])
             events = exc._events
+            if screen is not None:
+                self._screened(screen.reply_queued())
         except StreamIDTooLowError as exc:
             if self._stream_is_closed_by_reset(exc.stream_id):
                 reset = RstStreamFrame(exc.stream_id)
                 reset.error_code = ErrorCodes.STREAM_CLOSED
                 self._prepare_for_sending([reset])
                 events = []
+                if screen is not None:
+                    self._screened(screen.reply_queued())
             elif self._stream_is_closed_by_end(exc.stream_id):
                 raise StreamClosedError(exc.stream_id) from exc
             else:
                 raise
         else:
             self._prepare_for_sending(frames)
+            # h2 answers DATA on a closed stream from inside the dispatch (RST_STREAM, WINDOW_UPDATE).
+            if screen is not None and frames and any(f.__class__ is RstStreamFrame for f in frames):
+                self._screened(screen.reply_queued())
         return events
 
     def _open_streams(self, remainder: int) -> int:
