@@ -32,6 +32,7 @@ from tether.proxy.proxy import Proxy
 from tether.proxy.service import ProxyService
 from tether.shared.config import IdentityClientConfig
 from tether.shared.identity_names import WorkloadIdentity
+from tether.shared.keygen import KeyMaterial, make_key_and_csr
 from tether.shared.natsserver import EmbeddedNats
 from tether.shared.proto.destination.v1 import destination_pb2, destination_pb2_grpc
 from tether.shared.runtime import Runtime
@@ -46,6 +47,12 @@ GRPC_OPTIONS = [
 ]
 SERVICE = "test.Echo"
 DAY = timedelta(hours=24)
+
+
+async def make_key_in_thread(identity: WorkloadIdentity) -> KeyMaterial:
+    """In-process proxies share this process with grpcio, whose fork handlers can abort a forked key
+    helper ("Check failed: next_worker->state == KICKED"): make the key in a thread instead."""
+    return await asyncio.to_thread(make_key_and_csr, identity)
 
 
 def authority(service: str, port: int = 8080) -> str:
@@ -312,6 +319,7 @@ class Mesh:
                 original_dst=lambda _sock: original_dst,
                 inbound_original_dst=lambda _sock: (host, app_port),
                 supervisor=supervisor,
+                key_maker=make_key_in_thread,
             ),
         )
         # The process runtime, in-process: admin listener, supervisor and shutdown as in production.

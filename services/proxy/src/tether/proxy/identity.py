@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from google.protobuf.message import DecodeError
 
@@ -21,7 +21,7 @@ from tether.proxy.grpc_h2 import GrpcChannel
 from tether.proxy.tlsconfig import ALPN_H2, ClientTls, client_context, server_context
 from tether.shared.certmanager import CertificateManager, CertifyFailed, Issued, read_token_file
 from tether.shared.identity_names import WorkloadIdentity
-from tether.shared.keygen import make_key_and_csr_in_helper
+from tether.shared.keygen import KeyMaterial, make_key_and_csr_in_helper
 from tether.shared.proto.identity.v1 import identity_pb2
 from tether.shared.supervisor import SupervisedTask
 from tether.shared.tls import KeyPair, read_trust_anchors
@@ -31,6 +31,10 @@ CERTIFY_TIMEOUT = 10.0
 
 _GRPC_CODES = {3: "invalid_argument", 4: "deadline_exceeded", 7: "permission_denied", 8: "resource_exhausted"}
 _GRPC_CODES |= {13: "internal", 14: "unavailable", 16: "unauthenticated"}
+
+# Makes the key and CSR. The default forks a helper; a process that also runs grpcio (a test running proxies
+# in-process) must not fork (grpcio's fork handlers abort the child), so it passes an in-process maker.
+KeyMaker = Callable[[WorkloadIdentity], Awaitable[KeyMaterial]]
 
 
 def read_proxy_trust_anchors(path: str) -> bytes:
@@ -53,8 +57,10 @@ class ProxyIdentity:
         spawn: Callable[..., SupervisedTask],
         connect_timeout: float,
         clock: Callable[[], float] = time.time,
+        key_maker: KeyMaker = make_key_and_csr_in_helper,
     ) -> None:
         self.identity = identity
+        self._key_maker = key_maker
         self.trust_anchors_pem = trust_anchors_pem
         self._clock = clock
         self._spawn = spawn
@@ -73,7 +79,7 @@ class ProxyIdentity:
 
     async def start(self) -> None:
         """Make the key (helper process), then keep a certificate; the first may take a while to come."""
-        key = await make_key_and_csr_in_helper(self.identity)
+        key = await self._key_maker(self.identity)
         self.manager = CertificateManager(
             self.identity,
             key,

@@ -21,7 +21,7 @@ from tether.proxy.dialer import Dialer
 from tether.proxy.discovery import DestinationClient, StreamOpener
 from tether.proxy.dstclient import DestinationStreams
 from tether.proxy.grpc_h2 import GrpcChannel
-from tether.proxy.identity import ProxyIdentity, read_proxy_trust_anchors
+from tether.proxy.identity import KeyMaker, ProxyIdentity, read_proxy_trust_anchors
 from tether.proxy.inbound import DETECT_TIMEOUT, InboundAcceptor, InboundPolicy
 from tether.proxy.metrics import MetricsRegistry
 from tether.proxy.origdst import original_destination
@@ -29,6 +29,7 @@ from tether.proxy.pool import Pools
 from tether.proxy.routing import InboundRouter, OutboundRouter
 from tether.proxy.transport import DownstreamProtocol, Flusher, ListenerContext, OriginalDstResolver
 from tether.shared.config import parse_hostport
+from tether.shared.keygen import make_key_and_csr_in_helper
 from tether.shared.listen import bind_failure
 from tether.shared.supervisor import SupervisedTask, Supervisor
 
@@ -46,7 +47,8 @@ class Proxy:
     gRPC Destination client, for running without iptables or a control plane.
     Long-lived tasks start through ``supervisor`` (the process runtime's); without one the
     proxy keeps its own, and a failed critical task sets ``shutdown_requested``.
-    ``clock`` is the monotonic clock the data path sees.
+    ``clock`` is the monotonic clock the data path sees; ``key_maker`` makes the key and CSR (by default in
+    a forked helper).
     """
 
     def __init__(
@@ -58,8 +60,10 @@ class Proxy:
         destination_streams: StreamOpener | None = None,
         supervisor: Supervisor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        key_maker: KeyMaker = make_key_and_csr_in_helper,
     ) -> None:
         self.config = config
+        self._key_maker = key_maker
         self.clock = clock
         self._original_dst = original_dst
         self._inbound_original_dst = inbound_original_dst or original_dst
@@ -92,6 +96,7 @@ class Proxy:
                 token_file=config.identity.token_file,
                 spawn=self.supervisor.spawn,
                 connect_timeout=config.connect_timeout,
+                key_maker=self._key_maker,
             )
             await self.identity.start()
         else:
