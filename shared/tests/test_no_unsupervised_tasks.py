@@ -17,6 +17,8 @@ SHORT_LIVED = {
     "services/proxy/src/tether/proxy/pool.py": "one upstream connect, bounded by the connect timeout",
     "services/proxy/src/tether/proxy/routing.py": "one request waiting for its connection",
     "services/proxy/src/tether/proxy/inbound.py": "one connection being admitted, bounded by its timeouts",
+    "services/proxy/src/tether/proxy/tcp.py": "one TCP relay's route and connect, bounded by a timeout",
+    "services/proxy/src/tether/proxy/detection.py": "one discovery lookup, bounded by the fail-fast timeout",
 }
 
 _SPAWN = re.compile(r"\b(create_task|ensure_future|TaskGroup)\b")

@@ -160,6 +160,7 @@ class Client:
                     "port": weighted.addr.port,
                     "identity": weighted.tls_identity.dns_like_identity or None,
                     "h2": weighted.protocol_hint.HasField("h2"),
+                    "opaque": weighted.protocol_hint.opaque,
                     "labels": dict(weighted.metric_labels),
                 }
             self.exists = True

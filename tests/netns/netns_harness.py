@@ -323,3 +323,128 @@ def start_tether_proxy(namespace: Namespace, *extra: str, uid: int = PROXY_UID) 
 
 def proxy_metrics(namespace: Namespace) -> str:
     return fetch(namespace, f"http://127.0.0.1:{ADMIN_PORT}/metrics")
+
+
+# IPv6: additions for dual-stack tests; everything above is unchanged and IPv4-only. -------------------------
+
+IPV6_TOOLS = ("ip6tables", "ip6tables-save", "ip6tables-restore")
+
+
+def ipv6_unavailable_reason() -> str | None:
+    """Why IPv6 namespace tests cannot run here (beyond :func:`unavailable_reason`), or None when they can."""
+    missing = [tool for tool in IPV6_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not found: apt-get install -y iptables"
+    if not Path("/proc/sys/net/ipv6").is_dir():
+        return "the kernel has no IPv6 (/proc/sys/net/ipv6 is missing)"
+    return None
+
+
+@dataclass
+class DualStackLink:
+    """A veth pair with an IPv4 /24 and an IPv6 /64 on each end."""
+
+    left_ipv4: str
+    right_ipv4: str
+    left_ipv6: str
+    right_ipv6: str
+    left_interface: str
+    right_interface: str
+
+
+def link_dual_stack(harness: NetnsHarness, left: Namespace, right: Namespace) -> DualStackLink:
+    """``harness.link(left, right)``, plus ``fd00:231:<n>::1`` and ``::2`` (/64) on the same pair.
+
+    The IPv6 addresses are added with ``nodad``, so they are usable at once rather than after duplicate
+    address detection (about a second).
+    """
+    left_ipv4, right_ipv4 = harness.link(left, right)
+    number = harness._links
+    left_if, right_if = f"tv{harness.token}{number}a", f"tv{harness.token}{number}b"
+    prefix = f"fd00:231:{number}::"
+    for namespace, interface, host in ((left, left_if, 1), (right, right_if, 2)):
+        namespace.run(["ip", "-6", "addr", "add", f"{prefix}{host}/64", "dev", interface, "nodad"])
+    return DualStackLink(left_ipv4, right_ipv4, f"{prefix}1", f"{prefix}2", left_if, right_if)
+
+
+# tcp_identify.py's protocol over IPv6: servers bound to [::] only (IPV6_V6ONLY, so they share ports with
+# tcp_identify.py's 0.0.0.0 servers), the original destination from IP6T_SO_ORIGINAL_DST, and addresses
+# written [addr]:port.
+_IDENTIFY6 = r"""
+import asyncio, json, socket, struct, sys
+from functools import partial
+
+IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h
+
+
+def original_destination(sock):
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+    except OSError:
+        return None
+    (port,) = struct.unpack_from("!H", raw, 2)
+    return f"[{socket.inet_ntop(socket.AF_INET6, raw[8:24])}]:{port}"
+
+
+async def serve(ports):
+    async def answer(port, reader, writer):
+        peer, local = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+        original = original_destination(writer.get_extra_info("socket"))
+        redirected = original is not None and original != f"[{local[0]}]:{local[1]}"
+        reply = {"port": port, "original_dst": original if redirected else None}
+        reply["peer"] = f"[{peer[0]}]:{peer[1]}"
+        writer.write(json.dumps(reply).encode() + b"\n")
+        await writer.drain()
+        writer.close()
+
+    servers = []
+    for port in ports:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("::", port))
+        sock.listen(128)
+        sock.setblocking(False)
+        servers.append(await asyncio.start_server(partial(answer, port), sock=sock))
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+async def dial(target):
+    host, _, port = target.rpartition(":")
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), 5)
+        line = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+        reply = json.loads(line) if line else {"error": "closed without an answer"}
+    except (OSError, TimeoutError) as exc:
+        reply = {"error": f"{type(exc).__name__}: {exc}"}
+    reply["target"] = target
+    return reply
+
+
+async def connect(targets):
+    for target in targets:
+        print(json.dumps(await dial(target)), flush=True)
+
+
+command, *args = sys.argv[1:]
+asyncio.run(serve([int(port) for port in args]) if command == "serve" else connect(args))
+"""
+
+
+def identify_server_ipv6(
+    namespace: Namespace, ports: Sequence[int], uid: int | None = None
+) -> subprocess.Popen[str]:
+    """``Namespace.identify_server`` over IPv6: listens on ``[::]`` at ``ports``; addresses as [addr]:port."""
+    return namespace.spawn(
+        [sys.executable, "-c", _IDENTIFY6, "serve", *map(str, ports)], uid=uid, ready_line="ready"
+    )
+
+
+def connect_ipv6(
+    namespace: Namespace, targets: Sequence[str], uid: int | None = None
+) -> list[dict[str, Any]]:
+    """``Namespace.connect`` over IPv6: dial each ``[addr]:port`` from inside; what the server reported."""
+    done = namespace.run([sys.executable, "-c", _IDENTIFY6, "connect", *targets], uid=uid)
+    return [json.loads(line) for line in done.stdout.splitlines()]

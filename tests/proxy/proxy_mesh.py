@@ -294,7 +294,8 @@ class Mesh:
         if app_name is not None:
             app = EchoApp(app_name, host, delay, app_port)
             await app.start()
-        app_port = app.port if app is not None else 0
+        if app is not None:
+            app_port = app.port  # (without an app of ours, the inbound side forwards to ``app_port``)
         settings: dict[str, Any] = {
             "outbound_addr": f"{host}:0",
             "inbound_addr": f"{host}:0",

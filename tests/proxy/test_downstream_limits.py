@@ -83,28 +83,38 @@ async def call_allowing_one_refusal(call: Any, request: bytes) -> bytes:
     return answer
 
 
-@pytest.mark.parametrize("listener", ["outbound", "inbound"])
-async def test_silent_connection_is_closed_plainly_after_the_idle_timeout(mesh: Mesh, listener: str) -> None:
-    pod = await mesh.pod(downstream_idle_timeout=IDLE_TIMEOUT)
-    port = pod.proxy.outbound_port if listener == "outbound" else pod.proxy.inbound_port
+async def test_a_silent_client_of_the_outbound_listener_is_closed_after_the_detect_timeout(
+    mesh: Mesh,
+) -> None:
+    """Nothing within the detection timeout means TCP; a client that dialled the proxy itself has no
+    original destination to be relayed to (no open relay), so it is closed, saying nothing."""
+    pod = await mesh.pod(detect_timeout=IDLE_TIMEOUT)
     opened = time.monotonic()
-    reader, writer = await asyncio.open_connection(pod.host, port)
+    reader, writer = await asyncio.open_connection(pod.host, pod.proxy.outbound_port)
     try:
         received, closed = await until_closed(reader, writer)
     finally:
         writer.close()
     assert closed - opened >= IDLE_TIMEOUT
-    frames = parse_frames(received)
-    assert not any(isinstance(f, GoAwayFrame) for f in frames)  # the client never spoke HTTP/2
-    if listener == "outbound":
-        assert any(isinstance(f, SettingsFrame) for f in frames)  # the proxy's own preface
-        closed_total = 'proxy_downstream_idle_closed_total{direction="outbound"}'
-    else:
-        # The inbound side first looks at what the client sends (TLS or not) and says nothing until
-        # then: a client that sends nothing is closed after the idle timeout, without a preface.
-        assert received == b""
-        closed_total = 'inbound_connections_refused_total{reason="no_data"}'
-    await eventually(lambda: metric(pod, closed_total) == 1)
+    assert received == b""
+    failed = 'proxy_tcp_forward_failed_total{direction="outbound",reason="no_original_destination"}'
+    await eventually(lambda: metric(pod, failed) == 1)
+    assert metric(pod, 'proxy_protocol_detected_total{direction="outbound",protocol="opaque"}') == 1
+
+
+async def test_a_silent_client_of_the_inbound_listener_is_relayed_to_the_application(mesh: Mesh) -> None:
+    """A client that waits for the server to speak first reaches the application after the detection
+    timeout, as TCP: the application (here an HTTP/2 server) answers with its own preface."""
+    pod = await mesh.pod("echo", detect_timeout=IDLE_TIMEOUT)
+    opened = time.monotonic()
+    reader, writer = await asyncio.open_connection(pod.host, pod.proxy.inbound_port)
+    try:
+        first = await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        writer.close()
+    assert time.monotonic() - opened >= IDLE_TIMEOUT
+    assert any(isinstance(f, SettingsFrame) for f in parse_frames(first)), first  # grpc's server preface
+    assert metric(pod, 'proxy_protocol_detected_total{direction="inbound",protocol="opaque"}') == 1
 
 
 async def test_half_a_frame_after_the_preface_gets_goaway_then_close(mesh: Mesh) -> None:

@@ -209,3 +209,89 @@ def test_a_malformed_object_in_a_relist_is_skipped_and_the_rest_applies() -> Non
     assert index.keys() == {"ns.web", "ns.db"}
     assert changed == {"ns.db"}
     assert len(rejected) == 2 and any("ns/api" in problem for problem in rejected)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "FD00:0::10"]}, ("10.96.0.10", "fd00::10")),
+        ({"clusterIP": "10.96.0.10"}, ("10.96.0.10",)),  # an API server from before dual-stack
+        ({"clusterIP": "None", "clusterIPs": ["None"]}, ()),  # headless
+        ({"clusterIP": ""}, ()),
+        ({"clusterIPs": [], "clusterIP": "10.96.0.12"}, ("10.96.0.12",)),
+        ({}, ()),
+    ],
+)
+def test_virtual_addresses_come_from_cluster_ips(spec: dict[str, Any], expected: tuple[str, ...]) -> None:
+    index = KubeIndex("cluster.local")
+    index.apply("services", "ADDED", service(**spec))
+    desired = index.desired("ns.web")
+    assert desired is not None and desired.addresses == expected
+
+
+def test_a_cluster_ip_change_changes_the_service() -> None:
+    index = KubeIndex("cluster.local")
+    index.apply("services", "ADDED", service(clusterIP="10.96.0.10"))
+    assert index.apply("services", "MODIFIED", service(clusterIP="10.96.0.10")) == set()
+    assert index.apply("services", "MODIFIED", service(clusterIP="10.96.0.11")) == {"ns.web"}
+    desired = index.desired("ns.web")
+    assert desired is not None and desired.addresses == ("10.96.0.11",)
+
+
+def annotated(obj: dict[str, Any], value: str) -> dict[str, Any]:
+    obj["metadata"]["annotations"] = {"tether.io/opaque-ports": value, "other": "x"}
+    return obj
+
+
+def test_opaque_ports_annotations_on_the_service_and_the_pod() -> None:
+    index = KubeIndex("cluster.local")
+    ports = [{"name": "redis", "port": 6379}, {"name": "http", "port": 80}, {"name": "db", "port": 5432}]
+    index.apply("services", "ADDED", annotated(service(ports=ports), "6379, 5000-5500"))
+    index.apply("endpointslices", "ADDED", endpoint_slice("s", [endpoint("10.0.0.1", "p1")]))
+    index.apply("pods", "ADDED", annotated(pod("p1"), "25,4000-4100,4101,9000-9001,9000"))
+    desired = index.desired("ns.web")
+    assert desired is not None
+    assert [(p.port, p.opaque) for p in desired.ports] == [(80, False), (5432, True), (6379, True)]
+    (ep,) = desired.endpoints
+    assert ep.opaque_ports == ((25, 25), (4000, 4101), (9000, 9001))  # merged, as stored
+    assert index.take_warnings() == []
+    assert index.apply("pods", "MODIFIED", pod("p1")) == {"ns.web"}  # annotation removed
+    desired = index.desired("ns.web")
+    assert desired is not None and desired.endpoints[0].opaque_ports == ()
+
+
+@pytest.mark.parametrize(
+    "value", ["http", "80,", "0", "65536", "100-90", "1-2-3", "-5", "4000 - x", "8" * 5000]
+)
+def test_a_bad_opaque_ports_annotation_is_ignored_and_reported_once(value: str) -> None:
+    index = KubeIndex("cluster.local")
+    index.apply("services", "ADDED", annotated(service(), value))
+    index.apply("endpointslices", "ADDED", endpoint_slice("s", [endpoint("10.0.0.1", "p1")]))
+    index.apply("pods", "ADDED", annotated(pod("p1"), value))
+    desired = index.desired("ns.web")
+    assert desired is not None
+    assert not desired.ports[0].opaque and desired.endpoints[0].opaque_ports == ()
+    warnings = index.take_warnings()
+    assert [(w.kind, w.namespace, w.name, w.annotation, w.value) for w in warnings] == [
+        ("services", "ns", "web", "tether.io/opaque-ports", value),
+        ("pods", "ns", "p1", "tether.io/opaque-ports", value),
+    ]
+    assert all(w.problem for w in warnings)
+    # The same value again (a status update, a relist) is not reported again; a new bad value is.
+    index.apply("pods", "MODIFIED", annotated(pod("p1", sa="other"), value))
+    index.replace("services", [annotated(service(), value)])
+    assert index.take_warnings() == []
+    index.apply("pods", "MODIFIED", annotated(pod("p1"), value + "x"))
+    assert [w.name for w in index.take_warnings()] == ["p1"]
+    # Fixed, then broken again: reported again.
+    index.apply("pods", "MODIFIED", annotated(pod("p1"), "80"))
+    index.apply("pods", "MODIFIED", annotated(pod("p1"), value))
+    assert [w.name for w in index.take_warnings()] == ["p1"]
+
+
+def test_an_empty_opaque_ports_annotation_means_none() -> None:
+    index = KubeIndex("cluster.local")
+    index.apply("services", "ADDED", annotated(service(), " "))
+    desired = index.desired("ns.web")
+    assert desired is not None and not desired.ports[0].opaque
+    assert index.take_warnings() == []

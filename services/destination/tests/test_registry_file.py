@@ -54,6 +54,36 @@ def test_parses_services_ports_and_endpoints() -> None:
     assert multi.ports == {"http": 8081}
 
 
+ADDRESSES = """\
+services:
+  - namespace: shop
+    name: redis
+    addresses: [10.96.0.10, "FD00:0::10"]
+    ports:
+      - {name: redis, port: 6379, target_port: 7000, opaque: true}
+      - {name: http, port: 80, opaque: false}
+      - {name: admin, port: 81}
+  - namespace: shop
+    name: web
+    addresses:
+      - 10.96.0.11
+    ports: [{port: 80}]
+"""
+
+
+def test_addresses_and_opaque_ports() -> None:
+    services = parse_registry(ADDRESSES, "reg.yaml", "cluster.local")
+    redis = services["shop.redis"]
+    assert redis.addresses == ("10.96.0.10", "fd00::10")  # canonical and sorted, as stored
+    assert [(p.name, p.port, p.opaque) for p in redis.ports] == [
+        ("http", 80, False),
+        ("admin", 81, False),
+        ("redis", 6379, True),
+    ]
+    assert services["shop.web"].addresses == ("10.96.0.11",)
+    assert parse_registry(GOOD, "reg.yaml", "cluster.local")["emojivoto.web"].addresses == ()
+
+
 def test_empty_file_declares_nothing() -> None:
     assert parse_registry("", "reg.yaml", "cluster.local") == {}
     assert parse_registry("services: []\n", "reg.yaml", "cluster.local") == {}
@@ -101,6 +131,68 @@ def test_empty_file_declares_nothing() -> None:
             "ambiguous",
         ),
         ("- just a list\n", 1, "must be a mapping"),
+        (
+            "services:\n  - namespace: a\n    name: b\n    addresses: 10.0.0.1\n    ports: [{port: 80}]\n",
+            4,
+            "addresses must be a list",
+        ),
+        (
+            "services:\n  - namespace: a\n    name: b\n    addresses:\n      - 10.96.0.1\n"
+            "      - 10.96.0.256\n    ports: [{port: 80}]\n",
+            6,
+            "not an IPv4 or IPv6",
+        ),
+        (
+            "services:\n  - namespace: a\n    name: b\n    addresses: [10.96.0.0/24]\n"
+            "    ports: [{port: 80}]\n",
+            4,
+            "not an IPv4 or IPv6",
+        ),
+        (
+            "services:\n  - namespace: a\n    name: b\n    addresses: [10.96]\n    ports: [{port: 80}]\n",
+            4,
+            "must be a string",
+        ),
+        (
+            "services:\n  - namespace: a\n    name: b\n    addresses: ['fe80::1%eth0']\n"
+            "    ports: [{port: 80}]\n",
+            4,
+            "zone",
+        ),
+        (
+            "services:\n  - namespace: a\n    name: b\n    addresses:\n      - fd00::1\n      - fd00:0::1\n"
+            "    ports: [{port: 80}]\n",
+            6,
+            "listed twice",
+        ),
+        (
+            "services:\n  - {namespace: a, name: b, addresses: [10.96.0.1], ports: [{port: 80}]}\n"
+            "  - {namespace: a, name: c, ports: [{port: 80}],\n     addresses: [10.96.0.2, 10.96.0.1]}\n",
+            4,
+            "already the address of a.b",
+        ),
+        (
+            "services:\n  - namespace: a\n    name: b\n    addresses: ["
+            + ", ".join(f"10.96.0.{i}" for i in range(17))
+            + "]\n    ports: [{port: 80}]\n",
+            4,
+            "at most 16",
+        ),
+        (
+            "services:\n  - namespace: a\n    name: b\n    ports:\n      - {port: 80, opaque: yes please}\n",
+            5,
+            "opaque must be true or false",
+        ),
+        (
+            "services:\n  - namespace: a\n    name: b\n    ports:\n      - {port: 80, opaque: 1}\n",
+            5,
+            "opaque must be true or false",
+        ),
+        (
+            "services:\n  - namespace: a\n    name: b\n    ports:\n      - {port: 80, opaqe: true}\n",
+            5,
+            "unknown field 'opaqe'",
+        ),
     ],
 )
 def test_invalid_files_name_the_line(text: str, line: int, words: str) -> None:

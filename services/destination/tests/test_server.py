@@ -12,7 +12,7 @@ import pytest
 from tether.destination.metrics import DestinationMetrics
 from tether.destination.model import Endpoint, EndpointSet, ServicePort, encode
 from tether.destination.server import GRPC_SERVER_OPTIONS, DestinationServicer, peer_host
-from tether.destination.state import EndpointStore, SubscriptionRegistry
+from tether.destination.state import Applied, EndpointStore, SubscriptionRegistry
 from tether.shared.grpcserver import start_grpc_server
 from tether.shared.proto.destination.v1 import destination_pb2 as pb
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
@@ -211,3 +211,61 @@ def test_peer_host() -> None:
     assert peer_host("ipv4:10.0.0.1:5555") == "10.0.0.1"
     assert peer_host("ipv6:[::1]:5555") == "::1"
     assert peer_host("unix:/tmp/x") == "unix:/tmp/x"
+
+
+REDIS_ID = "redis.ns.serviceaccount.identity.cluster.local"
+
+
+def put_redis(harness: Harness, *addresses: str, vips: tuple[str, ...] = ("10.96.0.10", "fd00::10")) -> None:
+    harness.revision += 1
+    value = EndpointSet(
+        namespace="ns",
+        service="redis",
+        generation=harness.revision,
+        ports=(ServicePort(name="redis", port=6379, opaque=True),),
+        endpoints=tuple(
+            Endpoint(address=a, ports={"redis": 7000}, identity=REDIS_ID, protocol_hint="h2")
+            for a in addresses
+        ),
+        addresses=vips,
+    )
+    result = harness.store.apply("ns.redis", harness.revision, encode(value))
+    assert isinstance(result, Applied)
+    harness.registry.publish("ns.redis", result.addresses)
+
+
+async def test_address_authorities_get_endpoints_then_updates() -> None:
+    harness = Harness(keepalive=30.0, per_peer=100)
+    await harness.start()
+    try:
+        put_redis(harness, "10.0.0.1")
+        async with harness.channel() as channel:
+            stub = destination_pb2_grpc.DestinationStub(channel)
+            vip4 = stub.Get(pb.GetDestination(authority="10.96.0.10:6379"))
+            vip6 = stub.Get(pb.GetDestination(authority="[fd00::10]:6379"))
+            pod = stub.Get(pb.GetDestination(authority="10.0.0.2:7000"))
+            unknown = stub.Get(pb.GetDestination(authority="10.0.0.99:6379"))
+            for call in (vip4, vip6):
+                first = await next_update(call)
+                (addr,) = first.add.addrs
+                assert (ip_text(addr.addr), addr.addr.port) == ("10.0.0.1", 7000)
+                assert addr.tls_identity.dns_like_identity == REDIS_ID
+                assert addr.protocol_hint.HasField("h2") and addr.protocol_hint.opaque
+                assert dict(first.add.metric_labels) == {"namespace": "ns", "service": "redis"}
+            assert (await next_update(pod)).no_endpoints.exists is False  # not yet an endpoint
+            assert (await next_update(unknown)).no_endpoints.exists is False
+
+            put_redis(harness, "10.0.0.1", "10.0.0.2")
+            for call in (vip4, vip6):
+                assert [ip_text(a.addr) for a in (await next_update(call)).add.addrs] == ["10.0.0.2"]
+            (pod_addr,) = (await next_update(pod)).add.addrs
+            assert (ip_text(pod_addr.addr), pod_addr.addr.port) == ("10.0.0.2", 7000)
+            assert pod_addr.tls_identity.dns_like_identity == REDIS_ID and pod_addr.protocol_hint.opaque
+
+            put_redis(harness, "10.0.0.2", vips=("10.96.0.10",))  # 10.0.0.1 leaves; the IPv6 address goes
+            assert [ip_text(a) for a in (await next_update(vip4)).remove.addrs] == ["10.0.0.1"]
+            assert (await next_update(vip6)).no_endpoints.exists is False
+            for call in (vip4, vip6, pod, unknown):
+                call.cancel()
+    finally:
+        await harness.server.stop(0)

@@ -26,7 +26,7 @@ def test_apply_put_delete_and_stale_revisions() -> None:
     assert store.apply("ns.web", 2, value("10.0.0.1", generation=2)) == Ignored("ns.web")  # same content
     assert store.revision("ns.web") == 2
     result = store.apply("ns.web", 3, None)
-    assert result == Applied("ns.web", None)
+    assert result == Applied("ns.web", None, frozenset({"10.0.0.1"}))  # its addresses may resolve anew
     assert store.get("ns.web") is None
     assert store.is_deleted("ns.web")
     assert store.apply("ns.other", 4, None) == Ignored("ns.other")

@@ -20,6 +20,7 @@ from tether.proxy.discovery import DestinationClient
 from tether.proxy.dstclient import DestinationStreams
 from tether.proxy.errors import AuthorityLimitError, GrpcCallError
 from tether.proxy.grpc_h2 import GrpcChannel
+from tether.proxy.protoconv import update_from_proto
 from tether.shared.proto.destination.v1 import destination_pb2 as pb
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
 from tether.shared.proto.net.v1 import net_pb2
@@ -153,6 +154,32 @@ async def test_new_authorities_beyond_the_cap_are_refused_and_known_ones_keep_re
         assert len(client) == 2
     finally:
         await client.close()
+
+
+def test_opaque_ports_are_read_from_the_protocol_hint() -> None:
+    def weighted(last_octet: int, hint: pb.ProtocolHint | None) -> pb.WeightedAddr:
+        address = net_pb2.TcpAddress(ip=net_pb2.IPAddress(ipv4=0x0A000000 + last_octet), port=6379)
+        return pb.WeightedAddr(addr=address, protocol_hint=hint)
+
+    update = update_from_proto(
+        pb.Update(
+            add=pb.WeightedAddrSet(
+                addrs=[
+                    weighted(1, pb.ProtocolHint(h2=pb.ProtocolHint.H2(), opaque=True)),
+                    weighted(2, pb.ProtocolHint(opaque=True)),
+                    weighted(3, pb.ProtocolHint(h2=pb.ProtocolHint.H2())),
+                    weighted(4, None),
+                ]
+            )
+        )
+    )
+    assert isinstance(update, Add)
+    assert [(e.address[0], e.h2_hint, e.opaque) for e in update.endpoints] == [
+        ("10.0.0.1", True, True),
+        ("10.0.0.2", False, True),
+        ("10.0.0.3", True, False),
+        ("10.0.0.4", False, False),
+    ]
 
 
 class Destination(destination_pb2_grpc.DestinationServicer):

@@ -1,4 +1,5 @@
-"""proxy-init without root: the planned rules, reconciling against saved tables, and error reports.
+"""proxy-init without root: the planned rules, reconciling against saved tables, and error reports, for
+IPv4 (iptables) and IPv6 (ip6tables).
 
 Running the rules for real (and proving they redirect connections) is in tests/netns/test_proxy_init.py.
 """
@@ -6,15 +7,20 @@ Running the rules for real (and proving they redirect connections) is in tests/n
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
 from tether.proxy.init import (
+    FamilyUnavailable,
     InterceptionSpec,
     PortRange,
+    ProxyInitConfig,
     ProxyInitError,
     apply_plan,
+    ipv6_unavailable,
     parse_nat_state,
     plan_interception,
     reconcile,
@@ -22,6 +28,7 @@ from tether.proxy.init import (
 )
 from tether.proxy.init.apply import CommandResult
 from tether.proxy.init.cli import main
+from tether.proxy.init.config import IptablesMode
 from tether.proxy.init.plan import OUR_CHAINS
 
 DEFAULT_RULES = [
@@ -333,3 +340,381 @@ def test_unexplained_commit_failure_is_diagnosed_rule_by_rule_and_undone() -> No
         ["-X", "TETHER_PROXY_INBOUND"],
         ["-X", "TETHER_PROXY_OUTBOUND"],
     ]
+
+
+# IPv6 ---------------------------------------------------------------------------------------------------
+
+MIXED_SUBNETS = ("169.254.169.254/32", "fd00:ec2::254/128", "10.96.0.0/12", "fd00:10:96::/108")
+
+
+def test_ipv6_plan_is_the_ipv4_plan_for_the_ip6tables_table() -> None:
+    ipv4, ipv6 = plan_interception(InterceptionSpec()), plan_interception(InterceptionSpec(), "ipv6")
+    assert (ipv4.family, ipv6.family) == ("ipv4", "ipv6")
+    assert [rule.line for rule in ipv6.rules] == DEFAULT_RULES
+    assert [hook.line for hook in ipv6.hooks] == DEFAULT_HOOKS
+    assert ipv6.chains == ipv4.chains == OUR_CHAINS
+
+
+def test_each_family_gets_only_its_own_skip_subnets() -> None:
+    spec = InterceptionSpec(outbound_skip_subnets=MIXED_SUBNETS)
+    subnets = {
+        family: [rule.spec for rule in plan_interception(spec, family).rules if rule.spec.startswith("-d ")]
+        for family in ("ipv4", "ipv6")
+    }
+    assert subnets == {
+        "ipv4": ["-d 169.254.169.254/32 -j RETURN", "-d 10.96.0.0/12 -j RETURN"],
+        "ipv6": ["-d fd00:ec2::254/128 -j RETURN", "-d fd00:10:96::/108 -j RETURN"],
+    }
+
+
+def test_a_skip_subnet_of_every_address_is_written_as_iptables_save_prints_it() -> None:
+    spec = InterceptionSpec(outbound_skip_subnets=("::/0",))
+    assert [r.spec for r in plan_interception(spec, "ipv6").rules if r.chain == "TETHER_PROXY_OUTBOUND"][
+        2
+    ] == ("-j RETURN")
+    assert not any(r.spec == "-j RETURN" for r in plan_interception(spec, "ipv4").rules)
+
+
+def test_rendered_ip6tables_restore_input() -> None:
+    spec = InterceptionSpec(
+        inbound_port=5143,
+        outbound_port=5140,
+        proxy_uid=999,
+        inbound_skip_ports=(PortRange(22, 22),),
+        outbound_skip_ports=(PortRange(5432, 5432), PortRange(9000, 9100)),
+        outbound_skip_subnets=("10.96.0.0/12", "fd00:10:96::/108"),
+    )
+    assert render_fragment(plan_interception(spec, "ipv6")).text == (
+        "# tether proxy-init: IPv6 transparent interception (9 rules), ip6tables-restore input\n"
+        "*nat\n"
+        ":TETHER_PROXY_INBOUND_REDIR - [0:0]\n"
+        ":TETHER_PROXY_INBOUND - [0:0]\n"
+        ":TETHER_PROXY_OUTBOUND_REDIR - [0:0]\n"
+        ":TETHER_PROXY_OUTBOUND - [0:0]\n"
+        "# redirect inbound TCP to the proxy's inbound port 5143\n"
+        "-A TETHER_PROXY_INBOUND_REDIR -p tcp -j REDIRECT --to-ports 5143\n"
+        "# leave inbound connections to ports 22 alone\n"
+        "-A TETHER_PROXY_INBOUND -p tcp -m multiport --dports 22 -j RETURN\n"
+        "# intercept all other inbound TCP\n"
+        "-A TETHER_PROXY_INBOUND -p tcp -j TETHER_PROXY_INBOUND_REDIR\n"
+        "# redirect outbound TCP to the proxy's outbound port 5140\n"
+        "-A TETHER_PROXY_OUTBOUND_REDIR -p tcp -j REDIRECT --to-ports 5140\n"
+        "# never redirect the proxy's own traffic (UID 999), which would loop\n"
+        "-A TETHER_PROXY_OUTBOUND -m owner --uid-owner 999 -j RETURN\n"
+        "# leave traffic over loopback alone\n"
+        "-A TETHER_PROXY_OUTBOUND -o lo -j RETURN\n"
+        "# leave outbound connections to ports 5432,9000:9100 alone\n"
+        "-A TETHER_PROXY_OUTBOUND -p tcp -m multiport --dports 5432,9000:9100 -j RETURN\n"
+        "# leave outbound connections to fd00:10:96::/108 alone\n"
+        "-A TETHER_PROXY_OUTBOUND -d fd00:10:96::/108 -j RETURN\n"
+        "# intercept all other outbound TCP\n"
+        "-A TETHER_PROXY_OUTBOUND -p tcp -j TETHER_PROXY_OUTBOUND_REDIR\n"
+        "# send inbound TCP through Tether's inbound chain\n"
+        "-A PREROUTING -p tcp -j TETHER_PROXY_INBOUND\n"
+        "# send locally originated TCP through Tether's outbound chain\n"
+        "-A OUTPUT -p tcp -j TETHER_PROXY_OUTBOUND\n"
+        "COMMIT\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "normalised"),
+    [
+        ("fd00:0:0:0::1/64", "fd00::/64"),
+        ("2001:DB8::1", "2001:db8::1/128"),
+        ("::1", "::1/128"),
+        (" 10.1.2.3/8 ", "10.0.0.0/8"),
+        ("169.254.169.254", "169.254.169.254/32"),
+        ("::ffff:10.0.0.1", "::ffff:10.0.0.1/128"),
+        ("2001:db8:0:1:1:1:1:1", "2001:db8:0:1:1:1:1:1/128"),
+        ("::/0", "::/0"),
+    ],
+)
+def test_skip_subnets_of_both_families_are_normalised_as_iptables_save_prints_them(
+    given: str, normalised: str
+) -> None:
+    config = ProxyInitConfig(outbound_skip_subnets=(given,))
+    assert InterceptionSpec.from_config(config).outbound_skip_subnets == (normalised,)
+
+
+@pytest.mark.parametrize(
+    "bad", ["fd00::/129", "fd00:::1/64", "fd00::g/64", "10.0.0.0/33", "fe80::1%eth0/64x", "fe80::1%eth0"]
+)
+def test_invalid_skip_subnets_are_refused_naming_the_option(
+    bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ValueError, match="expected an IPv4 or IPv6 CIDR"):
+        ProxyInitConfig(outbound_skip_subnets=(bad,))
+    assert main(["--outbound-skip-subnets", f"fd00::/64,{bad}"], environ={}, run=FakeTables()) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(
+        "tether-proxy: error: --outbound-skip-subnets / TETHER_PROXY_INIT_OUTBOUND_SKIP_SUBNETS"
+    )
+    assert "expected an IPv4 or IPv6 CIDR" in line and repr(bad) in line
+
+
+def test_ipv6_flag_values(capsys: pytest.CaptureFixture[str]) -> None:
+    assert ProxyInitConfig().ipv6 == "auto"
+    assert main(["--ipv6", "maybe"], environ={}, run=FakeTables()) == 2
+    assert "--ipv6 / TETHER_PROXY_INIT_IPV6" in capsys.readouterr().err
+    out = io.StringIO()
+    assert main(["--dry-run"], environ={"TETHER_PROXY_INIT_IPV6": "off"}, stdout=out) == 0
+    assert "ip6tables-restore" not in out.getvalue()
+
+
+def test_dry_run_prints_both_families_each_with_its_subnets() -> None:
+    out = io.StringIO()
+    fake = FakeTables()
+    code = main(
+        ["--dry-run", "--outbound-skip-subnets", ",".join(MIXED_SUBNETS)], environ={}, stdout=out, run=fake
+    )
+    assert code == 0 and fake.calls == []
+    text = out.getvalue()
+    ipv4, _, ipv6 = text.partition("# tether proxy-init: IPv6")
+    assert ipv4.startswith(
+        "# tether proxy-init: IPv4 transparent interception (9 rules), iptables-restore input\n"
+    )
+    assert ipv6.startswith(" transparent interception (9 rules), ip6tables-restore input\n")
+    assert "-A TETHER_PROXY_OUTBOUND -d 10.96.0.0/12 -j RETURN" in ipv4 and "fd00" not in ipv4
+    assert "-A TETHER_PROXY_OUTBOUND -d fd00:10:96::/108 -j RETURN" in ipv6 and "10.96" not in ipv6
+    assert ipv4.count("COMMIT") == ipv6.count("COMMIT") == 1
+
+
+@pytest.mark.parametrize(
+    ("mode", "prefix"), [("auto", "ip6tables"), ("legacy", "ip6tables-legacy"), ("nft", "ip6tables-nft")]
+)
+def test_apply_ipv6_uses_ip6tables_of_the_chosen_backend(mode: IptablesMode, prefix: str) -> None:
+    fake = FakeTables()
+    result = apply_plan(plan_interception(InterceptionSpec(), "ipv6"), mode, fake)
+    assert result.changed
+    assert [argv for argv, _ in fake.calls] == [
+        [f"{prefix}-save", "-t", "nat"],
+        [f"{prefix}-restore", "--noflush", "--wait", "10"],
+    ]
+    assert result.fragment is not None and "ip6tables-restore input" in result.fragment.text
+
+
+class FakeTables:
+    """Both families' tools: canned tables per family, per-binary failures, and binaries that are missing."""
+
+    def __init__(
+        self,
+        saved4: str = "",
+        saved6: str = "",
+        fail: dict[str, tuple[int, str]] | None = None,
+        missing: Sequence[str] = (),
+    ) -> None:
+        self.saved = {
+            "iptables": saved4 or saved_table([], chains=()),
+            "ip6tables": saved6 or saved_table([], chains=()),
+        }
+        self.fail = fail or {}
+        self.missing = set(missing)
+        self.calls: list[tuple[list[str], str | None]] = []
+
+    def __call__(self, argv: Sequence[str], stdin: str | None) -> CommandResult:
+        self.calls.append((list(argv), stdin))
+        binary = argv[0]
+        if binary in self.missing:
+            raise FileNotFoundError(binary)
+        if binary in self.fail:
+            code, stderr = self.fail[binary]
+            return CommandResult(code, "", stderr)
+        if "save" in binary:
+            return CommandResult(0, self.saved[binary.split("-")[0]], "")
+        return CommandResult(0, "", "")
+
+    @property
+    def binaries(self) -> list[str]:
+        return [argv[0] for argv, _ in self.calls]
+
+
+def sysctl(tmp_path: Path, value: str | None) -> Path:
+    """A stand-in for /proc/sys/net/ipv6/conf/all/disable_ipv6; None: the file does not exist."""
+    path = tmp_path / "disable_ipv6"
+    if value is not None:
+        path.write_text(value + "\n")
+    return path
+
+
+def events(stderr: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def run_init(tmp_path: Path, fake: FakeTables, *args: str, disable_ipv6: str | None = "0") -> int:
+    return main(
+        ["--log-format", "json", *args], environ={}, run=fake, disable_ipv6=sysctl(tmp_path, disable_ipv6)
+    )
+
+
+def test_cli_installs_both_families_reading_both_tables_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeTables()
+    assert run_init(tmp_path, fake, "--outbound-skip-subnets", ",".join(MIXED_SUBNETS)) == 0
+    assert fake.binaries == ["iptables-save", "ip6tables-save", "iptables-restore", "ip6tables-restore"]
+    assert "-d fd00" not in str(fake.calls[2][1]) and "-d 10.96.0.0/12" in str(fake.calls[2][1])
+    assert "-d 10." not in str(fake.calls[3][1]) and "-d fd00:10:96::/108" in str(fake.calls[3][1])
+    installed = [(e["event"], e["family"]) for e in events(capsys.readouterr().err)]
+    assert installed == [("interception_rules_installed", "IPv4"), ("interception_rules_installed", "IPv6")]
+
+
+def test_cli_second_run_changes_nothing_in_either_family(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = saved_table(DEFAULT_HOOKS + DEFAULT_RULES)
+    fake = FakeTables(saved4=table, saved6=table)
+    assert run_init(tmp_path, fake) == 0
+    assert fake.binaries == ["iptables-save", "ip6tables-save"]
+    assert [
+        e["family"]
+        for e in events(capsys.readouterr().err)
+        if e["event"] == "interception_rules_already_installed"
+    ] == ["IPv4", "IPv6"]
+
+
+def test_ipv6_stale_hooks_are_removed_as_for_ipv4(tmp_path: Path) -> None:
+    rules = [
+        *DEFAULT_HOOKS,
+        DEFAULT_HOOKS[0],
+        "-A OUTPUT -o eth0 -p tcp -j TETHER_PROXY_OUTBOUND",
+        *DEFAULT_RULES,
+    ]
+    fake = FakeTables(saved4=saved_table(DEFAULT_HOOKS + DEFAULT_RULES), saved6=saved_table(rules))
+    assert run_init(tmp_path, fake) == 0
+    assert fake.binaries == ["iptables-save", "ip6tables-save", "ip6tables-restore"]
+    restored = str(fake.calls[-1][1]).splitlines()
+    assert [line for line in restored if line.startswith(("-D", "-A PREROUTING", "-A OUTPUT"))] == [
+        "-D PREROUTING -p tcp -j TETHER_PROXY_INBOUND",
+        "-D OUTPUT -o eth0 -p tcp -j TETHER_PROXY_OUTBOUND",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("disable_ipv6", "reason", "level"),
+    [
+        ("1", "IPv6 is disabled in the pod's network namespace (", "info"),
+        (None, "the kernel has no IPv6 (", "info"),
+    ],
+)
+def test_ipv6_auto_without_ipv6_in_the_namespace_intercepts_ipv4_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], disable_ipv6: str | None, reason: str, level: str
+) -> None:
+    fake = FakeTables()
+    assert run_init(tmp_path, fake, disable_ipv6=disable_ipv6) == 0
+    assert fake.binaries == ["iptables-save", "iptables-restore"]
+    logged = events(capsys.readouterr().err)
+    (skipped,) = [e for e in logged if e["event"] == "ipv6_interception_skipped"]
+    assert str(skipped["reason"]).startswith(reason) and skipped["level"] == level
+    assert skipped["intercepting"] == "IPv4 only"
+    assert [e["family"] for e in logged if e["event"] == "interception_rules_installed"] == ["IPv4"]
+
+
+def test_ipv6_on_with_ipv6_disabled_exits_2_before_touching_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeTables()
+    assert run_init(tmp_path, fake, "--ipv6", "on", disable_ipv6="1") == 2
+    assert fake.calls == []
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "tether-proxy: error: --ipv6 on, but IPv6 cannot be intercepted: IPv6 is disabled in the pod's "
+        f"network namespace ({tmp_path / 'disable_ipv6'} is 1); enable it in the pod "
+        "(sysctl net.ipv6.conf.all.disable_ipv6=0), or pass --ipv6 auto to intercept IPv4 only when the pod "
+        "has no IPv6"
+    )
+
+
+NO_IP6_NAT_LEGACY = (
+    "ip6tables-save v1.8.9 (legacy): can't initialize ip6tables table `nat': Table does not exist "
+    "(do you need to insmod?)\nPerhaps ip6tables or your kernel needs to be upgraded.\n"
+)
+NO_IP6_NFT = "ip6tables-restore v1.8.9 (nf_tables): Failed to initialize nft: Protocol not supported\n"
+
+
+@pytest.mark.parametrize(
+    ("make", "cause", "reached"),
+    [
+        (
+            lambda: FakeTables(missing=["ip6tables-save"]),
+            "ip6tables-save not found on PATH",
+            ["iptables-save", "ip6tables-save"],
+        ),
+        (
+            lambda: FakeTables(fail={"ip6tables-save": (1, NO_IP6_NAT_LEGACY)}),
+            "the kernel has no IPv6 NAT support for ip6tables-save: ",
+            ["iptables-save", "ip6tables-save"],
+        ),
+        (
+            lambda: FakeTables(fail={"ip6tables-restore": (1, NO_IP6_NFT)}),
+            "the kernel has no IPv6 NAT support for ip6tables-restore: ",
+            ["iptables-save", "ip6tables-save", "iptables-restore", "ip6tables-restore"],
+        ),
+    ],
+)
+def test_no_ip6tables_or_no_kernel_support(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make: Callable[[], FakeTables],
+    cause: str,
+    reached: list[str],
+) -> None:
+    """auto: one warning (IPv6 traffic would bypass the proxy) and IPv4 only; on: one line, exit 2."""
+    fake = make()
+    assert run_init(tmp_path, fake) == 0
+    assert "iptables-restore" in fake.binaries
+    logged = events(capsys.readouterr().err)
+    (skipped,) = [e for e in logged if e["event"] == "ipv6_interception_skipped"]
+    assert str(skipped["reason"]).startswith(cause) and skipped["level"] == "warning"
+    assert [e["family"] for e in logged if e["event"] == "interception_rules_installed"] == ["IPv4"]
+
+    fake = make()
+    assert run_init(tmp_path, fake, "--ipv6", "on") == 2
+    assert fake.binaries == reached
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith(f"tether-proxy: error: --ipv6 on, but IPv6 cannot be intercepted: {cause}")
+    assert line.endswith(", or pass --ipv6 auto to intercept IPv4 only when the pod has no IPv6")
+
+
+def test_ipv6_rule_rejected_is_an_error_even_under_auto(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a missing binary or missing kernel support means "no IPv6": a refused rule fails as for IPv4."""
+    plan = plan_interception(InterceptionSpec(), "ipv6")
+    owner_line = (
+        render_fragment(plan).lines.index("-A TETHER_PROXY_OUTBOUND -m owner --uid-owner 2102 -j RETURN") + 1
+    )
+    stderr = (
+        "ip6tables-restore v1.8.9 (legacy): Couldn't load match `owner':No such file or directory\n\n"
+        f"Error occurred at line: {owner_line}\n"
+    )
+    fake = FakeTables(fail={"ip6tables-restore": (2, stderr)})
+    assert run_init(tmp_path, fake) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(
+        "tether-proxy: error: installing the interception rules failed: ip6tables-restore rejected rule "
+        "`-A TETHER_PROXY_OUTBOUND -m owner --uid-owner 2102 -j RETURN`"
+    )
+
+
+def test_ipv6_off_never_runs_ip6tables(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = FakeTables(missing=["ip6tables-save", "ip6tables-restore"])
+    assert run_init(tmp_path, fake, "--ipv6", "off", disable_ipv6="1") == 0
+    assert fake.binaries == ["iptables-save", "iptables-restore"]
+    assert "ipv6_interception_skipped" not in capsys.readouterr().err
+
+
+def test_missing_iptables_is_still_an_error_whatever_ipv6_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_init(tmp_path, FakeTables(missing=["iptables-save"])) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "iptables-save not found on PATH: install the iptables package" in line
+
+
+def test_ipv6_unavailable_reads_the_namespace_sysctl(tmp_path: Path) -> None:
+    assert ipv6_unavailable(sysctl(tmp_path, "0")) is None
+    disabled = ipv6_unavailable(sysctl(tmp_path, "1"))
+    assert disabled is not None and not disabled.bypassed
+    assert isinstance(disabled, FamilyUnavailable) and isinstance(disabled, ProxyInitError)
+    assert ipv6_unavailable(tmp_path) is None  # unreadable (a directory): ip6tables decides

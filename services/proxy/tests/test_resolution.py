@@ -63,3 +63,11 @@ def test_no_endpoints_distinguishes_unknown_from_empty() -> None:
     removed = empty.apply(NoEndpoints(exists=True), now=1.0)
     assert removed == [("10.0.0.1", 8080)]
     assert empty.status is Status.KNOWN and not empty.usable
+
+
+def test_an_opaque_port_is_kept_with_its_endpoint_and_cleared_by_a_later_add() -> None:
+    resolution = Resolution("10.96.0.10:6379")
+    resolution.apply(Add([Endpoint(address=("10.0.0.1", 6379), opaque=True)]), now=0.0)
+    assert resolution.endpoints[("10.0.0.1", 6379)].opaque
+    resolution.apply(Add([Endpoint(address=("10.0.0.1", 6379))]), now=1.0)
+    assert not resolution.endpoints[("10.0.0.1", 6379)].opaque

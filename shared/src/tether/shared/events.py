@@ -41,6 +41,8 @@ MAX_LABELS = 32
 Labels = Annotated[dict[LabelName, LabelValue], Meta(max_length=MAX_LABELS)]
 MAX_SERVICE_PORTS = 256
 MAX_ENDPOINTS = 65_536
+MAX_SERVICE_ADDRESSES = 16
+MAX_PORT_RANGES = 256
 
 
 def check_ip_literal(value: str, what: str = "address") -> None:
@@ -117,13 +119,34 @@ class IdentityRejected(EventData, frozen=True, kw_only=True):
 
 Origin = Literal["kubernetes", "file", "registration"]
 ProtocolHint = Literal["h2"]
+# Inclusive ``[first, last]``: a pod annotation may name thousands of ports, so ranges stay ranges.
+PortRange = tuple[Port, Port]
+
+
+def check_port_ranges(ranges: tuple[PortRange, ...], what: str = "opaque_ports") -> None:
+    """Raise ValueError unless ``ranges`` are sorted, non-empty, and neither overlap nor touch."""
+    previous: int | None = None
+    for first, last in ranges:
+        if first > last:
+            raise ValueError(f"{what}: range [{first}, {last}] is empty")
+        if previous is not None and first <= previous + 1:
+            raise ValueError(f"{what}: ranges must be sorted and merged, [{first}, {last}] is not")
+        previous = last
+
+
+def in_port_ranges(port: int, ranges: tuple[PortRange, ...]) -> bool:
+    return any(first <= port <= last for first, last in ranges)
 
 
 class ServicePort(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    """A port of the service, as clients address it (the port in the authority)."""
+    """A port of the service, as clients address it (the port in the authority).
+
+    ``opaque``: the port carries a non-HTTP protocol, so proxies forward it as TCP without detection.
+    """
 
     name: PortName = ""
     port: Port
+    opaque: bool = False
 
 
 class Workload(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -138,7 +161,8 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     ``ports`` maps a service port name to the port this address listens on for it, so that one record
     serves every port of a multi-port service. Not-ready endpoints stay in the set with ``ready=False``
-    (they are not served to proxies); terminating endpoints are not in the set at all.
+    (they are not served to proxies); terminating endpoints are not in the set at all. ``opaque_ports``
+    are the ports of this address (any port, not only the service's) that carry a non-HTTP protocol.
     """
 
     address: Annotated[str, Meta(max_length=64)]
@@ -152,9 +176,11 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     labels: Labels = msgspec.field(default_factory=dict)
     origin: Origin = "file"
     instance: ShortText | None = None
+    opaque_ports: Annotated[tuple[PortRange, ...], Meta(max_length=MAX_PORT_RANGES)] = ()
 
     def __post_init__(self) -> None:
         check_ip_literal(self.address)
+        check_port_ranges(self.opaque_ports)
 
 
 class EndpointsChanged(EventData, frozen=True, kw_only=True):
@@ -219,7 +245,8 @@ class EndpointSet(Record, frozen=True, kw_only=True):
     """The full endpoint set of one service: value of key ``<namespace>.<service>``.
 
     ``generation`` increases by at least one with every write of the key; ``endpoints`` are sorted by
-    address and unique by address. ``writer`` names the replica that wrote it and ``written_at`` is its
+    address and unique by address. ``addresses`` are the service's own virtual addresses (a Kubernetes
+    ClusterIP), sorted and unique. ``writer`` names the replica that wrote it and ``written_at`` is its
     wall-clock time of writing (Unix seconds), which readers use to measure how far behind they are.
     """
 
@@ -230,6 +257,15 @@ class EndpointSet(Record, frozen=True, kw_only=True):
     endpoints: Annotated[tuple[Endpoint, ...], Meta(max_length=MAX_ENDPOINTS)]
     writer: ShortText = ""
     written_at: Annotated[float, Meta(ge=0.0)] = 0.0
+    addresses: Annotated[
+        tuple[Annotated[str, Meta(max_length=64)], ...], Meta(max_length=MAX_SERVICE_ADDRESSES)
+    ] = ()
+
+    def __post_init__(self) -> None:
+        for address in self.addresses:
+            check_ip_literal(address, "service address")
+        if list(self.addresses) != sorted(set(self.addresses)):
+            raise ValueError("service addresses must be sorted and unique")
 
     @property
     def key(self) -> str:

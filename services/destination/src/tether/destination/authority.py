@@ -1,14 +1,22 @@
-"""Resolving a proxy's authority (``host:port``) to the service it names.
+"""Resolving a proxy's authority (``host:port``) to the service or address it names.
 
-Accepted forms, case-insensitive, with an optional trailing dot:
-``svc.ns.svc.<cluster-domain>:port``, ``svc.ns.svc:port``, ``svc.ns:port`` and ``svc:port`` (namespace from
-the ``ns`` key of the JSON ``context_token``). A missing port means 80. Anything else (IP addresses,
-other domains, bad labels, bad ports, a short name without a namespace) is not in the mesh: the caller
-answers ``no_endpoints{exists: false}``. Only requests that are empty or oversized are invalid.
+Two kinds of authority are resolved:
+
+* **Names**, case-insensitive, with an optional trailing dot: ``svc.ns.svc.<cluster-domain>:port``,
+  ``svc.ns.svc:port``, ``svc.ns:port`` and ``svc:port`` (namespace from the ``ns`` key of the JSON
+  ``context_token``) → :class:`ServiceAuthority`.
+* **IP literals**, ``10.96.0.10:6379`` and ``[fd00::10]:6379`` → :class:`AddressAuthority`, in canonical
+  form (an IPv4-mapped IPv6 address is its IPv4 address). Whether the address is a service's virtual
+  address, a pod's own address or unknown is decided against the endpoint store, not here.
+
+A missing port means 80. Anything else (other domains, bad labels, bad ports, a short name without a
+namespace, an IPv6 literal without brackets or with a zone) is not in the mesh: the caller answers
+``no_endpoints{exists: false}``. Only requests that are empty or oversized are invalid.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 
@@ -35,6 +43,20 @@ class ServiceAuthority:
         return f"{self.service}.{self.namespace}:{self.port}"
 
 
+@dataclass(frozen=True, slots=True)
+class AddressAuthority:
+    """An ``IP:port`` authority; ``ip`` is canonical, so it compares equal to stored addresses."""
+
+    ip: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+Authority = ServiceAuthority | AddressAuthority
+
+
 def validate_request(authority: str, context_token: str) -> None:
     """Raises InvalidRequest for requests no well-behaved proxy sends."""
     if not authority:
@@ -47,12 +69,17 @@ def validate_request(authority: str, context_token: str) -> None:
 
 def parse_authority(
     authority: str, context_token: str = "", cluster_domain: str = "cluster.local"
-) -> ServiceAuthority | None:
-    """The service an authority names, or None when it is not a mesh service (see module docstring)."""
+) -> Authority | None:
+    """The service or address an authority names, or None when it is not in the mesh (module docstring)."""
     validate_request(authority, context_token)
     host, port = _split_port(authority.lower())
     if port is None:
         return None
+    if host.startswith("["):
+        return _address(host[1:-1], port, brackets=True)
+    address = _address(host, port, brackets=False)
+    if address is not None:
+        return address
     host = host.removesuffix(".")
     labels = host.split(".")
     cluster_suffix = ["svc", *cluster_domain.lower().split(".")]
@@ -75,14 +102,45 @@ def parse_authority(
 
 
 def _split_port(authority: str) -> tuple[str, int | None]:
+    """(host, port); port None when the authority is malformed. An IPv6 host keeps its brackets."""
     if authority.startswith("["):
-        return authority, None  # an IPv6 literal is never a service name
+        close = authority.find("]")
+        if close < 0:
+            return authority, None
+        host, rest = authority[: close + 1], authority[close + 1 :]
+        if not rest:
+            return host, DEFAULT_PORT
+        if not rest.startswith(":"):
+            return host, None
+        return host, _port(rest[1:])
     host, sep, port_text = authority.rpartition(":")
     if not sep:
         return authority, DEFAULT_PORT
-    if not port_text.isdigit() or len(port_text) > 5 or not 1 <= int(port_text) <= 65535:
-        return host, None
-    return host, int(port_text)
+    if ":" in host:
+        return authority, None  # an IPv6 literal without brackets: its port cannot be told apart
+    return host, _port(port_text)
+
+
+def _port(text: str) -> int | None:
+    if not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= 65535:
+        return None
+    return int(text)
+
+
+def _address(host: str, port: int, brackets: bool) -> AddressAuthority | None:
+    """The IP literal ``host`` names, if it is one of the right family for its brackets."""
+    try:
+        parsed = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if not brackets or parsed.scope_id is not None:
+            return None  # a zone names a link on the caller's host, not an address in the mesh
+        if parsed.ipv4_mapped is not None:
+            return AddressAuthority(str(parsed.ipv4_mapped), port)
+    elif brackets:
+        return None  # ``[10.0.0.1]`` is not an authority RFC 3986 allows
+    return AddressAuthority(str(parsed), port)
 
 
 def _namespace_from_token(context_token: str) -> str | None:

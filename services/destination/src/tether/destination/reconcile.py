@@ -27,6 +27,7 @@ class DesiredService:
     service: str
     ports: tuple[ServicePort, ...]
     endpoints: tuple[Endpoint, ...]
+    addresses: tuple[str, ...] = ()  # the service's virtual addresses, sorted and unique
 
     @property
     def key(self) -> str:
@@ -66,9 +67,13 @@ Write = Put | Delete
 
 
 def normalise(
-    namespace: str, service: str, ports: Iterable[ServicePort], endpoints: Iterable[Endpoint]
+    namespace: str,
+    service: str,
+    ports: Iterable[ServicePort],
+    endpoints: Iterable[Endpoint],
+    addresses: Iterable[str] = (),
 ) -> DesiredService:
-    """Sorted ports, endpoints sorted and unique by address (a ready record wins over a not-ready one)."""
+    """Sorted ports and addresses, endpoints sorted and unique by address (a ready record wins)."""
     by_address: dict[str, Endpoint] = {}
     for endpoint in endpoints:
         seen = by_address.get(endpoint.address)
@@ -79,6 +84,7 @@ def normalise(
         service=service,
         ports=tuple(sorted(set(ports), key=lambda p: (p.port, p.name))),
         endpoints=tuple(by_address[a] for a in sorted(by_address)),
+        addresses=tuple(sorted(set(addresses))),
     )
 
 
@@ -124,6 +130,7 @@ def _plan_key(key: str, want: DesiredService | None, have: Current | None, write
         and not have.deleted
         and have.value.ports == want.ports
         and have.value.endpoints == want.endpoints
+        and have.value.addresses == want.addresses
     )
     if unchanged:
         return None
@@ -144,6 +151,7 @@ def _plan_key(key: str, want: DesiredService | None, have: Current | None, write
         ports=want.ports,
         endpoints=want.endpoints,
         writer=writer,
+        addresses=want.addresses,
     )
     event = EndpointsChanged(
         namespace=want.namespace,

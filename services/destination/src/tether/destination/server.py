@@ -15,7 +15,7 @@ import grpc
 import structlog
 
 from tether.destination import wire
-from tether.destination.authority import ServiceAuthority, parse_authority
+from tether.destination.authority import AddressAuthority, Authority, ServiceAuthority, parse_authority
 from tether.destination.errors import InvalidRequest
 from tether.destination.metrics import DestinationMetrics
 from tether.destination.state import SubscriptionRegistry
@@ -140,12 +140,14 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_MESSAGE)
 
-    async def _serve(self, authority: ServiceAuthority | None, pending: _Pending) -> AsyncIterator[pb.Update]:
+    async def _serve(self, authority: Authority | None, pending: _Pending) -> AsyncIterator[pb.Update]:
         core = StreamCore()
-        if authority is None:
-            pending.offer(NOT_IN_MESH)
-        else:
+        if isinstance(authority, ServiceAuthority):
             pending.offer(self._registry.subscribe(authority.key, authority.port, pending.offer))
+        elif isinstance(authority, AddressAuthority):
+            pending.offer(self._registry.subscribe_address(authority.ip, authority.port, pending.offer))
+        else:
+            pending.offer(NOT_IN_MESH)
         updates_sent = self._metrics.updates_sent
         try:
             while not self._draining:
@@ -162,5 +164,7 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
                     updates_sent.labels(wire.frame_kind(frame)).inc()
                     yield wire.to_update(frame)
         finally:
-            if authority is not None:
+            if isinstance(authority, ServiceAuthority):
                 self._registry.unsubscribe(authority.key, authority.port, pending.offer)
+            elif isinstance(authority, AddressAuthority):
+                self._registry.unsubscribe_address(authority.ip, authority.port, pending.offer)

@@ -4,14 +4,19 @@ from what it was last sent to the latest state.
 A stream never queues intermediate states: it keeps only the latest ``Resolution`` and, when it is able to
 send, ``StreamCore.frames`` computes the diff from what it sent last. A slow stream therefore coalesces
 any number of changes into one diff and its memory stays bounded.
+
+A named authority is projected from its service's set (``project``); an ``IP:port`` authority from the
+sets that know that address (``project_address``): a service's virtual address resolves like the
+service's name, a pod's own address to that one endpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from tether.destination.model import EndpointSet
+from tether.destination.model import Endpoint, EndpointSet
+from tether.shared.events import in_port_ranges
 
 AddrKey = tuple[str, int]
 
@@ -25,6 +30,7 @@ class ResolvedAddr:
     identity: str | None
     h2: bool
     labels: tuple[tuple[str, str], ...]
+    opaque: bool = False
 
     @property
     def key(self) -> AddrKey:
@@ -66,32 +72,77 @@ def project(endpoint_set: EndpointSet | None, port: int) -> Resolution:
     """The ready addresses serving ``port`` of the service; a port the service lacks is not in the mesh."""
     if endpoint_set is None:
         return NOT_IN_MESH
-    port_name = next((p.name for p in endpoint_set.ports if p.port == port), None)
-    if port_name is None:
+    service_port = next((p for p in endpoint_set.ports if p.port == port), None)
+    if service_port is None:
         return NOT_IN_MESH
-    base = {"namespace": endpoint_set.namespace, "service": endpoint_set.service}
     addrs: dict[AddrKey, ResolvedAddr] = {}
     for endpoint in endpoint_set.endpoints:
-        target = endpoint.ports.get(port_name)
+        target = endpoint.ports.get(service_port.name)
         if not endpoint.ready or target is None:
             continue
-        labels = dict(base)
-        labels.update(endpoint.labels)
-        if endpoint.pod:
-            labels["pod"] = endpoint.pod
-        if endpoint.workload is not None:
-            labels[endpoint.workload.kind] = endpoint.workload.name
-        if endpoint.serviceaccount:
-            labels["serviceaccount"] = endpoint.serviceaccount
         addr = ResolvedAddr(
             ip=endpoint.address,
             port=target,
             identity=endpoint.identity,
             h2=endpoint.protocol_hint == "h2",
-            labels=tuple(sorted(labels.items())),
+            labels=_labels(endpoint_set, endpoint, with_service=True),
+            opaque=service_port.opaque or in_port_ranges(target, endpoint.opaque_ports),
         )
         addrs[addr.key] = addr
-    return Resolution(exists=True, set_labels=tuple(sorted(base.items())), addrs=addrs)
+    return Resolution(exists=True, set_labels=_base(endpoint_set, with_service=True), addrs=addrs)
+
+
+def project_address(
+    ip: str,
+    port: int,
+    services: Sequence[EndpointSet],
+    members: Sequence[tuple[EndpointSet, Endpoint]],
+) -> Resolution:
+    """An ``IP:port`` authority, given the sets whose virtual addresses include ``ip`` and the records of
+    ``ip`` in every set that has it as an endpoint (both in key order, so the answer is deterministic).
+
+    A virtual address resolves exactly like the service's name. A pod's address resolves to itself on
+    the port asked for, whether or not a service lists that port and whether or not it is ready: the
+    client chose that pod, and its proxy intercepts every port, so what matters is its identity.
+    """
+    if services:
+        return project(services[0], port)
+    if not members:
+        return NOT_IN_MESH
+    chosen_set, chosen = next(((s, e) for s, e in members if e.ready), members[0])
+    opaque = any(
+        in_port_ranges(port, endpoint.opaque_ports)
+        or any(p.opaque and endpoint.ports.get(p.name) == port for p in endpoint_set.ports)
+        for endpoint_set, endpoint in members
+    )
+    # No service label: a pod may back several services, and its series must not change with them.
+    addr = ResolvedAddr(
+        ip=ip,
+        port=port,
+        identity=chosen.identity,
+        h2=chosen.protocol_hint == "h2",
+        labels=_labels(chosen_set, chosen, with_service=False),
+        opaque=opaque,
+    )
+    return Resolution(exists=True, set_labels=_base(chosen_set, with_service=False), addrs={addr.key: addr})
+
+
+def _base(endpoint_set: EndpointSet, with_service: bool) -> tuple[tuple[str, str], ...]:
+    if with_service:
+        return (("namespace", endpoint_set.namespace), ("service", endpoint_set.service))
+    return (("namespace", endpoint_set.namespace),)
+
+
+def _labels(endpoint_set: EndpointSet, endpoint: Endpoint, with_service: bool) -> tuple[tuple[str, str], ...]:
+    labels = dict(_base(endpoint_set, with_service))
+    labels.update(endpoint.labels)
+    if endpoint.pod:
+        labels["pod"] = endpoint.pod
+    if endpoint.workload is not None:
+        labels[endpoint.workload.kind] = endpoint.workload.name
+    if endpoint.serviceaccount:
+        labels["serviceaccount"] = endpoint.serviceaccount
+    return tuple(sorted(labels.items()))
 
 
 class StreamCore:

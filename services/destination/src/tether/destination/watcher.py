@@ -75,6 +75,6 @@ class EndpointWatcher:
             return
         if result.value is not None and result.value.written_at and self.synced.is_set():
             self._metrics.watch_lag.observe(max(0.0, time.time() - result.value.written_at))
-        self._registry.publish(key)
+        self._registry.publish(key, result.addresses)
         if self.on_applied is not None:
             self.on_applied(key)

@@ -30,6 +30,8 @@ def weighted_addr(addr: ResolvedAddr) -> pb.WeightedAddr:
         message.tls_identity.dns_like_identity = addr.identity
     if addr.h2:
         message.protocol_hint.h2.SetInParent()
+    if addr.opaque:
+        message.protocol_hint.opaque = True
     return message
 
 

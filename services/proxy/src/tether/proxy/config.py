@@ -13,6 +13,11 @@ from tether.shared.identity_names import InvalidIdentityName, parse_identity
 #: The proxy's own ports besides its listeners: never forwarded to by the inbound side.
 PROXY_CONTROL_PORT = 4190
 PROXY_ADMIN_PORT = 4191
+#: Linkerd's default opaque ports: protocols where the server speaks first (SMTP, MySQL), or that are not
+#: HTTP and gain nothing from detection (PostgreSQL, Redis, Elasticsearch transport, memcached, ...).
+DEFAULT_OPAQUE_PORTS = (25, 587, 3306, 4444, 5432, 6379, 9300, 11211)
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
 
 
 class H2LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -121,9 +126,36 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
         Meta(description="inbound plaintext: accepted (all-unauthenticated) or refused (all-authenticated)"),
     ] = "all-unauthenticated"
     require_identity_ports: Annotated[
-        tuple[Annotated[int, Meta(ge=1, le=65535)], ...],
+        tuple[Port, ...],
         Meta(description="inbound ports on which plaintext is refused (meshed clients only)"),
     ] = ()
+    probe_ports: Annotated[
+        tuple[Port, ...],
+        Meta(
+            description="inbound ports that accept plaintext whatever the policy (the kubelet's liveness "
+            "and readiness probes)"
+        ),
+    ] = ()
+    opaque_ports: Annotated[
+        tuple[Port, ...],
+        Meta(
+            description="ports forwarded as TCP without protocol detection, both directions (server-speaks-"
+            "first protocols must be here); destination can name more per endpoint"
+        ),
+    ] = DEFAULT_OPAQUE_PORTS
+    detect_timeout: Annotated[
+        float,
+        Meta(
+            gt=0.0,
+            le=60.0,
+            description="seconds to wait for a connection's first bytes to tell its protocol; after that "
+            "it is forwarded as TCP",
+        ),
+    ] = 10.0
+    tcp_idle_timeout: Annotated[
+        float,
+        Meta(gt=0.0, le=7 * 86400.0, description="seconds a TCP connection may carry no bytes either way"),
+    ] = 3600.0
     h2: H2LimitsConfig = msgspec.field(default_factory=H2LimitsConfig)
     max_concurrent_streams: Annotated[
         int, Meta(ge=1, le=2**31 - 1, description="streams a client may open on one connection")

@@ -1,9 +1,10 @@
-"""Upstream connections, plaintext or mesh TLS: what the pools use to connect, so they know no sockets.
+"""Upstream connections, plaintext or mesh TLS: what the pools and TCP relays use, so they know no sockets.
 
-An endpoint that destination gave an identity is dialled with TLS 1.3 (SNI: that identity, ALPN h2),
-presenting this proxy's certificate, and accepted only if the server's chain leads to a trust anchor and
-its certificate names exactly that identity. A mismatch fails the connection (it is never retried in
-plaintext) and is counted. Endpoints without an identity are dialled in plaintext, labelled so.
+An endpoint that destination gave an identity is dialled with TLS 1.3 (SNI: that identity; ALPN: what
+follows, ``h2``, ``http/1.1`` or ``tether.tcp``), presenting this proxy's certificate, and accepted only if
+the server's chain leads to a trust anchor and its certificate names exactly that identity. A mismatch
+fails the connection (it is never retried in plaintext) and is counted. Endpoints without an identity are
+dialled in plaintext, labelled so.
 """
 
 from __future__ import annotations
@@ -11,21 +12,25 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
 
-from tether.proxy.core.connection import UpstreamConnection
-from tether.proxy.core.conninfo import NOT_PROVIDED_BY_DISCOVERY, tls_labels
+from tether.proxy.core.conninfo import NOT_PROVIDED_BY_DISCOVERY, Labels, tls_labels
+from tether.proxy.core.detect import Protocol
+from tether.proxy.core.h1connection import AnyUpstream
 from tether.proxy.errors import UpstreamConnectError
-from tether.proxy.metrics import MetricsRegistry
+from tether.proxy.metrics import MetricsRegistry, TcpHandle
 from tether.proxy.origdst import Address
-from tether.proxy.tlsconfig import ALPN_H2, IdentityMismatch, verify_peer_identity
+from tether.proxy.tlsconfig import ALPN_H2, ALPN_HTTP1, ALPN_TCP, IdentityMismatch, verify_peer_identity
 from tether.proxy.transport import Clock, Flusher, UpstreamProtocol
 
 log = structlog.get_logger(__name__)
 
-#: The mesh client context now (None: no certificate yet, or identity disabled).
-ClientContext = Callable[[], ssl.SSLContext | None]
+#: The mesh client context for an ALPN protocol now (None: no certificate yet, or identity disabled).
+ClientContext = Callable[[str], ssl.SSLContext | None]
+P = TypeVar("P", bound=asyncio.Protocol)
+_ALPN = {Protocol.HTTP2: ALPN_H2, Protocol.HTTP1: ALPN_HTTP1, Protocol.OPAQUE: ALPN_TCP}
 
 
 class Dialer:
@@ -37,7 +42,7 @@ class Dialer:
         direction: str,
         clock: Clock,
         connect_timeout: float,
-        mesh_tls: ClientContext = lambda: None,
+        mesh_tls: ClientContext = lambda _alpn: None,
         no_tls_reason: str = NOT_PROVIDED_BY_DISCOVERY,
     ) -> None:
         self.flusher = flusher
@@ -50,7 +55,7 @@ class Dialer:
         #: Connections refused because the server's certificate named another identity.
         self.identity_mismatches = 0
         #: Every upstream connection this dialer made that is still open (pooled, or draining).
-        self.live: set[UpstreamConnection] = set()
+        self.live: set[AnyUpstream] = set()
         #: Abandoned upstream streams reset once old enough (see UpstreamConnection.abandon).
         self.orphans_reset = 0
 
@@ -63,22 +68,54 @@ class Dialer:
                 self.orphans_reset += connection.expire_orphans(now)
 
     async def dial(
-        self, address: Address, identity: str | None, on_capacity: Callable[[UpstreamConnection], None]
-    ) -> UpstreamConnection:
-        """A connected upstream HTTP/2 connection; raises UpstreamConnectError."""
+        self,
+        address: Address,
+        identity: str | None,
+        on_capacity: Callable[[AnyUpstream], None],
+        protocol: Protocol = Protocol.HTTP2,
+    ) -> AnyUpstream:
+        """A connected upstream HTTP connection (``protocol``); raises UpstreamConnectError."""
+        tcp = self._tcp_handle(identity, ())
+        _, upstream = await self._connect(
+            address,
+            identity,
+            protocol,
+            lambda: UpstreamProtocol(self.flusher, tcp, on_capacity, self._clock, self.live, protocol),
+        )
+        return upstream.conn
+
+    async def dial_tcp(
+        self,
+        address: Address,
+        identity: str | None,
+        labels: Labels,
+        factory: Callable[[TcpHandle], asyncio.Protocol],
+    ) -> asyncio.Transport:
+        """A connected TCP stream for a relay (mTLS when ``identity``); raises UpstreamConnectError."""
+        tcp = self._tcp_handle(identity, labels)
+        transport, _ = await self._connect(address, identity, Protocol.OPAQUE, lambda: factory(tcp))
+        return transport
+
+    def _tcp_handle(self, identity: str | None, labels: Labels) -> TcpHandle:
+        secured = identity if identity is not None and self._mesh_tls(ALPN_H2) is not None else None
+        extra, tls = tls_labels("server_id", secured, self._no_tls_reason)
+        return self._registry.tcp(self._direction, "dst", (*labels, *extra), tls)
+
+    async def _connect(
+        self, address: Address, identity: str | None, protocol: Protocol, factory: Callable[[], P]
+    ) -> tuple[asyncio.Transport, P]:
+        alpn = _ALPN[protocol]
         context = None
         if identity is not None:
-            context = self._mesh_tls()
+            context = self._mesh_tls(alpn)
             if context is None:
                 raise UpstreamConnectError(address, "no certificate for mTLS yet")
-        labels, tls = tls_labels("server_id", identity if context is not None else None, self._no_tls_reason)
-        tcp = self._registry.tcp(self._direction, "dst", labels, tls)
         host, port = address
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self._connect_timeout):
-                transport, protocol = await loop.create_connection(
-                    lambda: UpstreamProtocol(self.flusher, tcp, on_capacity, self._clock, self.live),
+                transport, connected = await loop.create_connection(
+                    factory,
                     host,
                     port,
                     ssl=context,
@@ -99,7 +136,7 @@ class Dialer:
                 transport.abort()
                 log.warning("upstream_identity_mismatch", address=f"{host}:{port}", error=str(exc))
                 raise UpstreamConnectError(address, str(exc)) from None
-            if ssl_object.selected_alpn_protocol() != ALPN_H2:
+            if ssl_object.selected_alpn_protocol() != alpn:
                 transport.abort()
-                raise UpstreamConnectError(address, "the peer did not agree to HTTP/2 (ALPN h2)")
-        return protocol.conn
+                raise UpstreamConnectError(address, f"the peer did not agree to {alpn} (ALPN)")
+        return transport, connected

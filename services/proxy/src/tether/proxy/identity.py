@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from tether.proxy.errors import GrpcCallError
 from tether.proxy.grpc_h2 import GrpcChannel
-from tether.proxy.tlsconfig import ALPN_H2, ClientTls, client_context, server_context
+from tether.proxy.tlsconfig import ALPN_H2, MESH_ALPN, ClientTls, client_context, server_context
 from tether.shared.certmanager import CertificateManager, CertifyFailed, Issued, read_token_file
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.keygen import KeyMaterial, make_key_and_csr_in_helper
@@ -72,7 +72,7 @@ class ProxyIdentity:
             tls=lambda: ClientTls(self._anchors_only, identity_server_name),
             connect_timeout=connect_timeout,
         )
-        self._client: ssl.SSLContext | None = None
+        self._clients: dict[str, ssl.SSLContext] = {}
         self._server: ssl.SSLContext | None = None
         self.manager: CertificateManager | None = None
         self._task: SupervisedTask | None = None
@@ -103,17 +103,19 @@ class ProxyIdentity:
         proxy needs no certificate of its own for them, so discovery works before its first one."""
         return ClientTls(self._anchors_only, server_name)
 
-    def client_context(self) -> ssl.SSLContext | None:
-        """For dialling meshed peers: presents our certificate while it is valid."""
-        return self._client if self.ready() else None
+    def client_context(self, alpn: str = ALPN_H2) -> ssl.SSLContext | None:
+        """For dialling meshed peers, asking for ``alpn`` (one of MESH_ALPN): presents our certificate
+        while it is valid."""
+        return self._clients.get(alpn) if self.ready() else None
 
     def server_context(self) -> ssl.SSLContext | None:
         """For terminating meshed peers' TLS: None while we hold no valid certificate."""
         return self._server if self.ready() else None
 
     def _install(self, pair: KeyPair) -> None:
-        self._client = client_context(self.trust_anchors_pem, pair, [ALPN_H2])
-        self._server = server_context(self.trust_anchors_pem, pair, [ALPN_H2])
+        # One client context per protocol: ALPN is set per context, and each tells the peer what follows.
+        self._clients = {alpn: client_context(self.trust_anchors_pem, pair, [alpn]) for alpn in MESH_ALPN}
+        self._server = server_context(self.trust_anchors_pem, pair, MESH_ALPN)
 
     async def _certify(self, identity: WorkloadIdentity, token: bytes, csr_der: bytes) -> Issued:
         request = identity_pb2.CertifyRequest(

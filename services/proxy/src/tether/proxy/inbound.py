@@ -1,21 +1,26 @@
 """The inbound listener: accept, look at the first bytes without consuming them, decide, then hand over.
 
 * A TLS ClientHello whose SNI is this proxy's identity is a meshed peer: the proxy terminates TLS, requires
-  a client certificate chaining to the trust anchors, and records the peer's identity.
-* Any other TLS is the application's own: the proxy never terminates it (opaque forwarding comes with the
-  protocols work), so it is refused and counted.
-* Plaintext from an unmeshed client is accepted (``no_identity``) unless the policy requires an identity
-  (``--inbound-policy all-authenticated``, or the port is in ``--require-identity-ports``).
+  a client certificate chaining to the trust anchors, and records the peer's identity; what follows is
+  what the peer's ALPN says (or is detected, see :mod:`tether.proxy.detection`).
+* Any other TLS is the application's own: the proxy never terminates it, it forwards it as opaque TCP.
+* Plaintext from an unmeshed client is detected (HTTP/2, HTTP/1.1, else TCP) and accepted (``no_identity``)
+  unless the policy requires an identity (``--inbound-policy all-authenticated``, or the port is in
+  ``--require-identity-ports``); probe ports (``--probe-ports``) accept plaintext whatever the policy.
+* On an opaque port the client may be one that waits for the server to speak first, so the proxy waits for
+  a meshed peer's ClientHello only :data:`OPAQUE_TLS_GRACE` (a peer proxy sends it with its first packet),
+  then relays.
 
-The peek is ``MSG_PEEK``: the bytes stay in the socket for whoever reads it next (the TLS layer or h2).
+The peek is ``MSG_PEEK``: the bytes stay in the socket for whoever reads it next (the TLS layer, detection).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 import structlog
 
@@ -23,17 +28,21 @@ from tether.proxy.core.clienthello import (
     MAX_CLIENT_HELLO,
     ClientHello,
     Detection,
-    Malformed,
     NeedMore,
     NotTls,
     detect,
 )
-from tether.proxy.transport import DownstreamProtocol, ListenerContext
+from tether.proxy.core.detect import Protocol
+from tether.proxy.detection import Detector
+from tether.proxy.transport import ListenerContext
 from tether.shared.supervisor import SupervisedTask
 
 log = structlog.get_logger(__name__)
 
 DETECT_TIMEOUT = 10.0
+#: How long a connection to an opaque port may stay silent before it is taken for a server-speaks-first
+#: client (a peer proxy's ClientHello arrives with the first packet after the handshake).
+OPAQUE_TLS_GRACE = 0.05
 _PEEK_BYTES = MAX_CLIENT_HELLO + 9
 
 ServerContext = Callable[[], ssl.SSLContext | None]
@@ -42,11 +51,16 @@ ServerContext = Callable[[], ssl.SSLContext | None]
 class InboundPolicy:
     """Which plaintext connections are refused: all of them, or those to the listed ports."""
 
-    def __init__(self, *, require_identity: bool, ports: Collection[int] = ()) -> None:
+    def __init__(
+        self, *, require_identity: bool, ports: Collection[int] = (), probe_ports: Collection[int] = ()
+    ) -> None:
         self.require_identity = require_identity
         self.ports = frozenset(ports)
+        self.probe_ports = frozenset(probe_ports)
 
     def allows_plaintext(self, port: int) -> bool:
+        if port in self.probe_ports:
+            return True
         return not self.require_identity and port not in self.ports
 
 
@@ -54,17 +68,20 @@ class InboundAcceptor:
     def __init__(
         self,
         context: ListenerContext,
-        listening: socket.socket,
+        listening: Sequence[socket.socket],
         *,
         spawn: Callable[..., SupervisedTask],
         local_identity: str | None,
         server_context: ServerContext,
         policy: InboundPolicy,
         original_port: Callable[[socket.socket], int],
+        detector: Detector,
         detect_timeout: float = DETECT_TIMEOUT,
     ) -> None:
         self.context = context
-        self._listening = listening
+        self._detector = detector
+        #: One socket per address family (IPv4, and IPv6 where the pod has it).
+        self._listening = list(listening)
         self._spawn = spawn
         self._local_identity = local_identity
         self._server_context = server_context
@@ -72,31 +89,36 @@ class InboundAcceptor:
         self._original_port = original_port
         self._detect_timeout = detect_timeout
         self._admitting: set[asyncio.Task[None]] = set()
-        self._task: SupervisedTask | None = None
+        self._tasks: list[SupervisedTask] = []
         #: Connections refused before any request, by reason.
         self.refused: dict[str, int] = {}
 
     @property
     def port(self) -> int:
-        return int(self._listening.getsockname()[1])
+        return int(self._listening[0].getsockname()[1])
 
     def start(self) -> None:
-        self._task = self._spawn("inbound-accept", self._accept_forever)
+        for listening in self._listening:
+            family = "ipv6" if listening.family == socket.AF_INET6 else "ipv4"
+            self._tasks.append(
+                self._spawn(f"inbound-accept-{family}", functools.partial(self._accept_forever, listening))
+            )
 
     async def stop(self) -> None:
         """Stop accepting (connections already admitted are the listener context's to drain)."""
-        if self._task is not None:
-            await self._task.stop()
-        self._listening.close()
-        for task in list(self._admitting):
-            task.cancel()
+        for task in self._tasks:
+            await task.stop()
+        for listening in self._listening:
+            listening.close()
+        for admitting in list(self._admitting):
+            admitting.cancel()
         await asyncio.gather(*self._admitting, return_exceptions=True)
 
-    async def _accept_forever(self) -> None:
+    async def _accept_forever(self, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, _ = await loop.sock_accept(self._listening)
+                sock, _ = await loop.sock_accept(listening)
             except OSError as exc:  # EMFILE and friends: back off a little rather than spin
                 log.warning("inbound_accept_failed", error=exc.strerror or type(exc).__name__)
                 await asyncio.sleep(0.1)
@@ -128,44 +150,42 @@ class InboundAcceptor:
         except OSError:
             sock.close()
             return
-        verdict = await self._first_bytes(sock)
+        port = self._original_port(sock)
+        opaque = port in self._detector.opaque_ports
+        verdict = await self._first_bytes(sock, OPAQUE_TLS_GRACE if opaque else self._detect_timeout)
         loop = asyncio.get_running_loop()
-        factory = lambda: DownstreamProtocol(self.context)  # noqa: E731
-        if isinstance(verdict, ClientHello):
-            if self._local_identity is None or verdict.server_name != self._local_identity:
-                self._refuse(sock, "foreign_tls", peer=str(peer[0]), server_name=verdict.server_name[:253])
-                return
+        detector = self._detector
+        if isinstance(verdict, ClientHello) and verdict.server_name == self._local_identity:
             context = self._server_context()
             if context is None:
                 self._refuse(sock, "no_certificate", peer=str(peer[0]))
                 return
             try:
                 await loop.connect_accepted_socket(
-                    factory, sock, ssl=context, ssl_handshake_timeout=self.context.limits.handshake_timeout
+                    detector.protocol,
+                    sock,
+                    ssl=context,
+                    ssl_handshake_timeout=self.context.limits.handshake_timeout,
                 )
             except (ssl.SSLError, OSError, TimeoutError) as exc:
                 reason = getattr(exc, "reason", None) or type(exc).__name__
                 self._refuse(sock, "tls_handshake_failed", peer=str(peer[0]), error=str(reason)[:200])
             return
-        if isinstance(verdict, NotTls):
-            port = self._original_port(sock)
-            if not self._policy.allows_plaintext(port):
-                self._refuse(sock, "identity_required", peer=str(peer[0]), port=port)
-                return
-            try:
-                await loop.connect_accepted_socket(factory, sock)
-            except OSError:
-                sock.close()
+        if not self._policy.allows_plaintext(port):
+            self._refuse(sock, "identity_required", peer=str(peer[0]), port=port)
             return
-        if isinstance(verdict, Malformed):
-            self._refuse(sock, "malformed_tls", peer=str(peer[0]), error=verdict.reason)
-            return
-        self._refuse(sock, "no_data" if verdict is None else "incomplete_client_hello", peer=str(peer[0]))
+        # Not mesh TLS: the application's own TLS (or a malformed or partial ClientHello), something that
+        # waits for the server, or plaintext to detect. Only plaintext is worth looking into.
+        known = None if isinstance(verdict, NotTls) and not opaque else Protocol.OPAQUE
+        try:
+            await loop.connect_accepted_socket(lambda: detector.protocol(known), sock)
+        except OSError:
+            sock.close()
 
-    async def _first_bytes(self, sock: socket.socket) -> Detection | None:
+    async def _first_bytes(self, sock: socket.socket, timeout: float) -> Detection | None:
         """A verdict on what the connection starts with; None if the client closed or sent nothing."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._detect_timeout
+        deadline = loop.time() + timeout
         seen = 0
         pause = 0.001
         while True:

@@ -203,7 +203,7 @@ class TcpHandle(_Series):
 
 KeyT = TypeVar("KeyT")
 SeriesT = TypeVar("SeriesT", bound=_Series)
-RouteKey = tuple[str, str, str, Labels]
+RouteKey = tuple[str, str, str, Labels, str]
 TcpKey = tuple[str, str, str, Labels]
 
 
@@ -220,17 +220,21 @@ class MetricsRegistry:
         self._overflowed = {"route": 0, "tcp": 0}
         self._collectors: list[Callable[[], str]] = []
 
-    def route(self, direction: str, authority: str, labels: Labels = (), tls: str = "") -> RouteHandle:
-        """The handle for one HTTP label set; cheap enough to call once per stream."""
-        key = (direction, authority, tls, labels)
+    def route(
+        self, direction: str, authority: str, labels: Labels = (), tls: str = "", protocol: str = ""
+    ) -> RouteHandle:
+        """The handle for one HTTP label set; cheap enough to call once per stream. ``protocol`` (the
+        client's: ``h2`` or ``http/1.1``) is a label when given."""
+        key = (direction, authority, tls, labels, protocol)
         handle = self._routes.get(key)
         if handle is not None:
             return handle
         if len(self._routes) >= self.max_series:
             self._overflowed["route"] += 1
             return self._overflow_route(direction)
+        extra: Labels = (("protocol", protocol),) if protocol else ()
         handle = self._routes[key] = RouteHandle(
-            _series_labels((("direction", direction), ("authority", authority), *labels), tls)
+            _series_labels((("direction", direction), ("authority", authority), *labels, *extra), tls)
         )
         return handle
 

@@ -1,4 +1,4 @@
-"""Upstream HTTP/2 connections, pooled per endpoint (address and expected identity).
+"""Upstream HTTP connections, pooled per endpoint (address and expected identity) and protocol.
 
 The pools know nothing of sockets or TLS: they ask a :class:`~tether.proxy.dialer.Dialer` for connections.
 """
@@ -6,47 +6,63 @@ The pools know nothing of sockets or TLS: they ask a :class:`~tether.proxy.diale
 from __future__ import annotations
 
 import asyncio
+import typing
 from collections.abc import Callable
-from typing import Protocol
 
 import structlog
 
-from tether.proxy.core.connection import UpstreamConnection
+from tether.proxy.core.detect import Protocol
+from tether.proxy.core.h1connection import AnyUpstream
 from tether.proxy.errors import UpstreamConnectError
 from tether.proxy.origdst import Address
 
 log = structlog.get_logger(__name__)
 
-#: An endpoint as pooled: its address and the identity its certificate must name (None: plaintext).
-PoolKey = tuple[Address, str | None]
+#: An endpoint as pooled: its address, the identity its certificate must name (None: plaintext), and the
+#: protocol spoken to it.
+PoolKey = tuple[Address, str | None, Protocol]
 
 
-class Dialer(Protocol):
+class Dialer(typing.Protocol):
     async def dial(
-        self, address: Address, identity: str | None, on_capacity: Callable[[UpstreamConnection], None]
-    ) -> UpstreamConnection: ...
+        self,
+        address: Address,
+        identity: str | None,
+        on_capacity: Callable[[AnyUpstream], None],
+        protocol: Protocol = Protocol.HTTP2,
+    ) -> AnyUpstream: ...
 
 
 class EndpointPool:
-    """HTTP/2 connections to one endpoint; a new one is opened only when all are full."""
+    """Connections to one endpoint; a new one is opened only when all are full (an HTTP/1.1 connection
+    is full while it carries one request)."""
 
-    def __init__(self, address: Address, identity: str | None, *, dialer: Dialer, now: float) -> None:
+    def __init__(
+        self,
+        address: Address,
+        identity: str | None,
+        *,
+        dialer: Dialer,
+        now: float,
+        protocol: Protocol = Protocol.HTTP2,
+    ) -> None:
         self.address = address
         self.identity = identity
+        self.protocol = protocol
         self._dialer = dialer
-        self.connections: list[UpstreamConnection] = []
+        self.connections: list[AnyUpstream] = []
         self._connecting: asyncio.Task[None] | None = None
         self.last_used = now
         self.retired = False
 
-    def ready(self) -> UpstreamConnection | None:
+    def ready(self) -> AnyUpstream | None:
         """A connection that can take another stream now, if any (the fast path)."""
         for connection in self.connections:
             if connection.has_capacity:
                 return connection
         return None
 
-    async def acquire(self) -> UpstreamConnection:
+    async def acquire(self) -> AnyUpstream:
         """A connection with capacity, connecting if needed; raises UpstreamConnectError."""
         while True:
             if self.retired:
@@ -60,7 +76,9 @@ class EndpointPool:
 
     async def _connect(self) -> None:
         try:
-            connection = await self._dialer.dial(self.address, self.identity, self.capacity_changed)
+            connection = await self._dialer.dial(
+                self.address, self.identity, self.capacity_changed, self.protocol
+            )
         finally:
             self._connecting = None
         if self.retired:
@@ -68,7 +86,7 @@ class EndpointPool:
         elif not connection.closing:
             self.connections.append(connection)
 
-    def capacity_changed(self, connection: UpstreamConnection) -> None:
+    def capacity_changed(self, connection: AnyUpstream) -> None:
         if (connection.closing or connection.draining) and connection in self.connections:
             self.connections.remove(connection)
 
@@ -92,11 +110,15 @@ class Pools:
         self._clock = clock
         self._pools: dict[PoolKey, EndpointPool] = {}
 
-    def get(self, address: Address, identity: str | None = None) -> EndpointPool:
-        key = (address, identity)
+    def get(
+        self, address: Address, identity: str | None = None, protocol: Protocol = Protocol.HTTP2
+    ) -> EndpointPool:
+        key = (address, identity, protocol)
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = EndpointPool(address, identity, dialer=self._dialer, now=self._clock())
+            pool = self._pools[key] = EndpointPool(
+                address, identity, dialer=self._dialer, now=self._clock(), protocol=protocol
+            )
         return pool
 
     def __len__(self) -> int:

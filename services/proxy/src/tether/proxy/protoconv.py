@@ -26,6 +26,7 @@ def update_from_proto(message: destination_pb2.Update) -> Update | None:
                     labels=dict(weighted.metric_labels),
                     h2_hint=weighted.protocol_hint.HasField("h2"),
                     tls_identity=identity,
+                    opaque=weighted.protocol_hint.opaque,
                 )
             )
         return Add(endpoints, dict(message.add.metric_labels))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import time
 from collections.abc import Callable
@@ -17,17 +18,19 @@ from tether.proxy.core.conninfo import (
     NOT_PROVIDED_BY_DISCOVERY,
     NOT_PROVIDED_BY_REMOTE,
 )
+from tether.proxy.detection import Detector
 from tether.proxy.dialer import Dialer
 from tether.proxy.discovery import DestinationClient, StreamOpener
 from tether.proxy.dstclient import DestinationStreams
 from tether.proxy.grpc_h2 import GrpcChannel
 from tether.proxy.identity import KeyMaker, ProxyIdentity, read_proxy_trust_anchors
-from tether.proxy.inbound import DETECT_TIMEOUT, InboundAcceptor, InboundPolicy
+from tether.proxy.inbound import InboundAcceptor, InboundPolicy
 from tether.proxy.metrics import MetricsRegistry
 from tether.proxy.origdst import original_destination
 from tether.proxy.pool import Pools
 from tether.proxy.routing import InboundRouter, OutboundRouter
-from tether.proxy.transport import DownstreamProtocol, Flusher, ListenerContext, OriginalDstResolver
+from tether.proxy.tcp import TcpRelays
+from tether.proxy.transport import Flusher, ListenerContext, OriginalDstResolver
 from tether.shared.config import parse_hostport
 from tether.shared.keygen import make_key_and_csr_in_helper
 from tether.shared.listen import bind_failure
@@ -74,7 +77,7 @@ class Proxy:
         self.identity: ProxyIdentity | None = None
         self.discovery: DestinationClient | None = None
         self._grpc_streams: DestinationStreams | None = None
-        self._outbound_server: asyncio.Server | None = None
+        self._outbound_servers: list[asyncio.Server] = []
         self._acceptor: InboundAcceptor | None = None
         self._contexts: list[ListenerContext] = []
         self._sweeper: SupervisedTask | None = None
@@ -115,7 +118,7 @@ class Proxy:
             direction="outbound",
             clock=clock,
             connect_timeout=config.connect_timeout,
-            mesh_tls=identity.client_context if identity is not None else lambda: None,
+            mesh_tls=identity.client_context if identity is not None else lambda _alpn: None,
             no_tls_reason=outbound_no_tls,
         )
         self.inbound_dialer = inbound_dialer = Dialer(
@@ -209,23 +212,45 @@ class Proxy:
             limits=limits,
         )
         self._contexts = [outbound, inbound]
+        self.outbound_relays = TcpRelays(
+            direction="outbound",
+            route=self.outbound_router,
+            dialer=self.outbound_dialer,
+            registry=self.registry,
+            clock=clock,
+            idle_timeout=config.tcp_idle_timeout,
+            connect_timeout=config.connect_timeout,
+        )
+        self.inbound_relays = TcpRelays(
+            direction="inbound",
+            route=self.inbound_router,
+            dialer=inbound_dialer,
+            registry=self.registry,
+            clock=clock,
+            idle_timeout=config.tcp_idle_timeout,
+            connect_timeout=config.connect_timeout,
+        )
+        outbound_detector = Detector(
+            outbound,
+            self.outbound_relays,
+            timeout=config.detect_timeout,
+            opaque_ports=config.opaque_ports,
+            opaque_hint=self.outbound_router.opaque_hint,
+            opaque_lookup=self.outbound_router.opaque_lookup,
+        )
+        inbound_detector = Detector(
+            inbound, self.inbound_relays, timeout=config.detect_timeout, opaque_ports=config.opaque_ports
+        )
         self._built = True
         self.registry.add_collector(self._render_limits)
-        try:
-            self._outbound_server = await loop.create_server(
-                lambda: DownstreamProtocol(outbound),
-                outbound_host,
-                outbound_port,
-                reuse_address=True,
-                backlog=1024,
-            )
-        except OSError as exc:
-            raise bind_failure("--outbound-addr", config.outbound_addr, exc) from None
-        try:
-            listening = socket.create_server((inbound_host, inbound_port), backlog=1024, reuse_port=False)
-        except OSError as exc:
-            raise bind_failure("--inbound-addr", config.inbound_addr, exc) from None
-        listening.setblocking(False)
+        outbound_sockets = listen_dual_stack(
+            "--outbound-addr", config.outbound_addr, outbound_host, outbound_port
+        )
+        self._outbound_servers = [
+            await loop.create_server(outbound_detector.protocol, sock=sock, backlog=1024)
+            for sock in outbound_sockets
+        ]
+        listening = listen_dual_stack("--inbound-addr", config.inbound_addr, inbound_host, inbound_port)
         resolve_inbound = self._inbound_original_dst
 
         def original_port(sock: socket.socket) -> int:
@@ -241,10 +266,11 @@ class Proxy:
             policy=InboundPolicy(
                 require_identity=config.inbound_policy == "all-authenticated",
                 ports=config.require_identity_ports,
+                probe_ports=config.probe_ports,
             ),
             original_port=original_port,
-            # A client that sends nothing is closed as an idle one would be (and never held for longer).
-            detect_timeout=min(DETECT_TIMEOUT, h2.handshake_timeout, config.downstream_idle_timeout),
+            detector=inbound_detector,
+            detect_timeout=config.detect_timeout,
         )
         self._acceptor.start()
         self._sweeper = self.supervisor.spawn("proxy-sweeper", self._sweep)
@@ -266,8 +292,8 @@ class Proxy:
 
     @property
     def outbound_port(self) -> int:
-        assert self._outbound_server is not None
-        return int(self._outbound_server.sockets[0].getsockname()[1])
+        assert self._outbound_servers
+        return int(self._outbound_servers[0].sockets[0].getsockname()[1])
 
     @property
     def inbound_port(self) -> int:
@@ -293,6 +319,8 @@ class Proxy:
             now = self.clock()
             for context in self._contexts:
                 context.close_idle(now, config.downstream_idle_timeout)
+            self.outbound_relays.close_idle(now)
+            self.inbound_relays.close_idle(now)
             timeout = config.idle_timeout
             if self.discovery is not None:
                 self.discovery.evict_idle(now, timeout)
@@ -366,6 +394,7 @@ class Proxy:
                 "# TYPE proxy_authority_limit_rejected_total counter",
                 f"proxy_authority_limit_rejected_total {self.discovery.rejected}",
             ]
+        lines += self._protocol_lines()
         text = "\n".join(lines) + "\n"
         if self._acceptor is not None:
             text += self._acceptor.render_metrics()
@@ -373,14 +402,44 @@ class Proxy:
             text += self.identity.render_metrics()
         return text
 
+    def _protocol_lines(self) -> list[str]:
+        relays = (self.outbound_relays, self.inbound_relays)
+        return [
+            "# HELP proxy_protocol_detected_total Client connections by the protocol detected (or known).",
+            "# TYPE proxy_protocol_detected_total counter",
+            *(
+                f'proxy_protocol_detected_total{{direction="{c.direction}",protocol="{protocol}"}} {count}'
+                for c in self._contexts
+                for protocol, count in sorted(c.detected.items())
+            ),
+            "# HELP proxy_http1_rejected_total HTTP/1.1 requests refused before routing (request smuggling"
+            " defences, malformed requests), by reason; the connection is closed.",
+            "# TYPE proxy_http1_rejected_total counter",
+            *(
+                f'proxy_http1_rejected_total{{direction="{context.direction}",reason="{reason}"}} {count}'
+                for context in self._contexts
+                for reason, count in sorted(context.h1_refused.items())
+            ),
+            "# HELP proxy_tcp_forward_failed_total TCP connections not forwarded, by reason.",
+            "# TYPE proxy_tcp_forward_failed_total counter",
+            *(
+                f'proxy_tcp_forward_failed_total{{direction="{r.direction}",reason="{reason}"}} {count}'
+                for r in relays
+                for reason, count in sorted(r.failed.items())
+            ),
+            "# HELP proxy_tcp_idle_closed_total TCP connections closed after the TCP idle timeout.",
+            "# TYPE proxy_tcp_idle_closed_total counter",
+            *(f'proxy_tcp_idle_closed_total{{direction="{r.direction}"}} {r.idle_closed}' for r in relays),
+        ]
+
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, GOAWAY every client, wait up to ``grace`` seconds for in-flight requests."""
         if self._stopping:
             return
         self._stopping = True
         grace = self.config.shutdown_grace if grace is None else grace
-        if self._outbound_server is not None:
-            self._outbound_server.close()
+        for server in self._outbound_servers:
+            server.close()
         if self._acceptor is not None:
             await self._acceptor.stop()
         for context in self._contexts:
@@ -393,6 +452,10 @@ class Proxy:
             for protocol in list(context.connections):
                 if protocol.transport is not None:
                     protocol.transport.abort()
+        if self._built:
+            # TCP streams have no way to be told to go elsewhere: they end with the proxy.
+            self.outbound_relays.close_all()
+            self.inbound_relays.close_all()
         await self._release()
         log.info("proxy_stopped")
 
@@ -412,5 +475,43 @@ class Proxy:
             await self.identity.stop()
         if self._own_supervisor:
             await self.supervisor.stop()
-        if self._outbound_server is not None:
-            await self._outbound_server.wait_closed()
+        for server in self._outbound_servers:
+            await server.wait_closed()
+
+
+#: The IPv6 address that goes with an IPv4 listening address: interception redirects IPv6 connections to
+#: the same port on the IPv6 loopback (outbound) or the pod's IPv6 address (inbound).
+_IPV6_COMPANION = {"127.0.0.1": "::1", "0.0.0.0": "::"}
+
+
+def listen_dual_stack(option: str, addr: str, host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host:port``, plus the IPv6 companion of a loopback or wildcard IPv4 address
+    on the same port where this host has IPv6 (skipped, and said so once, where it has not)."""
+    sockets: list[socket.socket] = []
+    try:
+        first = socket.create_server((host, port), backlog=1024, reuse_port=False)
+    except OSError as exc:
+        raise bind_failure(option, addr, exc) from None
+    first.setblocking(False)
+    sockets.append(first)
+    companion = _IPV6_COMPANION.get(host)
+    if companion is not None:
+        bound_port = int(first.getsockname()[1])
+        try:
+            second = socket.create_server(
+                (companion, bound_port), family=socket.AF_INET6, backlog=1024, reuse_port=False
+            )
+        except OSError as exc:
+            if exc.errno not in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                first.close()
+                raise bind_failure(option, f"[{companion}]:{bound_port}", exc) from None
+            log.info(
+                "ipv6_listener_skipped",
+                option=option,
+                address=f"[{companion}]:{bound_port}",
+                reason=exc.strerror or type(exc).__name__,
+            )
+        else:
+            second.setblocking(False)
+            sockets.append(second)
+    return sockets

@@ -17,15 +17,18 @@ from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 
 from tether.proxy.core.balancer import EndpointLoad
-from tether.proxy.core.connection import UpstreamConnection
 from tether.proxy.core.conninfo import NOT_PROVIDED_BY_DISCOVERY, ConnectionInfo, tls_labels
+from tether.proxy.core.detect import Protocol
 from tether.proxy.core.exchange import Exchange
+from tether.proxy.core.h1codec import HTTP11, ORIG_PROTO_HEADER
+from tether.proxy.core.h1connection import AnyUpstream, H1UpstreamConnection
 from tether.proxy.core.headers import with_client_id
 from tether.proxy.core.resolution import Address, Endpoint, Resolution, Status
 from tether.proxy.discovery import DestinationClient
 from tether.proxy.errors import AuthorityLimitError, ProxyError, UpstreamConnectError
 from tether.proxy.metrics import Labels, MetricsRegistry, RouteHandle, dst_labels
 from tether.proxy.pool import EndpointPool, Pools
+from tether.proxy.tcp import TcpRouteRefused, TcpTarget
 
 Clock = Callable[[], float]
 
@@ -89,12 +92,17 @@ class _BaseRouter:
     def _attach(
         self,
         exchange: Exchange,
-        connection: UpstreamConnection,
+        connection: AnyUpstream,
         pool: EndpointPool,
         load: EndpointLoad[Address] | None,
         metrics: RouteHandle,
         now: float,
     ) -> None:
+        if isinstance(connection, H1UpstreamConnection):
+            connection.attach_upgrade(exchange.upgrade)
+        elif exchange.protocol == HTTP1_NAME:
+            # An HTTP/1.1 request over a mesh HTTP/2 connection: the inbound proxy restores the protocol.
+            exchange.request_headers = [*exchange.request_headers, (ORIG_PROTO_HEADER, HTTP11)]
         exchange.route_state = _RouteState(load, metrics)
         exchange.listener = self
         metrics.request()
@@ -108,7 +116,7 @@ class _BaseRouter:
 
     def _plain_metrics(self, exchange: Exchange) -> RouteHandle:
         labels, tls = _info(exchange).metric_labels()
-        return self.registry.route(self.direction, _authority_text(exchange), labels, tls)
+        return self.registry.route(self.direction, _authority_text(exchange), labels, tls, exchange.protocol)
 
     def _fail(self, exchange: Exchange, metrics: RouteHandle, http_status: int, message: str) -> None:
         if exchange.closed:
@@ -189,16 +197,16 @@ class OutboundRouter(_BaseRouter):
             if status is Status.KNOWN:
                 load = resolution.balancer.pick(now)
                 if load is not None:
-                    pool = self._pool(resolution, load.key)
+                    pool = self._pool(resolution, load.key, exchange)
                     connection = pool.ready()
                     if connection is not None:
-                        metrics = self._metrics(resolution, load.key)
+                        metrics = self._metrics(resolution, load.key, exchange)
                         self._attach(exchange, connection, pool, load, metrics, now)
                         return
         if status is Status.NOT_IN_MESH:
             target = self._fallback_target(exchange)
             if target is not None:
-                pool = self.pools.get(target)
+                pool = self.pools.get(target, None, _protocol(exchange, None))
                 connection = pool.ready()
                 if connection is not None:
                     self._attach(exchange, connection, pool, None, self._plain_metrics(exchange), now)
@@ -210,10 +218,10 @@ class OutboundRouter(_BaseRouter):
         redirected connection. A client that dialled the proxy itself gets nothing more (no open relay)."""
         return _info(exchange).original_dst
 
-    def _pool(self, resolution: Resolution, address: Address) -> EndpointPool:
+    def _pool(self, resolution: Resolution, address: Address, exchange: Exchange) -> EndpointPool:
         endpoint = resolution.endpoints.get(address)
         identity = endpoint.tls_identity if endpoint is not None and self.mesh_tls else None
-        return self.pools.get(address, identity)
+        return self.pools.get(address, identity, _protocol(exchange, identity))
 
     async def _route_slowly(self, exchange: Exchange) -> None:
         try:
@@ -242,13 +250,14 @@ class OutboundRouter(_BaseRouter):
                 load = resolution.balancer.pick(self.clock())
                 if load is None:
                     raise RouteFailure(503, "no endpoints available")
-                return self._pool(resolution, load.key), load, self._metrics(resolution, load.key)
+                pool = self._pool(resolution, load.key, exchange)
+                return pool, load, self._metrics(resolution, load.key, exchange)
         target = self._fallback_target(exchange)
         if target is None:
             raise RouteFailure(502, "authority not in the mesh and no original destination")
-        return self.pools.get(target), None, self._plain_metrics(exchange)
+        return self.pools.get(target, None, _protocol(exchange, None)), None, self._plain_metrics(exchange)
 
-    def _metrics(self, resolution: Resolution, address: Address) -> RouteHandle:
+    def _metrics(self, resolution: Resolution, address: Address, exchange: Exchange) -> RouteHandle:
         endpoint = resolution.endpoints.get(address)
         cached = self._labels.get(address)
         if cached is None or cached[0] is not endpoint:
@@ -256,7 +265,51 @@ class OutboundRouter(_BaseRouter):
             extra, tls = tls_labels("server_id", identity, self._no_tls_reason)
             labels = (*_endpoint_labels(endpoint), *extra)
             cached = self._labels[address] = (endpoint or Endpoint(address), labels, tls)
-        return self.registry.route(self.direction, resolution.authority, cached[1], cached[2])
+        return self.registry.route(
+            self.direction, resolution.authority, cached[1], cached[2], exchange.protocol
+        )
+
+    async def tcp_target(self, info: ConnectionInfo) -> TcpTarget:
+        """Where an opaque connection goes: discovery by its original destination (a service's address
+        balances over its endpoints, a pod's is that endpoint, with mTLS where meshed), else that
+        destination itself. A client that dialled the proxy directly has none: refused (no open relay)."""
+        original = info.original_dst
+        if original is None:
+            raise TcpRouteRefused("no_original_destination")
+        discovery = self.discovery
+        if discovery is not None:
+            resolution = await discovery.wait_usable(ip_authority(original), self.fail_fast_timeout)
+            if resolution is not None and resolution.status is Status.KNOWN:
+                load = resolution.balancer.pick(self.clock())
+                if load is None:
+                    raise TcpRouteRefused("no_endpoints")
+                endpoint = resolution.endpoints.get(load.key)
+                identity = endpoint.tls_identity if endpoint is not None and self.mesh_tls else None
+                load.started()
+                return TcpTarget(load.key, identity, _endpoint_labels(endpoint), load.finished)
+        return TcpTarget(original)
+
+    def opaque_hint(self, info: ConnectionInfo) -> bool | None:
+        """Whether discovery says the connection's destination port is opaque (None: not known yet)."""
+        discovery = self.discovery
+        original = info.original_dst
+        if discovery is None or original is None:
+            return False
+        try:
+            resolution = discovery.resolve(ip_authority(original), self.clock())
+        except AuthorityLimitError:
+            return False
+        if resolution.status is Status.PENDING:
+            return None
+        return _any_opaque(resolution)
+
+    async def opaque_lookup(self, info: ConnectionInfo) -> bool:
+        discovery = self.discovery
+        original = info.original_dst
+        if discovery is None or original is None:
+            return False
+        resolution = await discovery.wait_usable(ip_authority(original), self.fail_fast_timeout)
+        return resolution is not None and _any_opaque(resolution)
 
     def forget(self, addresses: list[Address]) -> None:
         """Endpoints left every set: retire their connections once in-flight requests finish."""
@@ -300,7 +353,14 @@ class InboundRouter(_BaseRouter):
     def route(self, exchange: Exchange) -> None:
         info = _info(exchange)
         labels, tls = info.metric_labels()
-        metrics = self.registry.route(self.direction, _authority_text(exchange), labels, tls)
+        metrics = self.registry.route(
+            self.direction, _authority_text(exchange), labels, tls, exchange.protocol
+        )
+        # The application gets the protocol its client spoke: HTTP/1.1 carried over the mesh's HTTP/2
+        # says so in a header (read before every tether-* header from outside is dropped).
+        protocol = Protocol.HTTP1 if exchange.protocol == HTTP1_NAME else Protocol.HTTP2
+        if protocol is Protocol.HTTP2 and _orig_proto(exchange) == HTTP11:
+            protocol = Protocol.HTTP1
         exchange.request_headers = with_client_id(exchange.request_headers, info.client_id)
         original = info.original_dst
         if original is None:
@@ -311,12 +371,22 @@ class InboundRouter(_BaseRouter):
             self._fail(exchange, metrics, 403, f"port {original[1]} is the proxy's own; it is not forwarded")
             return
         target = (self.app_host or original[0], original[1])
-        pool = self.pools.get(target)
+        pool = self.pools.get(target, None, protocol)
         connection = pool.ready()
         if connection is not None:
             self._attach(exchange, connection, pool, None, metrics, exchange.started_at)
         else:
             self._spawn(self._connect_slowly(exchange, pool, metrics))
+
+    async def tcp_target(self, info: ConnectionInfo) -> TcpTarget:
+        """The application, at the port the client asked for (never one of the proxy's own)."""
+        original = info.original_dst
+        if original is None:
+            raise TcpRouteRefused("no_original_destination")
+        if original[1] in self.proxy_ports:
+            self.refused_proxy_port += 1
+            raise TcpRouteRefused("proxy_port")
+        return TcpTarget((self.app_host or original[0], original[1]))
 
     async def _connect_slowly(self, exchange: Exchange, pool: EndpointPool, metrics: RouteHandle) -> None:
         try:
@@ -327,6 +397,44 @@ class InboundRouter(_BaseRouter):
         except Exception:
             log.exception("routing_failed", direction=self.direction)
             self._fail(exchange, metrics, 502, "proxy routing error")
+
+
+HTTP1_NAME = Protocol.HTTP1.value
+
+
+def _protocol(exchange: Exchange, identity: str | None) -> Protocol:
+    """What to speak upstream: HTTP/2 for HTTP/2 clients, and for HTTP/1.1 ones to a meshed endpoint (its
+    proxy restores HTTP/1.1); HTTP/1.1 otherwise, and always for a protocol switch (WebSocket, CONNECT),
+    which needs a connection of its own."""
+    if exchange.protocol != HTTP1_NAME:
+        return Protocol.HTTP2
+    if identity is None or exchange.upgrade is not None or _method(exchange) == b"CONNECT":
+        return Protocol.HTTP1
+    return Protocol.HTTP2
+
+
+def _method(exchange: Exchange) -> bytes:
+    for name, value in exchange.request_headers:
+        if name == b":method":
+            return value
+    return b""
+
+
+def _orig_proto(exchange: Exchange) -> bytes | None:
+    for name, value in exchange.request_headers:
+        if name == ORIG_PROTO_HEADER:
+            return value
+    return None
+
+
+def ip_authority(address: Address) -> bytes:
+    """``ip:port`` (``[ip]:port`` for IPv6): how discovery is asked about an address."""
+    host, port = address
+    return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()
+
+
+def _any_opaque(resolution: Resolution) -> bool:
+    return resolution.status is Status.KNOWN and any(e.opaque for e in resolution.endpoints.values())
 
 
 def _info(exchange: Exchange) -> ConnectionInfo:

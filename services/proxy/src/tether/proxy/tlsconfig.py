@@ -16,6 +16,12 @@ from tether.proxy.errors import ProxyError
 from tether.shared.tls import KeyPair, load_key_pair
 
 ALPN_H2 = "h2"
+ALPN_HTTP1 = "http/1.1"
+#: Between two proxies only: the connection carries an opaque TCP stream (the inbound proxy skips
+#: detection, so a server-speaks-first protocol is not kept waiting).
+ALPN_TCP = "tether.tcp"
+#: What a proxy's inbound listener agrees to, by what the peer proxy asks for.
+MESH_ALPN = [ALPN_H2, ALPN_HTTP1, ALPN_TCP]
 
 
 class IdentityMismatch(ProxyError):

@@ -20,6 +20,8 @@ from tether.proxy.core.connection import (
     UpstreamConnection,
 )
 from tether.proxy.core.conninfo import ConnectionInfo, TlsInfo
+from tether.proxy.core.detect import Protocol
+from tether.proxy.core.h1connection import H1DownstreamConnection, H1UpstreamConnection
 from tether.proxy.metrics import MetricsRegistry, TcpHandle
 from tether.proxy.origdst import Address, original_destination
 from tether.proxy.tlsconfig import peer_identity
@@ -61,7 +63,11 @@ class Flusher:
 
 
 class _H2Protocol(asyncio.Protocol):
-    """What both directions share: feed reads to the core, write its output, follow back-pressure."""
+    """What both directions share: feed reads to the core, write its output, follow back-pressure.
+
+    (HTTP/1.1 connections too: the core's HTTP/1.1 connections have the same face, and ask to pause and
+    resume reading, which HTTP/2 does with flow control instead.)
+    """
 
     conn: Http2Connection
     transport: asyncio.Transport | None
@@ -103,6 +109,15 @@ class _H2Protocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.conn.set_writable(True, self.clock())
+
+    # ReadControl, for the HTTP/1.1 connections
+    def pause_reading(self) -> None:
+        if self.transport is not None and self.transport.is_reading():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_reading():
+            self.transport.resume_reading()
 
     def _rejected(self, peer: str, error: str) -> None:
         # Logged once: the connection is closing and its error is cleared.
@@ -154,6 +169,10 @@ class ListenerContext:
         self.draining = False
         #: Connections closed for having no stream open for the downstream idle timeout.
         self.idle_closed = 0
+        #: HTTP/1.1 requests refused before routing (request-smuggling defences), by reason.
+        self.h1_refused: dict[str, int] = {}
+        #: Accepted connections by the protocol detected (h2, http/1.1, opaque).
+        self.detected: dict[str, int] = {}
 
     def describe(self, transport: asyncio.BaseTransport) -> ConnectionInfo:
         """The connection's fixed description, read off its socket (and TLS session) once, at accept."""
@@ -210,12 +229,20 @@ LINGER = 2.0
 class DownstreamProtocol(_H2Protocol):
     """A client connection accepted on a listener."""
 
-    conn: DownstreamConnection
+    conn: DownstreamConnection | H1DownstreamConnection
     side = "downstream"
     peer_role = "client"
 
-    def __init__(self, context: ListenerContext) -> None:
+    def __init__(
+        self,
+        context: ListenerContext,
+        protocol: Protocol = Protocol.HTTP2,
+        info: ConnectionInfo | None = None,
+    ) -> None:
         self.context = context
+        self.protocol = protocol
+        #: The connection's description, when detection read it already.
+        self.info = info
         self.clock = context.clock
         self.transport = None
         self._admitted = False
@@ -241,18 +268,30 @@ class DownstreamProtocol(_H2Protocol):
             self.transport = None
             cast(asyncio.Transport, transport).abort()
             return
-        info = context.describe(transport)
+        info = self.info or context.describe(transport)
         labels, tls = info.metric_labels()
         self.tcp = context.registry.tcp(context.direction, "src", labels, tls)
         self.tcp.opened()
-        self.conn = DownstreamConnection(
-            context.flusher,
-            context.router,
-            limits=context.limits,
-            context=self,
-            info=info,
-            now=self.clock(),
-        )
+        if self.protocol is Protocol.HTTP1:
+            conn = H1DownstreamConnection(
+                context.flusher,
+                context.router,
+                limits=context.limits,
+                context=self,
+                info=info,
+                now=self.clock(),
+            )
+            conn.reads = self
+            self.conn = conn
+        else:
+            self.conn = DownstreamConnection(
+                context.flusher,
+                context.router,
+                limits=context.limits,
+                context=self,
+                info=info,
+                now=self.clock(),
+            )
         self._admitted = True
         context.connections.add(self)
         if context.draining:
@@ -262,11 +301,16 @@ class DownstreamProtocol(_H2Protocol):
         if self._linger is not None:
             return  # closing: nothing more from this client is looked at
         super().data_received(data)
-        reason = self.conn.abuse
+        conn = self.conn
+        reason = conn.abuse
         if reason is not None and not self._cut_off_reported:
             self._report_cut_off(reason, None)
 
     def _rejected(self, peer: str, error: str) -> None:
+        conn = self.conn
+        if isinstance(conn, H1DownstreamConnection) and conn.refusal is not None:
+            refused = self.context.h1_refused
+            refused[conn.refusal.reason] = refused.get(conn.refusal.reason, 0) + 1
         reason = self.conn.abuse
         if reason is not None:
             self.conn.error = None
@@ -310,7 +354,7 @@ class DownstreamProtocol(_H2Protocol):
             return
         self.context.connections.discard(self)
         self.conn.connection_lost(self.clock())
-        self.tcp.closed(_errno(exc))
+        self.tcp.closed(errno_name(exc))
 
     def drain(self) -> None:
         self.conn.start_drain()
@@ -319,7 +363,7 @@ class DownstreamProtocol(_H2Protocol):
 class UpstreamProtocol(_H2Protocol):
     """A connection the proxy opened to an endpoint of a pool."""
 
-    conn: UpstreamConnection
+    conn: UpstreamConnection | H1UpstreamConnection
     side = "upstream"
     peer_role = "server"
 
@@ -327,10 +371,12 @@ class UpstreamProtocol(_H2Protocol):
         self,
         flusher: Flusher,
         tcp: TcpHandle,
-        on_capacity: Callable[[UpstreamConnection], None],
+        on_capacity: Callable[[Any], None],
         clock: Clock,
-        live: set[UpstreamConnection],
+        live: set[UpstreamConnection | H1UpstreamConnection],
+        protocol: Protocol = Protocol.HTTP2,
     ) -> None:
+        self.protocol = protocol
         self.flusher = flusher
         self.tcp = tcp
         self.on_capacity = on_capacity
@@ -341,14 +387,19 @@ class UpstreamProtocol(_H2Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.tcp.opened()
-        self.conn = UpstreamConnection(self.flusher, on_capacity=self.on_capacity, context=self)
+        if self.protocol is Protocol.HTTP1:
+            conn = H1UpstreamConnection(self.flusher, on_capacity=self.on_capacity, context=self)
+            conn.reads = self
+            self.conn = conn
+        else:
+            self.conn = UpstreamConnection(self.flusher, on_capacity=self.on_capacity, context=self)
         self.live.add(self.conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.live.discard(self.conn)
         self.conn.connection_lost(self.clock())
-        self.tcp.closed(_errno(exc))
+        self.tcp.closed(errno_name(exc))
 
 
 def _address(raw: Any) -> Address:
@@ -357,7 +408,8 @@ def _address(raw: Any) -> Address:
     return "", 0
 
 
-def _errno(exc: Exception | None) -> str:
+def errno_name(exc: Exception | None) -> str:
+    """How a connection ended, for ``tcp_close_total{errno}`` ("" for a clean close)."""
     if exc is None:
         return ""
     import errno as errno_module

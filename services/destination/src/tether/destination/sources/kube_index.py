@@ -4,7 +4,10 @@ The index keeps trimmed copies of Services, EndpointSlices (discovery.k8s.io/v1)
 which services a pod's change affects. Endpoint conditions follow the EndpointSlice API: ``ready`` nil means
 ready; ``terminating`` endpoints are left out; not-ready ones stay in the set with ``ready=False``.
 A pod is meshed when it runs the ``tether-proxy`` container: only meshed pods get a TLS identity
-(``<sa>.<ns>.serviceaccount.identity.<trust-domain>``) and the h2 protocol hint.
+(``<sa>.<ns>.serviceaccount.identity.<trust-domain>``) and the h2 protocol hint. A Service's virtual
+addresses come from ``spec.clusterIPs`` (or ``spec.clusterIP``); opaque ports from the
+``tether.io/opaque-ports`` annotation of the Service (its service ports) and of the Pod (its own ports).
+An annotation that does not parse is ignored and reported once per object and value (``take_warnings``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,12 @@ from typing import Any, Literal
 
 from tether.destination.model import Endpoint, ServicePort, Workload, service_key
 from tether.destination.reconcile import DesiredService, normalise
+from tether.destination.sources.kube_annotations import (
+    OPAQUE_PORTS_ANNOTATION,
+    InvalidAnnotation,
+    cluster_addresses,
+    parse_opaque_ports,
+)
 from tether.destination.sources.kube_objects import (
     Conditions,
     EndpointSliceObject,
@@ -27,9 +36,10 @@ from tether.destination.sources.kube_objects import (
     ServiceSpec,
     convert,
 )
+from tether.shared.events import PortRange, in_port_ranges
 from tether.shared.identity_names import InvalidIdentityName, workload_identity
 
-__all__ = ["KINDS", "Kind", "KubeIndex", "MalformedObject"]
+__all__ = ["KINDS", "AnnotationWarning", "Kind", "KubeIndex", "MalformedObject"]
 
 Kind = Literal["services", "endpointslices", "pods"]
 KINDS: tuple[Kind, ...] = ("services", "endpointslices", "pods")
@@ -39,8 +49,29 @@ ObjectRef = tuple[str, str]  # (namespace, name)
 
 
 @dataclass(frozen=True, slots=True)
+class BadAnnotation:
+    name: str
+    value: str
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnnotationWarning:
+    """An annotation of an object that was ignored because it does not parse."""
+
+    kind: Kind
+    namespace: str
+    name: str
+    annotation: str
+    value: str
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceInfo:
     ports: tuple[ServicePort, ...]
+    addresses: tuple[str, ...] = ()
+    bad_annotation: BadAnnotation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +94,8 @@ class PodInfo:
     serviceaccount: str
     meshed: bool
     workload: Workload | None
+    opaque_ports: tuple[PortRange, ...] = ()
+    bad_annotation: BadAnnotation | None = None
 
 
 def object_ref(obj: Mapping[str, Any]) -> ObjectRef:
@@ -71,15 +104,30 @@ def object_ref(obj: Mapping[str, Any]) -> ObjectRef:
 
 
 def parse_service(obj: Mapping[str, Any]) -> ServiceInfo | None:
-    spec = convert(obj, ServiceObject).spec or ServiceSpec()
+    parsed = convert(obj, ServiceObject)
+    spec = parsed.spec or ServiceSpec()
     if spec.type == "ExternalName":
         return None
+    opaque, bad = _opaque_ports(parsed.metadata.annotations)
     ports = tuple(
-        ServicePort(name=port.name or "", port=port.port)
+        ServicePort(name=port.name or "", port=port.port, opaque=in_port_ranges(port.port, opaque))
         for port in spec.ports or []
         if (port.protocol or "TCP") == "TCP"
     )
-    return ServiceInfo(ports=ports)
+    addresses = cluster_addresses(spec.cluster_ips, spec.cluster_ip)
+    return ServiceInfo(ports=ports, addresses=addresses, bad_annotation=bad)
+
+
+def _opaque_ports(
+    annotations: Mapping[str, str] | None,
+) -> tuple[tuple[PortRange, ...], BadAnnotation | None]:
+    value = (annotations or {}).get(OPAQUE_PORTS_ANNOTATION)
+    if value is None:
+        return (), None
+    try:
+        return parse_opaque_ports(value), None
+    except InvalidAnnotation as exc:
+        return (), BadAnnotation(OPAQUE_PORTS_ANNOTATION, value, str(exc))
 
 
 def parse_slice(obj: Mapping[str, Any]) -> SliceInfo | None:
@@ -128,10 +176,13 @@ def parse_pod(obj: Mapping[str, Any]) -> PodInfo:
             workload = Workload("deployment", name[: -len(template_hash) - 1])
         else:
             workload = Workload(kind.lower(), name)
+    opaque, bad = _opaque_ports(metadata.annotations)
     return PodInfo(
         serviceaccount=spec.service_account_name or spec.service_account or "default",
         meshed=meshed,
         workload=workload,
+        opaque_ports=opaque,
+        bad_annotation=bad,
     )
 
 
@@ -143,9 +194,23 @@ class KubeIndex:
         self._slices_by_service: dict[str, set[ObjectRef]] = {}
         self._pods: dict[ObjectRef, PodInfo] = {}
         self._services_by_pod: dict[ObjectRef, dict[str, int]] = {}
+        self._bad_annotations: dict[tuple[Kind, ObjectRef], BadAnnotation] = {}
+        self._warnings: list[AnnotationWarning] = []
 
     def keys(self) -> set[str]:
         return {service_key(ns, name) for ns, name in self._services}
+
+    def take_warnings(self) -> list[AnnotationWarning]:
+        """Annotations ignored since the last call, each reported once per object and value."""
+        warnings, self._warnings = self._warnings, []
+        return warnings
+
+    def _note(self, kind: Kind, ref: ObjectRef, bad: BadAnnotation | None) -> None:
+        if bad is None:
+            self._bad_annotations.pop((kind, ref), None)
+        elif self._bad_annotations.get((kind, ref)) != bad:
+            self._bad_annotations[(kind, ref)] = bad
+            self._warnings.append(AnnotationWarning(kind, ref[0], ref[1], bad.name, bad.value, bad.problem))
 
     def apply(self, kind: Kind, event_type: str, obj: Mapping[str, Any]) -> set[str]:
         """An ADDED, MODIFIED or DELETED watch event; returns the service keys it may have changed.
@@ -192,6 +257,7 @@ class KubeIndex:
             service = parse_service(obj)
             if service is None:
                 return self._remove(kind, ref)
+            self._note(kind, ref, service.bad_annotation)
             if self._services.get(ref) == service:
                 return set()
             self._services[ref] = service
@@ -211,12 +277,14 @@ class KubeIndex:
                 counts[parsed.service] = counts.get(parsed.service, 0) + 1
             return changed | {parsed.service}
         pod_info = parse_pod(obj)
+        self._note(kind, ref, pod_info.bad_annotation)
         if self._pods.get(ref) == pod_info:
             return set()
         self._pods[ref] = pod_info
         return set(self._services_by_pod.get(ref, {}))
 
     def _remove(self, kind: Kind, ref: ObjectRef) -> set[str]:
+        self._bad_annotations.pop((kind, ref), None)
         if kind == "services":
             return {service_key(*ref)} if self._services.pop(ref, None) is not None else set()
         if kind == "endpointslices":
@@ -258,7 +326,7 @@ class KubeIndex:
                     endpoint = self._endpoint(address, ports, slice_endpoint)
                     if endpoint is not None:
                         endpoints.append(endpoint)
-        return normalise(namespace, name, service.ports, endpoints)
+        return normalise(namespace, name, service.ports, endpoints, service.addresses)
 
     def _endpoint(self, address: str, ports: dict[str, int], source: SliceEndpoint) -> Endpoint | None:
         try:
@@ -282,6 +350,7 @@ class KubeIndex:
             workload=pod.workload if pod else None,
             serviceaccount=pod.serviceaccount if pod else None,
             origin="kubernetes",
+            opaque_ports=pod.opaque_ports if pod else (),
         )
 
 

@@ -40,6 +40,7 @@ class ObjectMeta(_Object, frozen=True, kw_only=True):
     name: Name
     namespace: str | None = None
     labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
     owner_references: list[OwnerReference] | None = None
 
 
@@ -52,6 +53,9 @@ class ServicePortSpec(_Object, frozen=True, kw_only=True):
 class ServiceSpec(_Object, frozen=True, kw_only=True):
     type: str | None = None
     ports: list[ServicePortSpec] | None = None
+    # The API spells these "clusterIP(s)", which no renaming rule produces from the Python names.
+    cluster_ip: str | None = msgspec.field(default=None, name="clusterIP")
+    cluster_ips: list[str] | None = msgspec.field(default=None, name="clusterIPs")
 
 
 class ServiceObject(_Object, frozen=True, kw_only=True):

@@ -101,6 +101,7 @@ class KubernetesSource:
         for problem in rejected:
             self._metrics.source_rejected.labels("kubernetes", kind).inc()
             log.error("kube_object_rejected", resource=kind, error=problem[:300], keeping="previous version")
+        self._report_annotations()
         self._listed.add(kind)
         if self.synced and not was_synced:
             changed = self._index.keys()
@@ -121,7 +122,21 @@ class KubernetesSource:
                 keeping="previous version",
             )
             return
+        self._report_annotations()
         self._notify(changed)
+
+    def _report_annotations(self) -> None:
+        for warning in self._index.take_warnings():
+            log.warning(
+                "kube_annotation_invalid",
+                resource=warning.kind,
+                namespace=warning.namespace,
+                name=warning.name,
+                annotation=warning.annotation,
+                value=warning.value[:200],
+                problem=warning.problem,
+                ignoring="the whole annotation",
+            )
 
     def _notify(self, keys: set[str]) -> None:
         if keys and self.synced and self._on_change is not None:

@@ -94,7 +94,13 @@ class LocalState:
             registered = self.registrations.endpoints(key, ports)
             if not registered:
                 return declared
-            return normalise(declared.namespace, declared.service, ports, [*declared.endpoints, *registered])
+            return normalise(
+                declared.namespace,
+                declared.service,
+                ports,
+                [*declared.endpoints, *registered],
+                declared.addresses,
+            )
         assert first_port is not None
         namespace, _, service = key.partition(".")
         ports = (ServicePort(name="", port=first_port),)

@@ -3,8 +3,11 @@
     services:
       - namespace: emojivoto
         name: web
+        addresses: [10.96.0.10, "fd00::10"]   # optional: virtual addresses (IPv4/IPv6 literals), which
+                                              #   resolve like the name; unique across services
         ports:                      # at least one; name defaults to "", target_port to port
           - {name: http, port: 80, target_port: 8080}
+          - {name: redis, port: 6379, opaque: true}   # opaque: non-HTTP, proxies skip protocol detection
         endpoints:
           - address: 10.0.0.7       # IPv4 or IPv6
             port: 8080              # optional: the target port (single-port services only);
@@ -13,7 +16,8 @@
             labels: {pod: web-0}    # optional metric labels
             ready: true             # optional
 
-Parsing is strict: unknown keys, wrong types, bad addresses and duplicates are errors that name the line.
+Parsing is strict: unknown keys, wrong types, bad addresses and duplicates (a port, an endpoint address,
+a virtual address within the service or across services) are errors that name the line.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import yaml
 from tether.destination.errors import RegistryFileError
 from tether.destination.model import Endpoint, ServicePort, service_key
 from tether.destination.reconcile import DesiredService, normalise
+from tether.shared.events import MAX_SERVICE_ADDRESSES
 from tether.shared.identity_names import InvalidIdentityName, is_dns1123_label, parse_identity
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -118,31 +123,54 @@ def parse_registry(text: str, path: str, trust_domain: str) -> dict[str, Desired
         return {}
     fields = reader.mapping(root, "the registry", {"services"}, set())
     services: dict[str, DesiredService] = {}
+    owners: dict[str, str] = {}  # virtual address -> the service that declared it
     for service_node in reader.sequence(fields["services"], "services") if "services" in fields else []:
-        desired = _parse_service(reader, service_node, trust_domain)
+        desired, address_nodes = _parse_service(reader, service_node, trust_domain)
         if desired.key in services:
             raise reader.fail(service_node, f"service {desired.key!r} is declared twice")
+        for address, address_node in address_nodes:
+            if address in owners:
+                raise reader.fail(
+                    address_node, f"address {address} is already the address of {owners[address]}"
+                )
+            owners[address] = desired.key
         services[desired.key] = desired
     return services
 
 
-def _parse_service(reader: _Reader, node: yaml.Node, trust_domain: str) -> DesiredService:
+def _parse_service(
+    reader: _Reader, node: yaml.Node, trust_domain: str
+) -> tuple[DesiredService, list[tuple[str, yaml.Node]]]:
+    """The service, and its virtual addresses with their nodes (for errors naming a later duplicate)."""
     fields = reader.mapping(
-        node, "a service", {"namespace", "name", "ports", "endpoints"}, {"namespace", "name", "ports"}
+        node,
+        "a service",
+        {"namespace", "name", "addresses", "ports", "endpoints"},
+        {"namespace", "name", "ports"},
     )
     namespace = reader.label(fields["namespace"], "namespace")
     name = reader.label(fields["name"], "name")
+    address_nodes: list[tuple[str, yaml.Node]] = []
+    address_list = reader.sequence(fields["addresses"], "addresses") if "addresses" in fields else []
+    if len(address_list) > MAX_SERVICE_ADDRESSES:
+        raise reader.fail(fields["addresses"], f"a service has at most {MAX_SERVICE_ADDRESSES} addresses")
+    for address_node in address_list:
+        address = parse_address(reader, address_node)
+        if any(address == seen for seen, _ in address_nodes):
+            raise reader.fail(address_node, f"address {address} is listed twice")
+        address_nodes.append((address, address_node))
     ports: list[ServicePort] = []
     targets: dict[str, int] = {}
     for port_node in reader.sequence(fields["ports"], "ports"):
-        port_fields = reader.mapping(port_node, "a port", {"name", "port", "target_port"}, {"port"})
+        port_fields = reader.mapping(port_node, "a port", {"name", "port", "target_port", "opaque"}, {"port"})
         port_name = reader.string(port_fields["name"], "port name") if "name" in port_fields else ""
         if port_name in targets:
             raise reader.fail(port_node, f"port name {port_name!r} is used twice")
         port = reader.port(port_fields["port"], "port")
         if any(p.port == port for p in ports):
             raise reader.fail(port_node, f"port {port} is declared twice")
-        ports.append(ServicePort(name=port_name, port=port))
+        opaque = reader.boolean(port_fields["opaque"], "opaque") if "opaque" in port_fields else False
+        ports.append(ServicePort(name=port_name, port=port, opaque=opaque))
         targets[port_name] = (
             reader.port(port_fields["target_port"], "target_port") if "target_port" in port_fields else port
         )
@@ -156,7 +184,8 @@ def _parse_service(reader: _Reader, node: yaml.Node, trust_domain: str) -> Desir
             raise reader.fail(endpoint_node, f"address {endpoint.address} is listed twice")
         seen.add(endpoint.address)
         endpoints.append(endpoint)
-    return normalise(namespace, name, ports, endpoints)
+    desired = normalise(namespace, name, ports, endpoints, (address for address, _ in address_nodes))
+    return desired, address_nodes
 
 
 def _parse_endpoint(reader: _Reader, node: yaml.Node, targets: dict[str, int], trust_domain: str) -> Endpoint:
@@ -197,9 +226,12 @@ def _parse_endpoint(reader: _Reader, node: yaml.Node, targets: dict[str, int], t
 def parse_address(reader: _Reader, node: yaml.Node) -> str:
     text = reader.string(node, "address")
     try:
-        return str(ipaddress.ip_address(text))
+        parsed = ipaddress.ip_address(text)
     except ValueError:
         raise reader.fail(node, f"address {text!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.scope_id is not None:
+        raise reader.fail(node, f"address {text!r} has a zone, which names a link, not an address")
+    return str(parsed)
 
 
 __all__ = ["parse_registry", "service_key"]

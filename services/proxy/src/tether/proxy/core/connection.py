@@ -147,6 +147,8 @@ class Http2Connection:
 class DownstreamConnection(Http2Connection):
     """A connection accepted from a client; each request becomes an :class:`Exchange`."""
 
+    protocol = "h2"
+
     __slots__ = (
         "abuse",
         "drain_last_stream_id",

@@ -27,7 +27,13 @@ from tether.proxy.core.headers import (
 )
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from tether.proxy.core.connection import DownstreamConnection, Http2Connection, UpstreamConnection
+    from tether.proxy.core.h1connection import H1DownstreamConnection, H1UpstreamConnection
+
+    AnyDownstream: TypeAlias = DownstreamConnection | H1DownstreamConnection
+    AnyUpstream: TypeAlias = UpstreamConnection | H1UpstreamConnection
 
 
 class ExchangeListener(Protocol):
@@ -149,19 +155,20 @@ class Exchange:
         "started_at",
         "state",
         "status",
+        "upgrade",
         "upstream",
         "upstream_sid",
     )
 
-    def __init__(
-        self, downstream: DownstreamConnection, stream_id: int, headers: Headers, now: float
-    ) -> None:
+    def __init__(self, downstream: AnyDownstream, stream_id: int, headers: Headers, now: float) -> None:
         self.downstream = downstream
         self.downstream_sid = stream_id
         self.request_headers: Headers = headers
         self.authority, self.is_grpc = request_target(headers)
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: AnyUpstream | None = None
         self.upstream_sid = 0
+        #: The protocol an HTTP/1.1 client asked to switch to (``Upgrade``; hop-by-hop, so kept aside).
+        self.upgrade: bytes | None = None
         #: When the upstream stream was opened.
         self.attached_at = now
         self.request = Pipe(downstream, stream_id)
@@ -184,7 +191,12 @@ class Exchange:
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
-    def attach(self, upstream: UpstreamConnection, now: float) -> None:
+    @property
+    def protocol(self) -> str:
+        """The client's protocol: ``h2`` or ``http/1.1``."""
+        return self.downstream.protocol
+
+    def attach(self, upstream: AnyUpstream, now: float) -> None:
         """Open the upstream stream and start forwarding; the upstream must have capacity."""
         if self.state is not State.ROUTING:
             return
@@ -269,11 +281,25 @@ class Exchange:
 
     def informational_headers(self, headers: Headers) -> None:
         if self.state is State.OPEN:
+            # A 101 (HTTP/1.1 only) must say what it switched to: its Upgrade and Connection stay.
+            switching = self.upgrade is not None and status_of(headers) == 101
             try:
-                self.downstream.h2.send_headers(self.downstream_sid, strip_hop_by_hop(headers))
+                self.downstream.h2.send_headers(
+                    self.downstream_sid, headers if switching else strip_hop_by_hop(headers)
+                )
             except ProtocolError:
                 return
             self.downstream.mark_dirty()
+
+    def switched_protocols(self, now: float) -> None:
+        """The server agreed to switch protocols (101, or 2xx to CONNECT): the request/response exchange is
+        over, and the connections carry bytes from now on (their business, not the exchange's)."""
+        if self.state is not State.OPEN:
+            return
+        self.response_started = True
+        self.status = self.status or 101
+        self.request.done = self.response.done = True
+        self._finish(now)
 
     def response_trailers(self, headers: Headers) -> None:
         if self.is_grpc:

@@ -24,6 +24,8 @@ class Endpoint:
     #: The endpoint is meshed: its inbound proxy speaks HTTP/2.
     h2_hint: bool = False
     tls_identity: str | None = None
+    #: The port carries an opaque (non-HTTP) protocol: forward it as TCP, without protocol detection.
+    opaque: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,25 @@
 """proxy-init: the nat rules that send a pod's TCP through its Tether proxy.
 
 Pure API: ``plan_interception(InterceptionSpec(...))`` gives the rules, ``render_fragment(plan)`` the
-``iptables-restore`` input, ``reconcile(plan, parse_nat_state(saved))`` the change needed for a saved table.
-``apply_plan(plan, mode)`` runs iptables; ``tether.proxy.init.cli:main`` is the ``tether-proxy init`` command.
+``iptables-restore`` input, ``reconcile(plan, parse_nat_state(saved))`` the change needed for a saved table;
+``plan_interception(spec, "ipv6")`` is the same for ip6tables. ``apply_plan(plan, mode)`` runs iptables (or
+ip6tables, by the plan's family); ``tether.proxy.init.cli:main`` is the ``tether-proxy init`` command.
 """
 
-from tether.proxy.init.apply import ApplyResult, ProxyInitError, apply_plan, explain_failure
+from tether.proxy.init.apply import (
+    ApplyResult,
+    FamilyUnavailable,
+    ProxyInitError,
+    apply_plan,
+    explain_failure,
+    ipv6_unavailable,
+    read_state,
+)
 from tether.proxy.init.config import PortRange, ProxyInitConfig
 from tether.proxy.init.plan import (
     InterceptionPlan,
     InterceptionSpec,
+    IpFamily,
     NatState,
     Rule,
     parse_nat_state,
@@ -20,8 +30,10 @@ from tether.proxy.init.plan import (
 
 __all__ = [
     "ApplyResult",
+    "FamilyUnavailable",
     "InterceptionPlan",
     "InterceptionSpec",
+    "IpFamily",
     "NatState",
     "PortRange",
     "ProxyInitConfig",
@@ -29,8 +41,10 @@ __all__ = [
     "Rule",
     "apply_plan",
     "explain_failure",
+    "ipv6_unavailable",
     "parse_nat_state",
     "plan_interception",
+    "read_state",
     "reconcile",
     "render_fragment",
 ]

@@ -1,4 +1,10 @@
-"""Installing a plan: read the nat table, compute the difference, apply it in one iptables-restore call."""
+"""Installing a plan: read the nat table, compute the difference, apply it in one iptables-restore call.
+
+One family at a time: IPv4 with iptables-save and iptables-restore, IPv6 with ip6tables-save and
+ip6tables-restore, each restore atomic. A family the pod cannot intercept (its binary missing, the kernel
+without its NAT support, IPv6 disabled in the namespace) raises :class:`FamilyUnavailable`, which the command
+treats as "no IPv6 here" under ``--ipv6 auto``.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,18 @@ import re
 import shlex
 import subprocess
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import msgspec
 
 from tether.proxy.errors import ProxyError
 from tether.proxy.init.config import IptablesMode
 from tether.proxy.init.plan import (
+    FAMILY_LABEL,
     TABLE,
     Fragment,
     InterceptionPlan,
+    IpFamily,
     NatState,
     Rule,
     parse_nat_state,
@@ -25,6 +34,20 @@ from tether.proxy.init.plan import (
 
 class ProxyInitError(ProxyError):
     """Installing the interception rules failed; the message names the step or rule and the reason."""
+
+
+class FamilyUnavailable(ProxyInitError):
+    """A family cannot be intercepted here at all: ``cause`` says why, ``remedy`` what would make it work.
+
+    ``bypassed``: the namespace does have the family, so its traffic would flow past the proxy (as opposed to
+    a namespace without the family at all).
+    """
+
+    def __init__(self, cause: str, remedy: str, *, bypassed: bool = True) -> None:
+        super().__init__(f"{cause}: {remedy}")
+        self.cause = cause
+        self.remedy = remedy
+        self.bypassed = bypassed
 
 
 class CommandResult(msgspec.Struct, frozen=True):
@@ -42,11 +65,37 @@ def run_command(argv: Sequence[str], stdin: str | None) -> CommandResult:
     return CommandResult(done.returncode, done.stdout, done.stderr)
 
 
-def binaries(mode: IptablesMode) -> tuple[str, str, str]:
-    """(save, restore, iptables) executables for an iptables backend."""
+def binaries(mode: IptablesMode, family: IpFamily = "ipv4") -> tuple[str, str, str]:
+    """(save, restore, iptables) executables for an iptables backend: ``ip6tables*`` for IPv6."""
+    base = "iptables" if family == "ipv4" else "ip6tables"
     if mode == "auto":
-        return "iptables-save", "iptables-restore", "iptables"
-    return f"iptables-{mode}-save", f"iptables-{mode}-restore", f"iptables-{mode}"
+        return f"{base}-save", f"{base}-restore", base
+    return f"{base}-{mode}-save", f"{base}-{mode}-restore", f"{base}-{mode}"
+
+
+DISABLE_IPV6 = Path("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+"""Per network namespace: read from inside the pod's namespace, it tells whether the pod has IPv6."""
+
+
+def ipv6_unavailable(disable_ipv6: Path = DISABLE_IPV6) -> FamilyUnavailable | None:
+    """Why the namespace has no IPv6 at all, or None when it has (or when that cannot be told)."""
+    try:
+        value = disable_ipv6.read_text().strip()
+    except FileNotFoundError:
+        return FamilyUnavailable(
+            f"the kernel has no IPv6 ({disable_ipv6} does not exist)",
+            "boot the node's kernel with IPv6 (without ipv6.disable=1)",
+            bypassed=False,
+        )
+    except OSError:
+        return None  # unreadable: ip6tables itself will tell
+    if value == "1":
+        return FamilyUnavailable(
+            f"IPv6 is disabled in the pod's network namespace ({disable_ipv6} is 1)",
+            "enable it in the pod (sysctl net.ipv6.conf.all.disable_ipv6=0)",
+            bypassed=False,
+        )
+    return None
 
 
 class ApplyResult(msgspec.Struct, frozen=True):
@@ -59,11 +108,23 @@ class ApplyResult(msgspec.Struct, frozen=True):
 LOCK_WAIT_SECONDS = 10
 
 
-def apply_plan(plan: InterceptionPlan, mode: IptablesMode, run: Runner = run_command) -> ApplyResult:
-    """Make the nat table match ``plan``, changing nothing when it already does."""
-    save_bin, restore_bin, iptables_bin = binaries(mode)
-    saved = _run(run, [save_bin, "-t", TABLE], None, f"reading the {TABLE} table")
-    state = parse_nat_state(saved.stdout)
+def read_state(family: IpFamily, mode: IptablesMode, run: Runner = run_command) -> NatState:
+    """The family's nat table as ``iptables-save`` (``ip6tables-save``) prints it. Changes nothing."""
+    save_bin = binaries(mode, family)[0]
+    saved = _run(run, [save_bin, "-t", TABLE], None, f"reading the {FAMILY_LABEL[family]} {TABLE} table")
+    return parse_nat_state(saved.stdout)
+
+
+def apply_plan(
+    plan: InterceptionPlan, mode: IptablesMode, run: Runner = run_command, state: NatState | None = None
+) -> ApplyResult:
+    """Make the plan's family's nat table match ``plan``, changing nothing when it already does.
+
+    ``state`` is the table as :func:`read_state` read it; it is read here when not given.
+    """
+    _, restore_bin, iptables_bin = binaries(mode, plan.family)
+    if state is None:
+        state = read_state(plan.family, mode, run)
     fragment = reconcile(plan, state)
     if fragment is None:
         return ApplyResult(changed=False, fragment=None)
@@ -71,8 +132,10 @@ def apply_plan(plan: InterceptionPlan, mode: IptablesMode, run: Runner = run_com
     try:
         result = run(argv, fragment.text)
     except FileNotFoundError:
-        raise ProxyInitError(_missing(restore_bin)) from None
+        raise _missing(restore_bin) from None
     if result.returncode != 0:
+        if _NO_KERNEL_SUPPORT.search(result.stderr):
+            raise _unsupported(restore_bin, plan.family, result.stderr)
         message = explain_failure(restore_bin, fragment, result.stderr)
         if "--- input was ---" in message:
             found = diagnose(plan, state, iptables_bin, run)
@@ -125,16 +188,37 @@ def _run(run: Runner, argv: list[str], stdin: str | None, step: str) -> CommandR
     try:
         result = run(argv, stdin)
     except FileNotFoundError:
-        raise ProxyInitError(_missing(argv[0])) from None
+        raise _missing(argv[0]) from None
     if result.returncode != 0:
+        if _NO_KERNEL_SUPPORT.search(result.stderr):
+            raise _unsupported(argv[0], "ipv6" if argv[0].startswith("ip6") else "ipv4", result.stderr)
         raise ProxyInitError(
             f"{step} with {argv[0]} failed (exit {result.returncode}): {_first_lines(result.stderr)}"
         )
     return result
 
 
-def _missing(binary: str) -> str:
-    return f"{binary} not found on PATH: install the iptables package (Debian: apt-get install iptables)"
+def _missing(binary: str) -> FamilyUnavailable:
+    return FamilyUnavailable(
+        f"{binary} not found on PATH", "install the iptables package (Debian: apt-get install iptables)"
+    )
+
+
+# What the iptables tools print when the kernel has no table (legacy) or no nf_tables family (nft) for them.
+_NO_KERNEL_SUPPORT = re.compile(
+    r"Table does not exist|do you need to insmod|Address family not supported|Protocol not supported"
+    r"|can't initiali[sz]e ip6?tables table|unable to initiali[sz]e table",
+    re.IGNORECASE,
+)
+
+
+def _unsupported(binary: str, family: IpFamily, stderr: str) -> FamilyUnavailable:
+    label = FAMILY_LABEL[family]
+    module = "ip6table_nat" if family == "ipv6" else "iptable_nat"
+    return FamilyUnavailable(
+        f"the kernel has no {label} NAT support for {binary}: {_first_lines(stderr)}",
+        f"load it on the node (modprobe {module} for the legacy backend, nft_chain_nat for nft)",
+    )
 
 
 _LINE = re.compile(r"line:?\s+(\d+)")

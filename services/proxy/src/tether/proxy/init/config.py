@@ -11,6 +11,7 @@ from msgspec import Meta
 from tether.shared.config import LoggingConfig
 
 IptablesMode = Literal["auto", "nft", "legacy"]
+Ipv6Mode = Literal["auto", "on", "off"]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 
 SERVICE = "proxy-init"
@@ -57,11 +58,26 @@ class ProxyInitConfig(LoggingConfig, frozen=True, kw_only=True):
         tuple[str, ...], Meta(description="outbound destination ports (or ranges a-b) left alone")
     ] = ()
     outbound_skip_subnets: Annotated[
-        tuple[str, ...], Meta(description="outbound destination CIDRs left alone, e.g. 169.254.169.254/32")
+        tuple[str, ...],
+        Meta(
+            description=(
+                "outbound destination CIDRs left alone, IPv4 or IPv6 (each family's rules get its own), "
+                "e.g. 169.254.169.254/32,fd00:ec2::254/128"
+            )
+        ),
     ] = ()
     iptables_mode: Annotated[
         IptablesMode,
         Meta(description="iptables backend: nft, legacy, or auto (the system's iptables-restore)"),
+    ] = "auto"
+    ipv6: Annotated[
+        Ipv6Mode,
+        Meta(
+            description=(
+                "the same rules for IPv6 with ip6tables: auto (when the pod has IPv6, else one log line and "
+                "IPv4 only), on (missing IPv6 is an error), off (IPv4 only)"
+            )
+        ),
     ] = "auto"
 
     def __post_init__(self) -> None:
@@ -74,9 +90,14 @@ class ProxyInitConfig(LoggingConfig, frozen=True, kw_only=True):
                 except ValueError as exc:
                     raise ValueError(f"{name}: {exc}") from None
         for text in self.outbound_skip_subnets:
+            if "%" in text:
+                raise ValueError(
+                    f"outbound_skip_subnets: expected an IPv4 or IPv6 CIDR, got {text!r}: "
+                    "a zone index (%...) cannot be matched by ip6tables"
+                )
             try:
-                ipaddress.IPv4Network(text, strict=False)
+                ipaddress.ip_network(text.strip(), strict=False)
             except ValueError as exc:
                 raise ValueError(
-                    f"outbound_skip_subnets: expected an IPv4 CIDR, got {text!r}: {exc}"
+                    f"outbound_skip_subnets: expected an IPv4 or IPv6 CIDR, got {text!r}: {exc}"
                 ) from None

@@ -10,6 +10,10 @@ Layout (all in the ``nat`` table; chain names are limited to 28 characters)::
         everything else -> TETHER_PROXY_OUTBOUND_REDIR
         TETHER_PROXY_OUTBOUND_REDIR: REDIRECT to the proxy's outbound port
 
+The same layout is planned once per address family: ``iptables`` for IPv4 and ``ip6tables`` for IPv6, whose
+nat tables are separate. The two plans differ only in the skip-listed subnets, each family getting its own
+(loopback is ``-o lo`` in both, so 127.0.0.0/8 and ::1 alike).
+
 Rules are written in the exact form ``iptables-save`` prints them, so comparing the desired plan with the
 saved table tells whether anything needs to change; that comparison is what makes proxy-init idempotent.
 """
@@ -17,7 +21,9 @@ saved table tells whether anything needs to change; that comparison is what make
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import msgspec
 
@@ -29,6 +35,10 @@ INBOUND_REDIRECT_CHAIN = "TETHER_PROXY_INBOUND_REDIR"
 OUTBOUND_CHAIN = "TETHER_PROXY_OUTBOUND"
 OUTBOUND_REDIRECT_CHAIN = "TETHER_PROXY_OUTBOUND_REDIR"
 OUR_CHAINS = (INBOUND_REDIRECT_CHAIN, INBOUND_CHAIN, OUTBOUND_REDIRECT_CHAIN, OUTBOUND_CHAIN)
+
+IpFamily = Literal["ipv4", "ipv6"]
+FAMILY_LABEL: dict[IpFamily, str] = {"ipv4": "IPv4", "ipv6": "IPv6"}
+_VERSION: dict[IpFamily, int] = {"ipv4": 4, "ipv6": 6}
 
 # xt_multiport takes at most 15 ports per rule; a range counts as two.
 MULTIPORT_SLOTS = 15
@@ -43,6 +53,7 @@ class InterceptionSpec(msgspec.Struct, frozen=True, kw_only=True):
     inbound_skip_ports: tuple[PortRange, ...] = (PortRange(4190, 4190), PortRange(4191, 4191))
     outbound_skip_ports: tuple[PortRange, ...] = ()
     outbound_skip_subnets: tuple[str, ...] = ()
+    """CIDRs of either family, normalised as iptables-save prints them (``10.0.0.0/8``, ``fd00::/64``)."""
 
     @classmethod
     def from_config(cls, config: ProxyInitConfig) -> InterceptionSpec:
@@ -52,10 +63,20 @@ class InterceptionSpec(msgspec.Struct, frozen=True, kw_only=True):
             proxy_uid=config.proxy_uid,
             inbound_skip_ports=tuple(PortRange.parse(p) for p in config.inbound_skip_ports),
             outbound_skip_ports=tuple(PortRange.parse(p) for p in config.outbound_skip_ports),
-            outbound_skip_subnets=tuple(
-                str(ipaddress.IPv4Network(s, strict=False)) for s in config.outbound_skip_subnets
-            ),
+            outbound_skip_subnets=tuple(normalise_subnet(s) for s in config.outbound_skip_subnets),
         )
+
+
+def normalise_subnet(text: str) -> str:
+    """A CIDR of either family in iptables-save's form; a bare address gets its full prefix length.
+
+    IPv6 addresses are written by the C library's ``inet_ntop``, as ip6tables-save writes them: it differs
+    from Python's form for IPv4-mapped addresses (``::ffff:10.0.0.1``, not ``::ffff:a00:1``).
+    """
+    network = ipaddress.ip_network(text.strip(), strict=False)
+    if network.version == 4:
+        return str(network)
+    return f"{socket.inet_ntop(socket.AF_INET6, network.network_address.packed)}/{network.prefixlen}"
 
 
 class Rule(msgspec.Struct, frozen=True):
@@ -71,18 +92,19 @@ class Rule(msgspec.Struct, frozen=True):
 
 
 class InterceptionPlan(msgspec.Struct, frozen=True):
-    """Our chains' full contents, and the jumps into them from the built-in chains."""
+    """Our chains' full contents, and the jumps into them from the built-in chains, for one family."""
 
     chains: tuple[str, ...]
     rules: tuple[Rule, ...]
     hooks: tuple[Rule, ...]
+    family: IpFamily = "ipv4"
 
     def rules_of(self, chain: str) -> list[str]:
         return [rule.line for rule in self.rules if rule.chain == chain]
 
 
-def plan_interception(spec: InterceptionSpec) -> InterceptionPlan:
-    """The complete set of nat rules for ``spec``."""
+def plan_interception(spec: InterceptionSpec, family: IpFamily = "ipv4") -> InterceptionPlan:
+    """The complete set of nat rules for ``spec`` in ``family``'s table (only that family's subnets)."""
     rules: list[Rule] = [
         Rule(
             INBOUND_REDIRECT_CHAIN,
@@ -125,8 +147,13 @@ def plan_interception(spec: InterceptionSpec) -> InterceptionPlan:
             )
         )
     for subnet in spec.outbound_skip_subnets:
+        network = ipaddress.ip_network(subnet, strict=False)
+        if network.version != _VERSION[family]:
+            continue
+        # iptables-save leaves out a match on every address (/0).
+        match = "" if network.prefixlen == 0 else f"-d {subnet} "
         rules.append(
-            Rule(OUTBOUND_CHAIN, f"-d {subnet} -j RETURN", f"leave outbound connections to {subnet} alone")
+            Rule(OUTBOUND_CHAIN, f"{match}-j RETURN", f"leave outbound connections to {subnet} alone")
         )
     rules.append(
         Rule(OUTBOUND_CHAIN, f"-p tcp -j {OUTBOUND_REDIRECT_CHAIN}", "intercept all other outbound TCP")
@@ -139,7 +166,7 @@ def plan_interception(spec: InterceptionSpec) -> InterceptionPlan:
             "send locally originated TCP through Tether's outbound chain",
         ),
     )
-    return InterceptionPlan(chains=OUR_CHAINS, rules=tuple(rules), hooks=hooks)
+    return InterceptionPlan(chains=OUR_CHAINS, rules=tuple(rules), hooks=hooks, family=family)
 
 
 def _multiport_groups(ranges: Sequence[PortRange]) -> Iterable[str]:
@@ -221,8 +248,14 @@ def reconcile(plan: InterceptionPlan, state: NatState) -> Fragment | None:
 def render_fragment(
     plan: InterceptionPlan, *, hooks: Sequence[Rule] | None = None, deletes: Sequence[str] = ()
 ) -> Fragment:
-    """iptables-restore input installing ``plan``; ``hooks`` defaults to all of the plan's hooks."""
-    lines = [f"# tether proxy-init: transparent interception ({len(plan.rules)} rules)", f"*{TABLE}"]
+    """iptables-restore (ip6tables-restore for IPv6) input installing ``plan``; ``hooks`` defaults to all of
+    the plan's hooks."""
+    restore = "iptables-restore" if plan.family == "ipv4" else "ip6tables-restore"
+    label = FAMILY_LABEL[plan.family]
+    lines = [
+        f"# tether proxy-init: {label} transparent interception ({len(plan.rules)} rules), {restore} input",
+        f"*{TABLE}",
+    ]
     rule_at_line: dict[int, Rule] = {}
     lines.extend(f":{chain} - [0:0]" for chain in plan.chains)
     lines.extend(deletes)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tether.shared.proto.net.v1 import net_pb2 as tether_dot_shared_dot_proto_dot_net_dot_v1_dot_net__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n4tether/shared/proto/destination/v1/destination.proto\x12\x15tether.destination.v1\x1a$tether/shared/proto/net/v1/net.proto\":\n\x0eGetDestination\x12\x11\n\tauthority\x18\x01 \x01(\t\x12\x15\n\rcontext_token\x18\x02 \x01(\t\"\xb7\x01\n\x06Update\x12\x35\n\x03\x61\x64\x64\x18\x01 \x01(\x0b\x32&.tether.destination.v1.WeightedAddrSetH\x00\x12\x30\n\x06remove\x18\x02 \x01(\x0b\x32\x1e.tether.destination.v1.AddrSetH\x00\x12:\n\x0cno_endpoints\x18\x03 \x01(\x0b\x32\".tether.destination.v1.NoEndpointsH\x00\x42\x08\n\x06update\"3\n\x07\x41\x64\x64rSet\x12(\n\x05\x61\x64\x64rs\x18\x01 \x03(\x0b\x32\x19.tether.net.v1.TcpAddress\"\xcb\x01\n\x0fWeightedAddrSet\x12\x32\n\x05\x61\x64\x64rs\x18\x01 \x03(\x0b\x32#.tether.destination.v1.WeightedAddr\x12O\n\rmetric_labels\x18\x02 \x03(\x0b\x32\x38.tether.destination.v1.WeightedAddrSet.MetricLabelsEntry\x1a\x33\n\x11MetricLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x02\n\x0cWeightedAddr\x12\'\n\x04\x61\x64\x64r\x18\x01 \x01(\x0b\x32\x19.tether.net.v1.TcpAddress\x12\x0e\n\x06weight\x18\x02 \x01(\r\x12L\n\rmetric_labels\x18\x03 \x03(\x0b\x32\x35.tether.destination.v1.WeightedAddr.MetricLabelsEntry\x12\x38\n\x0ctls_identity\x18\x04 \x01(\x0b\x32\".tether.destination.v1.TlsIdentity\x12:\n\rprotocol_hint\x18\x05 \x01(\x0b\x32#.tether.destination.v1.ProtocolHint\x1a\x33\n\x11MetricLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x0bTlsIdentity\x12\x1b\n\x11\x64ns_like_identity\x18\x01 \x01(\tH\x00\x42\n\n\x08strategy\"V\n\x0cProtocolHint\x12\x34\n\x02h2\x18\x01 \x01(\x0b\x32&.tether.destination.v1.ProtocolHint.H2H\x00\x1a\x04\n\x02H2B\n\n\x08protocol\"\x1d\n\x0bNoEndpoints\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x32\\\n\x0b\x44\x65stination\x12M\n\x03Get\x12%.tether.destination.v1.GetDestination\x1a\x1d.tether.destination.v1.Update0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n4tether/shared/proto/destination/v1/destination.proto\x12\x15tether.destination.v1\x1a$tether/shared/proto/net/v1/net.proto\":\n\x0eGetDestination\x12\x11\n\tauthority\x18\x01 \x01(\t\x12\x15\n\rcontext_token\x18\x02 \x01(\t\"\xb7\x01\n\x06Update\x12\x35\n\x03\x61\x64\x64\x18\x01 \x01(\x0b\x32&.tether.destination.v1.WeightedAddrSetH\x00\x12\x30\n\x06remove\x18\x02 \x01(\x0b\x32\x1e.tether.destination.v1.AddrSetH\x00\x12:\n\x0cno_endpoints\x18\x03 \x01(\x0b\x32\".tether.destination.v1.NoEndpointsH\x00\x42\x08\n\x06update\"3\n\x07\x41\x64\x64rSet\x12(\n\x05\x61\x64\x64rs\x18\x01 \x03(\x0b\x32\x19.tether.net.v1.TcpAddress\"\xcb\x01\n\x0fWeightedAddrSet\x12\x32\n\x05\x61\x64\x64rs\x18\x01 \x03(\x0b\x32#.tether.destination.v1.WeightedAddr\x12O\n\rmetric_labels\x18\x02 \x03(\x0b\x32\x38.tether.destination.v1.WeightedAddrSet.MetricLabelsEntry\x1a\x33\n\x11MetricLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc0\x02\n\x0cWeightedAddr\x12\'\n\x04\x61\x64\x64r\x18\x01 \x01(\x0b\x32\x19.tether.net.v1.TcpAddress\x12\x0e\n\x06weight\x18\x02 \x01(\r\x12L\n\rmetric_labels\x18\x03 \x03(\x0b\x32\x35.tether.destination.v1.WeightedAddr.MetricLabelsEntry\x12\x38\n\x0ctls_identity\x18\x04 \x01(\x0b\x32\".tether.destination.v1.TlsIdentity\x12:\n\rprotocol_hint\x18\x05 \x01(\x0b\x32#.tether.destination.v1.ProtocolHint\x1a\x33\n\x11MetricLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x0bTlsIdentity\x12\x1b\n\x11\x64ns_like_identity\x18\x01 \x01(\tH\x00\x42\n\n\x08strategy\"f\n\x0cProtocolHint\x12\x34\n\x02h2\x18\x01 \x01(\x0b\x32&.tether.destination.v1.ProtocolHint.H2H\x00\x12\x0e\n\x06opaque\x18\x02 \x01(\x08\x1a\x04\n\x02H2B\n\n\x08protocol\"\x1d\n\x0bNoEndpoints\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x32\\\n\x0b\x44\x65stination\x12M\n\x03Get\x12%.tether.destination.v1.GetDestination\x1a\x1d.tether.destination.v1.Update0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,11 +53,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TLSIDENTITY']._serialized_start=945
   _globals['_TLSIDENTITY']._serialized_end=999
   _globals['_PROTOCOLHINT']._serialized_start=1001
-  _globals['_PROTOCOLHINT']._serialized_end=1087
-  _globals['_PROTOCOLHINT_H2']._serialized_start=1071
-  _globals['_PROTOCOLHINT_H2']._serialized_end=1075
-  _globals['_NOENDPOINTS']._serialized_start=1089
-  _globals['_NOENDPOINTS']._serialized_end=1118
-  _globals['_DESTINATION']._serialized_start=1120
-  _globals['_DESTINATION']._serialized_end=1212
+  _globals['_PROTOCOLHINT']._serialized_end=1103
+  _globals['_PROTOCOLHINT_H2']._serialized_start=1087
+  _globals['_PROTOCOLHINT_H2']._serialized_end=1091
+  _globals['_NOENDPOINTS']._serialized_start=1105
+  _globals['_NOENDPOINTS']._serialized_end=1134
+  _globals['_DESTINATION']._serialized_start=1136
+  _globals['_DESTINATION']._serialized_end=1228
 # @@protoc_insertion_point(module_scope)

@@ -74,13 +74,15 @@ class TlsIdentity(_message.Message):
     def __init__(self, dns_like_identity: _Optional[str] = ...) -> None: ...
 
 class ProtocolHint(_message.Message):
-    __slots__ = ("h2",)
+    __slots__ = ("h2", "opaque")
     class H2(_message.Message):
         __slots__ = ()
         def __init__(self) -> None: ...
     H2_FIELD_NUMBER: _ClassVar[int]
+    OPAQUE_FIELD_NUMBER: _ClassVar[int]
     h2: ProtocolHint.H2
-    def __init__(self, h2: _Optional[_Union[ProtocolHint.H2, _Mapping]] = ...) -> None: ...
+    opaque: bool
+    def __init__(self, h2: _Optional[_Union[ProtocolHint.H2, _Mapping]] = ..., opaque: _Optional[bool] = ...) -> None: ...
 
 class NoEndpoints(_message.Message):
     __slots__ = ("exists",)

@@ -1,0 +1,278 @@
+"""Opaque TCP: a byte relay between a client connection and one the proxy dials for it.
+
+Both directions are relayed as they arrive, with back-pressure (a side whose write buffer is full stops
+the other side's reads), half-close (a FIN is passed on where the transport can send one; over mesh TLS it
+cannot be, so the other direction carries on until its side closes) and an idle timeout (swept, like HTTP
+clients).
+Where a connection goes is its router's decision (:class:`TcpRoute`); the dial is the :class:`Dialer`'s,
+with mTLS to meshed endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import structlog
+
+from tether.proxy.core.conninfo import ConnectionInfo, Labels
+from tether.proxy.errors import UpstreamConnectError
+from tether.proxy.metrics import MetricsRegistry, TcpHandle
+from tether.proxy.origdst import Address
+from tether.proxy.transport import errno_name
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class TcpTarget:
+    """Where a relayed connection goes: the address, the identity it must prove (None: plaintext), the
+    metric labels of the destination, and a callback when the relay ends (load balancing)."""
+
+    address: Address
+    identity: str | None = None
+    labels: Labels = ()
+    finished: Callable[[], None] | None = None
+
+
+class TcpRouteRefused(Exception):
+    """The router will not forward this connection anywhere (the reason is logged and counted)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TcpRoute(Protocol):
+    async def tcp_target(self, info: ConnectionInfo) -> TcpTarget: ...
+
+
+class TcpDialer(Protocol):
+    async def dial_tcp(
+        self,
+        address: Address,
+        identity: str | None,
+        labels: Labels,
+        factory: Callable[[TcpHandle], asyncio.Protocol],
+    ) -> asyncio.Transport: ...
+
+
+class TcpRelays:
+    """The relays of one listener: started per connection, swept when idle, closed on shutdown."""
+
+    def __init__(
+        self,
+        *,
+        direction: str,
+        route: TcpRoute,
+        dialer: TcpDialer,
+        registry: MetricsRegistry,
+        clock: Clock,
+        idle_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self.direction = direction
+        self.route = route
+        self.dialer = dialer
+        self.registry = registry
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.active: set[TcpRelay] = set()
+        #: Connections not forwarded, by reason (no route, connect failed).
+        self.failed: dict[str, int] = {}
+        self.idle_closed = 0
+
+    def relay(self, info: ConnectionInfo, first_bytes: bytes = b"") -> TcpRelay:
+        """The protocol for an accepted transport (``transport.set_protocol`` it, then call
+        ``connection_made``); ``first_bytes`` were read already (detection) and go first."""
+        return TcpRelay(self, info, first_bytes)
+
+    def count_failure(self, reason: str) -> None:
+        self.failed[reason] = self.failed.get(reason, 0) + 1
+
+    def close_idle(self, now: float) -> None:
+        for relay in list(self.active):
+            if now - relay.last_activity >= self.idle_timeout:
+                self.idle_closed += 1
+                relay.close()
+
+    def close_all(self) -> None:
+        for relay in list(self.active):
+            relay.abort()
+
+
+class _Side(asyncio.Protocol):
+    """One connection of a relay."""
+
+    def __init__(self, relay: TcpRelay, tcp: TcpHandle) -> None:
+        self.relay = relay
+        self.tcp = tcp
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.tcp.opened()
+
+    def data_received(self, data: bytes) -> None:
+        self.tcp.read(len(data))
+        self.relay.last_activity = self.relay.relays.clock()
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.write(data)
+            peer.tcp.wrote(len(data))
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            return False
+        if peer.eof:  # both sides are done
+            peer.transport.close()
+            return False
+        if peer.transport.can_write_eof():
+            peer.transport.write_eof()
+        # Keep the other direction going. (TLS cannot pass a half-close on: asyncio's TLS transport sends
+        # no close_notify short of closing. The other side then ends the connection, or the idle timeout.)
+        return True
+
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.tcp.closed(errno_name(exc))
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            if exc is not None:
+                peer.transport.abort()
+            else:
+                peer.transport.close()
+        self.relay.side_closed()
+
+
+class TcpRelay(_Side):
+    """The client's side: created at accept (or after detection), dials the target, then relays."""
+
+    def __init__(self, relays: TcpRelays, info: ConnectionInfo, first_bytes: bytes) -> None:
+        labels, tls = info.metric_labels()
+        super().__init__(self, relays.registry.tcp(relays.direction, "src", labels, tls))
+        self.relays = relays
+        self.info = info
+        self._first = [first_bytes] if first_bytes else []
+        self.last_activity = relays.clock()
+        self._sides_open = 1
+        self._dial: asyncio.Task[None] | None = None
+        self._target: TcpTarget | None = None
+        self._upstream: _Side | None = None
+
+    def _upstream_side(self, tcp: TcpHandle) -> asyncio.Protocol:
+        side = self._upstream = _Side(self, tcp)
+        side.peer = self
+        return side
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.relays.active.add(self)
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.pause_reading()  # until the other side is connected
+        self._dial = asyncio.get_running_loop().create_task(self._connect())
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is None:  # (only the reads already under way when reading was paused)
+            self.tcp.read(len(data))
+            self._first.append(data)
+            return
+        super().data_received(data)
+
+    async def _connect(self) -> None:
+        relays = self.relays
+        try:
+            async with asyncio.timeout(relays.connect_timeout * 3):
+                target = await relays.route.tcp_target(self.info)
+                self._target = target
+                await relays.dialer.dial_tcp(
+                    target.address, target.identity, target.labels, self._upstream_side
+                )
+        except TcpRouteRefused as exc:
+            self._fail(exc.reason, None)
+            return
+        except UpstreamConnectError as exc:
+            self._fail("connect_failed", str(exc))
+            return
+        except TimeoutError:
+            self._fail("connect_timeout", None)
+            return
+        except Exception:  # a bug: this connection fails, loudly, and the proxy carries on
+            log.exception("tcp_relay_error", direction=relays.direction)
+            self._fail("proxy_error", None)
+            return
+        upstream = self._upstream
+        assert upstream is not None, "the dialer made the upstream side"
+        transport = self.transport
+        if transport is None:  # the client left meanwhile
+            if upstream.transport is not None:
+                upstream.transport.close()
+            return
+        self.peer = upstream
+        self._sides_open = 2
+        pending, self._first = b"".join(self._first), []
+        if pending and upstream.transport is not None:
+            upstream.transport.write(pending)
+            upstream.tcp.wrote(len(pending))
+        if self.eof and upstream.transport is not None and upstream.transport.can_write_eof():
+            upstream.transport.write_eof()
+        if not transport.is_closing():
+            transport.resume_reading()
+
+    def _fail(self, reason: str, error: str | None) -> None:
+        self.relays.count_failure(reason)
+        log.info(
+            "tcp_relay_failed",
+            direction=self.relays.direction,
+            reason=reason,
+            original_dst=str(self.info.original_dst),
+            **({"error": error} if error else {}),
+        )
+        if self.transport is not None:
+            self.transport.abort()
+
+    def eof_received(self) -> bool | None:
+        if self.peer is None:
+            self.eof = True
+            return True  # passed on once connected
+        return super().eof_received()
+
+    def side_closed(self) -> None:
+        self._sides_open -= 1
+        if self._sides_open <= 0 or self.transport is None:
+            if self in self.relays.active:
+                self.relays.active.discard(self)
+                target = self._target
+                if target is not None and target.finished is not None:
+                    target.finished()
+            if self._dial is not None and not self._dial.done():
+                self._dial.cancel()
+
+    def close(self) -> None:
+        for side in (self, self.peer):
+            if side is not None and side.transport is not None:
+                side.transport.close()
+
+    def abort(self) -> None:
+        for side in (self, self.peer):
+            if side is not None and side.transport is not None:
+                side.transport.abort()
