@@ -205,3 +205,19 @@ async def test_opaque_tcp_to_a_pod_address_is_discovered_and_carried_over_mtls(m
         == 1
     )
     assert metric(server, "tcp_read_bytes_total", direction="inbound", peer="src", tls="true") >= len(payload)
+
+
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_response(meshed: Mesh) -> None:
+    """``printf 'GET ...' | nc``: the request, then FIN; the answer comes back, then the close."""
+    _server, app = await server_pod(meshed)
+    client = await ready_pod(meshed, meshed=True, serviceaccount="client")
+    name = f"web.{NAMESPACE}.svc.cluster.local:8080"
+    reader, writer = await asyncio.open_connection(client.host, client.proxy.outbound_port)
+    try:
+        writer.write(f"GET /half HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+        writer.write_eof()
+        received = await asyncio.wait_for(reader.read(-1), 10)  # to the proxy's close
+    finally:
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"GET /half 0 bytes"), received
+    assert [target for _, target, _, _ in app.requests] == [b"/half"]

@@ -43,7 +43,8 @@ class H1Client:
         return b"".join(self.h11.send(event) or b"" for event in events)
 
     def receive(self, data: bytes) -> list[Any]:
-        self.h11.receive_data(data)
+        if data:  # (empty would mean the connection closed)
+            self.h11.receive_data(data)
         events = []
         while True:
             event = self.h11.next_event()
@@ -172,3 +173,34 @@ def test_a_body_the_upstream_cannot_take_yet_pauses_reading_until_it_drains() ->
         server.window_update(0, len(body)) + server.window_update(exchange.upstream_sid, len(body)), 0.0
     )
     assert not reads.paused and exchange.request.buffered == 0
+
+
+def test_a_large_http2_response_reaches_the_http1_client_whole() -> None:
+    """Far beyond one write's worth: the HTTP/1.1 side has no window to wait for."""
+    down, router, _ = downstream()
+    client = H1Client()
+    down.receive_data(
+        client.send(
+            h11.Request(method="GET", target="/big", headers=[("Host", "web:80")]), h11.EndOfMessage()
+        ),
+        0.0,
+    )
+    (exchange,) = router.exchanges
+    up, server = h2_upstream()
+    exchange.attach(up, 0.0)
+    (headers,) = of_type(server.receive(up.data_to_send()), HeadersFrame)
+    sid = headers.stream_id
+    body = bytes(range(256)) * 4096  # 1 MiB
+    up.receive_data(server.headers(sid, [(b":status", b"200"), (b"content-length", b"%d" % len(body))]), 0.0)
+    received: list[Any] = []
+    window = 128 * 1024  # half the proxy's stream window: sent in one go, within it once the last is acked
+    for offset in range(0, len(body), window):
+        last = offset + window >= len(body)
+        up.receive_data(server.chunks(sid, body[offset : offset + window], end=last), 0.0)
+        received += client.receive(down.data_to_send())
+        frames = server.receive(up.data_to_send())  # the proxy's WINDOW_UPDATEs, as it hands data on
+        assert not of_type(frames, HeadersFrame)
+    got = b"".join(bytes(e.data) for e in received if isinstance(e, h11.Data))
+    assert len(got) == len(body)
+    assert got == body
+    assert isinstance(received[-1], h11.EndOfMessage)

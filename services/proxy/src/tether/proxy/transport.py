@@ -344,6 +344,12 @@ class DownstreamProtocol(_H2Protocol):
             self._linger.cancel()
             self._linger = None
             return False  # both sides are done: let asyncio close the socket
+        conn = self.conn
+        if isinstance(conn, H1DownstreamConnection) and not conn.closing:
+            # An HTTP/1.1 client may send its request and half-close (RFC 9112 §9.6): the response still
+            # goes out, then the connection closes.
+            conn.peer_closed(self.clock())
+            return True
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -27,6 +27,7 @@ from tether.proxy.core.headers import Header, Headers
 
 #: What one DATA write may carry (the exchange splits its buffered chunks at this size).
 MAX_WRITE = 64 * 1024
+UNBOUNDED_WINDOW = 1 << 30
 #: Received bytes not yet forwarded past which reading pauses (plus at most one read).
 READ_BUFFER_HIGH = 64 * 1024
 #: The original protocol of a request carried over a mesh HTTP/2 connection, restored by the inbound proxy.
@@ -85,7 +86,9 @@ class H1Codec:
         self.switched = False
 
     def local_flow_control_window(self, stream_id: int) -> int:
-        return MAX_WRITE
+        # No window: whatever the exchange holds is written now (what it holds is bounded by the sending
+        # side's own flow control), and a full write buffer stops it (``writable``), as for HTTP/2.
+        return UNBOUNDED_WINDOW
 
     def acknowledge_received_data(self, size: int, stream_id: int) -> None:
         before = self.unacknowledged

@@ -157,6 +157,21 @@ class H1DownstreamConnection(_H1Connection):
             self.h2.h11.receive_data(data)
         self._process(now)
 
+    def peer_closed(self, now: float) -> None:
+        """The client sent its FIN: what it sent is still served, then the connection closes."""
+        if self.tunnel is not None:
+            peer = self.tunnel
+            if not peer.closing:
+                peer.tunnel_closed()
+            return
+        with contextlib.suppress(RuntimeError):
+            self.h2.h11.receive_data(b"")
+        self._resume_paused()
+        self._process(now)
+        if not self.exchanges:
+            self.closing = True
+            self.mark_dirty()
+
     def _process(self, now: float) -> None:
         codec = self.h2
         conn = codec.h11
