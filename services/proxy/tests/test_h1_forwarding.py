@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import h11
-from h2rig import PREFACE, Peer, Router, Scheduler, data_of, of_type
+from h2rig import Peer, Router, Scheduler, data_of, of_type
 from hyperframe.frame import DataFrame, HeadersFrame
 
 from tether.proxy.core.abuse import ClientLimits
@@ -144,7 +144,8 @@ def test_an_http1_request_to_a_meshed_endpoint_says_so_and_the_inbound_side_rest
 def test_a_smuggling_attempt_is_refused_before_routing_and_the_connection_closed() -> None:
     down, router, _ = downstream()
     down.receive_data(
-        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /admin",
         0.0,
     )
     assert router.exchanges == []
