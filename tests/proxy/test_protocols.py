@@ -221,3 +221,26 @@ async def test_a_client_that_half_closes_after_its_request_still_gets_the_respon
         writer.close()
     assert received.startswith(b"HTTP/1.1 200 OK\r\n") and received.endswith(b"GET /half 0 bytes"), received
     assert [target for _, target, _, _ in app.requests] == [b"/half"]
+
+
+async def test_a_tcp_half_close_crosses_the_mesh_tls_and_the_answer_comes_back(meshed: Mesh) -> None:
+    """The client sends, then FIN; the application sees the end of the stream (it echoes until then and
+    closes), so the client reads everything to the close: TLS 1.3 half-close (close_notify) between the
+    proxies, which asyncio's own TLS transport cannot do."""
+    server, _ = await server_pod(meshed, "tcp_port")
+    client = await ready_pod(
+        meshed,
+        meshed=True,
+        serviceaccount="client",
+        original_dst=(server.host, server.endpoint_port),
+        opaque_ports=(server.endpoint_port,),
+    )
+    reader, writer = await asyncio.open_connection(client.host, client.proxy.outbound_port)
+    try:
+        writer.write(b"request, then FIN")
+        writer.write_eof()
+        echoed = await asyncio.wait_for(reader.read(-1), 10)  # EOF only once the app closed
+    finally:
+        writer.close()
+    assert echoed == b"request, then FIN"
+    assert metric(client, "tcp_open_total", direction="outbound", peer="dst", tls="true") == 1

@@ -12,8 +12,8 @@ from hyperframe.frame import DataFrame, HeadersFrame
 
 from tether.proxy.core.abuse import ClientLimits
 from tether.proxy.core.connection import UpstreamConnection
-from tether.proxy.core.h1codec import ORIG_PROTO_HEADER
-from tether.proxy.core.h1connection import READ_BUFFER_HIGH, H1DownstreamConnection, H1UpstreamConnection
+from tether.proxy.core.h1codec import ORIG_PROTO_HEADER, READ_BUFFER_HIGH
+from tether.proxy.core.h1connection import H1DownstreamConnection, H1UpstreamConnection
 
 LIMITS = ClientLimits(max_concurrent_streams=100)
 
@@ -45,7 +45,7 @@ class H1Client:
     def receive(self, data: bytes) -> list[Any]:
         if data:  # (empty would mean the connection closed)
             self.h11.receive_data(data)
-        events = []
+        events: list[Any] = []
         while True:
             event = self.h11.next_event()
             if event in (h11.NEED_DATA, h11.PAUSED):

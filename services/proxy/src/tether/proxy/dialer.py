@@ -23,6 +23,7 @@ from tether.proxy.errors import UpstreamConnectError
 from tether.proxy.metrics import MetricsRegistry, TcpHandle
 from tether.proxy.origdst import Address
 from tether.proxy.tlsconfig import ALPN_H2, ALPN_HTTP1, ALPN_TCP, IdentityMismatch, verify_peer_identity
+from tether.proxy.tlsstream import TlsStream
 from tether.proxy.transport import Clock, Flusher, UpstreamProtocol
 
 log = structlog.get_logger(__name__)
@@ -91,10 +92,48 @@ class Dialer:
         labels: Labels,
         factory: Callable[[TcpHandle], asyncio.Protocol],
     ) -> asyncio.Transport:
-        """A connected TCP stream for a relay (mTLS when ``identity``); raises UpstreamConnectError."""
+        """A connected TCP stream for a relay (mTLS when ``identity``, over a :class:`TlsStream` so that a
+        half-close crosses the mesh); raises UpstreamConnectError."""
         tcp = self._tcp_handle(identity, labels)
-        transport, _ = await self._connect(address, identity, Protocol.OPAQUE, lambda: factory(tcp))
-        return transport
+        if identity is None:
+            transport, _ = await self._connect(address, None, Protocol.OPAQUE, lambda: factory(tcp))
+            return transport
+        context = self._mesh_tls(ALPN_TCP)
+        if context is None:
+            raise UpstreamConnectError(address, "no certificate for mTLS yet")
+
+        def check(ssl_object: ssl.SSLObject) -> None:
+            verify_peer_identity(ssl_object, identity)
+            if ssl_object.selected_alpn_protocol() != ALPN_TCP:
+                raise UpstreamConnectError(address, f"the peer did not agree to {ALPN_TCP} (ALPN)")
+
+        stream = TlsStream(
+            context,
+            factory(tcp),
+            server_side=False,
+            server_hostname=identity,
+            check=check,
+            handshake_timeout=self._connect_timeout,
+        )
+        await self._connect(address, None, Protocol.OPAQUE, lambda: stream)
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await stream.handshake
+        except IdentityMismatch as exc:
+            self.identity_mismatches += 1
+            log.warning("upstream_identity_mismatch", address=f"{address[0]}:{address[1]}", error=str(exc))
+            raise UpstreamConnectError(address, str(exc)) from None
+        except UpstreamConnectError:
+            stream.abort()
+            raise
+        except TimeoutError:
+            stream.abort()
+            raise UpstreamConnectError(address, "TLS handshake timeout") from None
+        except ssl.SSLError as exc:
+            raise UpstreamConnectError(address, f"TLS handshake failed: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise UpstreamConnectError(address, exc.strerror or type(exc).__name__) from None
+        return stream  # type: ignore[return-value]
 
     def _tcp_handle(self, identity: str | None, labels: Labels) -> TcpHandle:
         secured = identity if identity is not None and self._mesh_tls(ALPN_H2) is not None else None

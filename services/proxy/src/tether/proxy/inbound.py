@@ -34,6 +34,8 @@ from tether.proxy.core.clienthello import (
 )
 from tether.proxy.core.detect import Protocol
 from tether.proxy.detection import Detector
+from tether.proxy.tlsconfig import ALPN_TCP
+from tether.proxy.tlsstream import TlsStream
 from tether.proxy.transport import ListenerContext
 from tether.shared.supervisor import SupervisedTask
 
@@ -160,6 +162,9 @@ class InboundAcceptor:
             if context is None:
                 self._refuse(sock, "no_certificate", peer=str(peer[0]))
                 return
+            if verdict.alpn == (ALPN_TCP,):
+                await self._accept_mesh_tcp(sock, context, str(peer[0]))
+                return
             try:
                 await loop.connect_accepted_socket(
                     detector.protocol,
@@ -181,6 +186,22 @@ class InboundAcceptor:
             await loop.connect_accepted_socket(lambda: detector.protocol(known), sock)
         except OSError:
             sock.close()
+
+    async def _accept_mesh_tcp(self, sock: socket.socket, context: ssl.SSLContext, peer: str) -> None:
+        """A peer proxy's TCP stream: TLS over our own adapter, which can pass a half-close on."""
+        loop = asyncio.get_running_loop()
+        stream = TlsStream(
+            context,
+            self._detector.protocol(Protocol.OPAQUE),
+            server_side=True,
+            handshake_timeout=self.context.limits.handshake_timeout,
+        )
+        try:
+            await loop.connect_accepted_socket(lambda: stream, sock)
+            await stream.handshake
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            self._refuse(sock, "tls_handshake_failed", peer=peer, error=str(reason)[:200])
 
     async def _first_bytes(self, sock: socket.socket, timeout: float) -> Detection | None:
         """A verdict on what the connection starts with; None if the client closed or sent nothing."""
