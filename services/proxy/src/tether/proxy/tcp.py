@@ -1,9 +1,9 @@
 """Opaque TCP: a byte relay between a client connection and one the proxy dials for it.
 
 Both directions are relayed as they arrive, with back-pressure (a side whose write buffer is full stops
-the other side's reads), half-close (a FIN is passed on where the transport can send one; over mesh TLS it
-cannot be, so the other direction carries on until its side closes) and an idle timeout (swept, like HTTP
-clients).
+the other side's reads), half-close (a FIN is passed on; mesh TLS connections are a
+:class:`~tether.proxy.tlsstream.TlsStream`, which sends close_notify for it) and an idle timeout (swept, like
+HTTP clients).
 Where a connection goes is its router's decision (:class:`TcpRoute`); the dial is the :class:`Dialer`'s,
 with mTLS to meshed endpoints.
 """
@@ -138,8 +138,8 @@ class _Side(asyncio.Protocol):
             return False
         if peer.transport.can_write_eof():
             peer.transport.write_eof()
-        # Keep the other direction going. (TLS cannot pass a half-close on: asyncio's TLS transport sends
-        # no close_notify short of closing. The other side then ends the connection, or the idle timeout.)
+        # Keep the other direction going. (A transport that cannot half-close — asyncio's TLS, for the
+        # application's own TLS streams never, ours always can — leaves the other side to end it.)
         return True
 
     def pause_writing(self) -> None:
