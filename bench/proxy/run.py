@@ -421,17 +421,24 @@ def start_identity(namespace: Namespace, files: ControlPlaneFiles, logs: Logs, l
     )  # fmt: skip
 
 
-def start_destination(namespace: Namespace, files: ControlPlaneFiles, logs: Logs, server_ip: str) -> None:
-    """The destination service: the local registry announces ``bench`` at the server, meshed."""
+def start_destination(
+    namespace: Namespace,
+    files: ControlPlaneFiles,
+    logs: Logs,
+    server_ip: str,
+    opaque_ports: Sequence[int] = (),
+) -> None:
+    """The destination service: the local registry announces ``bench`` at the server, meshed (port
+    ``APP_PORT``, and ``opaque_ports`` as opaque TCP: bench/proxy/protocols.py)."""
     registry = files.ca.parent / "registry.yaml"
+    ports = "".join(f", {{name: tcp{port}, port: {port}, opaque: true}}" for port in opaque_ports)
     registry.write_text(
         "services:\n"
         f"  - namespace: {BENCH_NAMESPACE}\n"
         "    name: bench\n"
-        f"    ports: [{{name: http, port: {APP_PORT}}}]\n"
+        f"    ports: [{{name: http, port: {APP_PORT}}}{ports}]\n"
         "    endpoints:\n"
         f"      - address: {server_ip}\n"
-        f"        port: {APP_PORT}\n"
         f"        identity: {SERVER_ID}\n"
         "        labels: {pod: server-0}\n"
     )
@@ -453,14 +460,20 @@ def start_destination(namespace: Namespace, files: ControlPlaneFiles, logs: Logs
 
 
 def start_mtls_pair(
-    client: Namespace, server: Namespace, server_ip: str, workdir: Path, logs: Logs, log_level: str
+    client: Namespace,
+    server: Namespace,
+    server_ip: str,
+    workdir: Path,
+    logs: Logs,
+    log_level: str,
+    opaque_ports: Sequence[int] = (),
 ) -> dict[str, ProcStat]:
     """The meshed pair and its control plane; returns once both proxies hold a certificate (/ready)."""
     files = ControlPlaneFiles.make(workdir)
     start_identity(client, files, logs, "client")
     start_identity(server, files, logs, "server")
     wait_ready(client, IDENTITY_ADMIN_PORT, "identity-client", logs)
-    start_destination(client, files, logs, server_ip)
+    start_destination(client, files, logs, server_ip, opaque_ports)
     wait_ready(server, IDENTITY_ADMIN_PORT, "identity-server", logs)
     wait_ready(client, DESTINATION_ADMIN_PORT, "destination", logs)
     proxy_init(client)
@@ -492,15 +505,22 @@ def h2load_counts(output: str) -> tuple[int, int]:
 
 
 def saturate(
-    client: Namespace, url: str, seconds: float, warmup: float, headers: Sequence[str] = ()
+    client: Namespace,
+    url: str,
+    seconds: float,
+    warmup: float,
+    headers: Sequence[str] = (),
+    connections: int = 10,
+    streams: int = 10,
 ) -> tuple[float, int]:
+    """h2load's req/s and failed requests; ``headers`` may carry other options (``--h1``)."""
     done = client.run(
         [
             "h2load",
             "-c",
-            "10",
+            str(connections),
             "-m",
-            "10",
+            str(streams),
             "-t",
             "1",
             "-D",
@@ -843,15 +863,16 @@ def render_verdict(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.proxy import attack  # imports this module in turn: only once it is loaded
+    from bench.proxy import attack, protocols  # import this module in turn: only once it is loaded
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--scenarios",
-        default="direct,tether,mtls,nghttpx,attack",
-        help="comma-separated subset to run (attack: the attack phase, bench/proxy/attack.py)",
+        default=",".join(("direct", "tether", "mtls", "nghttpx", *protocols.SCENARIOS, "attack")),
+        help="comma-separated subset to run (h1-*, tcp-*: bench/proxy/protocols.py; attack: the attack "
+        "phase, bench/proxy/attack.py)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
     parser.add_argument("--warmup", type=float, default=1.0, help="h2load warm-up before the saturation run")
@@ -868,6 +889,7 @@ def main(argv: list[str] | None = None) -> int:
         "--logs", type=Path, help="keep the Tether processes' logs here, one folder per scenario"
     )
     attack.add_arguments(parser)
+    protocols.add_arguments(parser)
     args = parser.parse_args(argv)
     missing = check_tools()
     if missing:
@@ -882,6 +904,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot run the proxy benchmark: {reason}", file=sys.stderr)
         return 2
     results = []
+    protocol_results = []
     scenarios = args.scenarios.split(",")
     attack_phase = None
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
@@ -891,9 +914,15 @@ def main(argv: list[str] | None = None) -> int:
             os.chmod(tmp, 0o755)
             started = time.monotonic()
             print(f"running {scenario} ...", file=sys.stderr, flush=True)
-            results.append(run_scenario(scenario, args, workdir))
+            done: Result | protocols.ProtocolResult
+            if scenario in protocols.SCENARIOS:
+                done = protocols.run_scenario(scenario, args, workdir)
+                protocol_results.append(done)
+            else:
+                done = run_scenario(scenario, args, workdir)
+                results.append(done)
             print(f"  {scenario} took {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
-            for note in results[-1].log_notes:
+            for note in done.log_notes:
                 print(f"  log: {note}", file=sys.stderr, flush=True)
         if "attack" in scenarios:
             started = time.monotonic()
@@ -903,28 +932,42 @@ def main(argv: list[str] | None = None) -> int:
             for note in attack_phase.log_notes:
                 print(f"  log: {note}", file=sys.stderr, flush=True)
     targets = verdict(results)
+    protocol_targets = protocols.verdict(protocol_results, results)  # in the JSON's "protocols"
+    met = [targets["met"]] if results or not (protocol_results or attack_phase) else []
+    if protocol_results:
+        met.append(protocol_targets["met"])
     if attack_phase is not None:
-        attack_met = all(attack.verdict(attack_phase)["checks"].values())  # in the JSON's "attack"
-        targets["met"] = attack_met and (targets["met"] or not results)
+        met.append(all(attack.verdict(attack_phase)["checks"].values()))  # in the JSON's "attack"
+    targets["met"] = all(met)
     report = {
         "cores": os.cpu_count(),
         "h2load": subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip(),
         "settings": {"saturation": "-c 10 -m 10", "seconds": args.seconds, "open_loop_rate": args.rate},
         "proxy_user": " ".join(proxy_user()),
         "results": [asdict(r) for r in results],
+        "protocols": protocols.as_json(protocol_results, protocol_targets, args)
+        if protocol_results
+        else None,
         "attack": attack.as_json(attack_phase) if attack_phase is not None else None,
         "targets": targets,
     }
-    print(render_table(results))
+    if results:
+        print(render_table(results))
+    if protocol_results:
+        print(protocols.render(protocol_results, results, args))
     if attack_phase is not None:
         print(attack.render(attack_phase))
     print(render_verdict(targets))
+    if protocol_results:
+        print(protocols.render_verdict(protocol_targets))
     print(f"cores: {os.cpu_count()}")
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     attack_failed = attack_phase is not None and attack_phase.error is not None
-    return 0 if all(r.error is None for r in results) and not attack_failed else 1
+    errors = [r.error for r in results] + [r.error for r in protocol_results]
+    scenario_failed = any(error is not None for error in errors)
+    return 0 if not scenario_failed and not attack_failed else 1
 
 
 if __name__ == "__main__":

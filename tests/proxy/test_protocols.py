@@ -150,9 +150,9 @@ async def test_http1_rides_the_mesh_http2_connection_and_reaches_the_app_as_http
     assert fields[b"host"] == name.encode()
     assert b"tether-orig-proto" not in fields  # restored, not passed on
     assert fields[b"tether-client-id"] == client.identity.encode()  # type: ignore[union-attr]
-    # Over the mesh: the client proxy's one h2 mTLS connection; the server proxy saw HTTP/1.1 clients.
+    # Over the mesh: the client proxy's one h2 mTLS connection, labelled with the client's protocol.
     assert metric(client, "request_total", direction="outbound", protocol="http/1.1", tls="true") == 2
-    assert metric(server, "request_total", direction="inbound", protocol="h2", tls="true") == 2
+    assert metric(server, "request_total", direction="inbound", protocol="http/1.1", tls="true") == 2
     assert metric(client, "tcp_open_total", direction="outbound", peer="dst", tls="true") == 1
 
 

@@ -138,8 +138,8 @@ class _Side(asyncio.Protocol):
             return False
         if peer.transport.can_write_eof():
             peer.transport.write_eof()
-        # Keep the other direction going. (A transport that cannot half-close — asyncio's TLS, for the
-        # application's own TLS streams never, ours always can — leaves the other side to end it.)
+        # Keep the other direction going. (Where the other transport cannot half-close — asyncio's TLS, which
+        # only a mesh peer without ALPN would reach here — the other side ends the connection.)
         return True
 
     def pause_writing(self) -> None:
