@@ -353,14 +353,13 @@ class InboundRouter(_BaseRouter):
     def route(self, exchange: Exchange) -> None:
         info = _info(exchange)
         labels, tls = info.metric_labels()
-        metrics = self.registry.route(
-            self.direction, _authority_text(exchange), labels, tls, exchange.protocol
-        )
         # The application gets the protocol its client spoke: HTTP/1.1 carried over the mesh's HTTP/2
-        # says so in a header (read before every tether-* header from outside is dropped).
+        # says so in a header (read before every tether-* header from outside is dropped), and that is the
+        # protocol its series are labelled with.
         protocol = Protocol.HTTP1 if exchange.protocol == HTTP1_NAME else Protocol.HTTP2
         if protocol is Protocol.HTTP2 and _orig_proto(exchange) == HTTP11:
             protocol = Protocol.HTTP1
+        metrics = self.registry.route(self.direction, _authority_text(exchange), labels, tls, protocol.value)
         exchange.request_headers = with_client_id(exchange.request_headers, info.client_id)
         original = info.original_dst
         if original is None:
