@@ -46,7 +46,11 @@ def _stream(bucket: str) -> str:
 
 def kv_read(bucket: str) -> tuple[str, ...]:
     """Publishes needed to open a bucket, get keys and watch it (an ordered consumer), and nothing more."""
-    stream = _stream(bucket)
+    return stream_read(_stream(bucket))
+
+
+def stream_read(stream: str) -> tuple[str, ...]:
+    """Publishes needed to read a JetStream stream with an ordered consumer (and direct gets)."""
     return (
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
@@ -68,7 +72,11 @@ def kv_write(bucket: str) -> tuple[str, ...]:
 
 def kv_admin(bucket: str) -> tuple[str, ...]:
     """Publishes needed to create, update (e.g. its replica count), purge and delete the bucket itself."""
-    stream = _stream(bucket)
+    return stream_admin(_stream(bucket))
+
+
+def stream_admin(stream: str) -> tuple[str, ...]:
+    """Publishes needed to create, update, purge and delete a JetStream stream."""
     return tuple(
         f"$JS.API.STREAM.{operation}.{stream}" for operation in ("CREATE", "UPDATE", "PURGE", "DELETE")
     )
@@ -98,11 +106,22 @@ ROLES: dict[str, Role] = {
         "the certificate authority: publishes its audit events",
         publish=(*heartbeats("identity"), subjects.IDENTITY_ALL),
     ),
-    "telemetry": Role("metric reports and tap: heartbeats only so far", publish=heartbeats("telemetry")),
+    "telemetry": Role(
+        "metric reports and tap: the only publisher of rollups and tap events",
+        publish=(
+            *heartbeats("telemetry"),
+            subjects.ROLLUP_ALL,
+            subjects.TAP_EVENTS_ALL,
+            subjects.TAP_MATCHES_ALL,
+            *stream_read(subjects.ROLLUPS_STREAM),
+            *stream_admin(subjects.ROLLUPS_STREAM),
+        ),
+        subscribe=(subjects.TAP_REQUESTS, subjects.TAP_MATCHES_ALL),
+    ),
     "public-api": Role(
-        "the API behind the CLI: reads heartbeats",
-        publish=heartbeats("public-api"),
-        subscribe=(subjects.HEALTH_ALL,),
+        "the API behind the CLI: reads heartbeats and rollups, the only publisher of tap requests",
+        publish=(*heartbeats("public-api"), subjects.TAP_REQUESTS, *stream_read(subjects.ROLLUPS_STREAM)),
+        subscribe=(subjects.HEALTH_ALL, subjects.ROLLUP_ALL, subjects.TAP_EVENTS_ALL),
     ),
     "registrar": Role(
         "the local mesh's registrar: the only publisher of workload registrations",
@@ -110,7 +129,10 @@ ROLES: dict[str, Role] = {
     ),
     "reader": Role(
         "people and tools subscribing to mesh events: every documented event but tap, buckets read-only",
-        publish=_buckets(*(kv_read(b) for b in DOCUMENTED_BUCKETS)),
+        publish=(
+            *_buckets(*(kv_read(b) for b in DOCUMENTED_BUCKETS)),
+            *stream_read(subjects.ROLLUPS_STREAM),
+        ),
         subscribe=(f"{subjects.PREFIX}.>",),
         deny_subscribe=(subjects.TAP_ALL,),
     ),

@@ -23,13 +23,24 @@ ENDPOINTS_ALL = f"{PREFIX}.endpoints.>"
 # Local registry: workloads register themselves with a TTL refreshed by heartbeats.
 REGISTRY_REGISTER = f"{PREFIX}.registry.register"
 
-# Tap: requests and captured request events. Reserved here so the permission table can keep them from the
-# read-only user: they carry request data.
+# Telemetry: each replica's partial rollups per workload and interval (mergeable), also kept 1 h in the
+# JetStream stream ROLLUPS_STREAM.
+ROLLUP_ALL = f"{PREFIX}.telemetry.rollup.>"
+
+# Tap: requests and captured request events. The read-only user may not subscribe: they carry request data.
 TAP_ALL = f"{PREFIX}.tap.>"
+#: Tap requests (start, renew every 2 s, cancel), from the public API.
+TAP_REQUESTS = f"{PREFIX}.tap.requests"
+#: Replicas share how many proxies match each tap, so the rate is split mesh-wide.
+TAP_MATCHES_ALL = f"{PREFIX}.tap.matches.>"
+#: Captured request events of one tap, from telemetry.
+TAP_EVENTS_ALL = f"{PREFIX}.tap.events.>"
 
 # JetStream key-value buckets.
 ENDPOINTS_BUCKET = "tether_endpoints"
 LEASES_BUCKET = "tether_leases"
+# JetStream streams.
+ROLLUPS_STREAM = "tether_rollups"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -47,3 +58,15 @@ def health(service: str, instance: str) -> str:
 
 def endpoints(namespace: str, service: str) -> str:
     return f"{PREFIX}.endpoints.{token(namespace)}.{token(service)}"
+
+
+def rollup(namespace: str, kind: str, name: str) -> str:
+    return f"{PREFIX}.telemetry.rollup.{token(namespace)}.{token(kind)}.{token(name)}"
+
+
+def tap_matches(tap_id: str) -> str:
+    return f"{PREFIX}.tap.matches.{token(tap_id)}"
+
+
+def tap_events(tap_id: str) -> str:
+    return f"{PREFIX}.tap.events.{token(tap_id)}"

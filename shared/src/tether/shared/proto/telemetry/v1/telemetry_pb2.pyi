@@ -31,13 +31,21 @@ class ReportRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[ProxyHello, _Mapping]] = ..., report: _Optional[_Union[IntervalReport, _Mapping]] = ..., tap: _Optional[_Union[TapEvent, _Mapping]] = ...) -> None: ...
 
 class ReportResponse(_message.Message):
-    __slots__ = ("tap_subscription",)
+    __slots__ = ("tap_subscription", "ack")
     TAP_SUBSCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
     tap_subscription: TapSubscription
-    def __init__(self, tap_subscription: _Optional[_Union[TapSubscription, _Mapping]] = ...) -> None: ...
+    ack: ReportAck
+    def __init__(self, tap_subscription: _Optional[_Union[TapSubscription, _Mapping]] = ..., ack: _Optional[_Union[ReportAck, _Mapping]] = ...) -> None: ...
+
+class ReportAck(_message.Message):
+    __slots__ = ("sequence",)
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
 
 class ProxyHello(_message.Message):
-    __slots__ = ("namespace", "pod", "labels", "proxy_version")
+    __slots__ = ("namespace", "pod", "labels", "proxy_version", "identity", "certificate_expiry")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,21 +57,31 @@ class ProxyHello(_message.Message):
     POD_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_EXPIRY_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     pod: str
     labels: _containers.ScalarMap[str, str]
     proxy_version: str
-    def __init__(self, namespace: _Optional[str] = ..., pod: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., proxy_version: _Optional[str] = ...) -> None: ...
+    identity: str
+    certificate_expiry: _timestamp_pb2.Timestamp
+    def __init__(self, namespace: _Optional[str] = ..., pod: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., proxy_version: _Optional[str] = ..., identity: _Optional[str] = ..., certificate_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class IntervalReport(_message.Message):
-    __slots__ = ("start", "end", "scopes")
+    __slots__ = ("start", "end", "scopes", "sequence", "first_sequence", "dropped_scopes")
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_SCOPES_FIELD_NUMBER: _ClassVar[int]
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
     scopes: _containers.RepeatedCompositeFieldContainer[ScopeStats]
-    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scopes: _Optional[_Iterable[_Union[ScopeStats, _Mapping]]] = ...) -> None: ...
+    sequence: int
+    first_sequence: int
+    dropped_scopes: int
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., scopes: _Optional[_Iterable[_Union[ScopeStats, _Mapping]]] = ..., sequence: _Optional[int] = ..., first_sequence: _Optional[int] = ..., dropped_scopes: _Optional[int] = ...) -> None: ...
 
 class ScopeStats(_message.Message):
     __slots__ = ("direction", "labels", "requests", "responses", "tcp_opened", "tcp_closed", "bytes_read", "bytes_written")
@@ -109,7 +127,7 @@ class ResponseStats(_message.Message):
     def __init__(self, status_code: _Optional[int] = ..., grpc_status: _Optional[int] = ..., success: _Optional[bool] = ..., count: _Optional[int] = ..., latency_buckets: _Optional[_Iterable[int]] = ..., latency_sum_ms: _Optional[float] = ...) -> None: ...
 
 class TapEvent(_message.Message):
-    __slots__ = ("tap_id", "source", "destination", "source_labels", "destination_labels", "direction", "stream_id", "at", "request_init", "response_init", "response_end")
+    __slots__ = ("tap_id", "source", "destination", "source_labels", "destination_labels", "direction", "stream_id", "at", "request_init", "response_init", "response_end", "headers", "source_identity", "destination_identity", "tls")
     class SourceLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +171,13 @@ class TapEvent(_message.Message):
         response_bytes: int
         reset_error_code: int
         def __init__(self, grpc_status: _Optional[int] = ..., since_request_init_us: _Optional[int] = ..., response_bytes: _Optional[int] = ..., reset_error_code: _Optional[int] = ...) -> None: ...
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TAP_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +189,10 @@ class TapEvent(_message.Message):
     REQUEST_INIT_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_INIT_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_END_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
     tap_id: str
     source: _net_pb2.TcpAddress
     destination: _net_pb2.TcpAddress
@@ -175,19 +204,29 @@ class TapEvent(_message.Message):
     request_init: TapEvent.RequestInit
     response_init: TapEvent.ResponseInit
     response_end: TapEvent.ResponseEnd
-    def __init__(self, tap_id: _Optional[str] = ..., source: _Optional[_Union[_net_pb2.TcpAddress, _Mapping]] = ..., destination: _Optional[_Union[_net_pb2.TcpAddress, _Mapping]] = ..., source_labels: _Optional[_Mapping[str, str]] = ..., destination_labels: _Optional[_Mapping[str, str]] = ..., direction: _Optional[_Union[Direction, str]] = ..., stream_id: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_init: _Optional[_Union[TapEvent.RequestInit, _Mapping]] = ..., response_init: _Optional[_Union[TapEvent.ResponseInit, _Mapping]] = ..., response_end: _Optional[_Union[TapEvent.ResponseEnd, _Mapping]] = ...) -> None: ...
+    headers: _containers.ScalarMap[str, str]
+    source_identity: str
+    destination_identity: str
+    tls: str
+    def __init__(self, tap_id: _Optional[str] = ..., source: _Optional[_Union[_net_pb2.TcpAddress, _Mapping]] = ..., destination: _Optional[_Union[_net_pb2.TcpAddress, _Mapping]] = ..., source_labels: _Optional[_Mapping[str, str]] = ..., destination_labels: _Optional[_Mapping[str, str]] = ..., direction: _Optional[_Union[Direction, str]] = ..., stream_id: _Optional[int] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_init: _Optional[_Union[TapEvent.RequestInit, _Mapping]] = ..., response_init: _Optional[_Union[TapEvent.ResponseInit, _Mapping]] = ..., response_end: _Optional[_Union[TapEvent.ResponseEnd, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ..., source_identity: _Optional[str] = ..., destination_identity: _Optional[str] = ..., tls: _Optional[str] = ...) -> None: ...
 
 class TapSubscription(_message.Message):
-    __slots__ = ("tap_id", "active", "match", "max_requests")
+    __slots__ = ("tap_id", "active", "match", "max_requests", "max_events_per_second", "expires_at", "header_names")
     TAP_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     MATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    HEADER_NAMES_FIELD_NUMBER: _ClassVar[int]
     tap_id: str
     active: bool
     match: TapMatch
     max_requests: int
-    def __init__(self, tap_id: _Optional[str] = ..., active: _Optional[bool] = ..., match: _Optional[_Union[TapMatch, _Mapping]] = ..., max_requests: _Optional[int] = ...) -> None: ...
+    max_events_per_second: float
+    expires_at: _timestamp_pb2.Timestamp
+    header_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tap_id: _Optional[str] = ..., active: _Optional[bool] = ..., match: _Optional[_Union[TapMatch, _Mapping]] = ..., max_requests: _Optional[int] = ..., max_events_per_second: _Optional[float] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., header_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TapMatch(_message.Message):
     __slots__ = ("authority", "path_prefix", "method", "destination_namespace", "destination_service")
