@@ -18,10 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
-LATENCY_BUCKETS_MS: tuple[int, ...] = (
-    1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
-    1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000,
-)  # fmt: skip
+from tether.shared.telemetry_scopes import LATENCY_BUCKETS_MS
 
 Labels = tuple[tuple[str, str], ...]
 """A series' extra labels in rendering order, e.g. ``(("dst_namespace", "ns"), ("dst_service", "web"))``."""
