@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from tether.proxy.metrics import (
-    LATENCY_BUCKETS_MS,
     MetricsRegistry,
     classify,
     dst_labels,
     escape_label_value,
 )
+from tether.shared.telemetry_scopes import LATENCY_BUCKETS_MS
 
 WEB = dst_labels(
     namespace="shop", service="web", pod="web-7f9c-abcde", workload_kind="Deployment", workload_name="web"
