@@ -14,7 +14,7 @@ PROTOS := $(shell find $(PROTO_ROOT)/tether/shared/proto -name '*.proto' | sort)
 help:
 	@echo "make test    - lint, typecheck and run every test (what CI runs)"
 	@echo "make proto   - regenerate the gRPC code from the .proto files"
-	@echo "make bench-<name> - run bench/<name>/run.py (identity, destination, proxy); make bench runs all"
+	@echo "make bench-<name> - run bench/<name>/run.py (identity, destination, proxy, telemetry); make bench runs all"
 
 $(TOOLS)/bin/uv:
 	python3 -m venv $(TOOLS)
@@ -34,7 +34,7 @@ lint: sync
 # name (pytest runs with --import-mode=importlib). mypy resolves those imports only with the directory on MYPYPATH,
 # which also makes its conftest.py the top-level module `conftest`, colliding with the root conftest.py and with
 # each other; so each such directory gets its own mypy run.
-SIBLING_IMPORT_TEST_DIRS := tests/netns tests/proxy services/proxy/tests
+SIBLING_IMPORT_TEST_DIRS := tests/netns tests/proxy tests/telemetry services/proxy/tests
 # Every other directory holding tests (services/telemetry/tests may be empty, which mypy refuses).
 TEST_DIRS := $(filter-out $(addsuffix /,$(SIBLING_IMPORT_TEST_DIRS)), \
   $(sort $(dir $(wildcard shared/tests/*.py cli/tests/*.py services/*/tests/*.py tests/*/*.py))))

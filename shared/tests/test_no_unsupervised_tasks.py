@@ -19,6 +19,10 @@ SHORT_LIVED = {
     "services/proxy/src/tether/proxy/inbound.py": "one connection being admitted, bounded by its timeouts",
     "services/proxy/src/tether/proxy/tcp.py": "one TCP relay's route and connect, bounded by a timeout",
     "services/proxy/src/tether/proxy/detection.py": "one discovery lookup, bounded by the fail-fast timeout",
+    "services/telemetry/src/tether/telemetry/server.py": (
+        "one Report stream's next read raced against its wake-up, cancelled when the stream's handler ends"
+    ),
+    "services/telemetry/src/tether/telemetry/testing.py": "a test client's reader, cancelled when it closes",
 }
 
 _SPAWN = re.compile(r"\b(create_task|ensure_future|TaskGroup)\b")

@@ -25,3 +25,17 @@ async def mesh(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Mesh]
         yield world
     finally:
         await world.close()
+
+
+@pytest.fixture
+async def meshed(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Mesh]:
+    """The mesh with the real identity service: proxies made with ``meshed=True`` get certificates."""
+    world = Mesh(tmp_path, nats_server)
+    try:
+        await world.start_identity()
+        await world.start_destination()
+        yield world
+    finally:
+        await world.close()
+        if world.identity is not None:
+            await world.identity.stop()

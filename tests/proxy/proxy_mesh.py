@@ -64,7 +64,8 @@ class EchoApp:
 
     * Unary: ``echo:<text>`` answers ``<name>:<text>``; ``sleep:<seconds>`` sleeps then answers;
       ``hold:`` waits until ``release`` is set, then answers;
-      ``status:<CODE>`` aborts with that status; ``big:<n>`` answers n bytes; ``meta:`` returns the
+      ``status:<CODE>`` aborts with that status; ``late:<seconds>`` sends its response headers at once and
+      the message after that long; ``big:<n>`` answers n bytes; ``meta:`` returns the
       request's ``x-*`` metadata as initial and trailing metadata; anything else is echoed.
     * ServerStream: ``<count>:<size>`` yields count messages of size bytes.
     * ClientStream: answers the total size received and the number of messages.
@@ -112,6 +113,9 @@ class EchoApp:
                 await asyncio.sleep(float(argument))
             elif verb == b"hold":
                 await self.release.wait()
+            elif verb == b"late":
+                await context.send_initial_metadata(())
+                await asyncio.sleep(float(argument))
             elif verb == b"status":
                 code = grpc.StatusCode[argument.decode()]
                 await context.abort(code, f"asked for {argument.decode()}")
@@ -306,6 +310,7 @@ class Mesh:
             "pod_namespace": NAMESPACE,
             "fail_fast_timeout": 1.0,
             "connect_timeout": 0.5,
+            "telemetry_addr": "",  # no telemetry service unless a test starts one
         }
         identity: WorkloadIdentity | None = None
         if meshed:

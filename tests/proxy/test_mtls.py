@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -26,22 +24,9 @@ from proxy_mesh import NAMESPACE, Mesh, Pod, authority, metric, ready_pod, unary
 from tether.proxy.tlsconfig import server_context
 from tether.shared.grpc_certify import GrpcCertify
 from tether.shared.keygen import make_key_and_csr
-from tether.shared.natsserver import EmbeddedNats, free_port
+from tether.shared.natsserver import free_port
 from tether.shared.testing import eventually
 from tether.shared.tls import KeyPair
-
-
-@pytest.fixture
-async def meshed(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Mesh]:
-    world = Mesh(tmp_path, nats_server)
-    try:
-        await world.start_identity()
-        await world.start_destination()
-        yield world
-    finally:
-        await world.close()
-        if world.identity is not None:
-            await world.identity.stop()
 
 
 async def test_meshed_pods_talk_mtls_with_the_expected_identities(meshed: Mesh) -> None:

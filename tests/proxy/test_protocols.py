@@ -10,14 +10,9 @@ tunnel. Opaque TCP to a pod address is routed by discovery (by address) and carr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import h11
-import pytest
 from proxy_mesh import NAMESPACE, Mesh, Pod, metric, ready_pod
-
-from tether.shared.natsserver import EmbeddedNats
 
 
 class H1App:
@@ -90,19 +85,6 @@ class H1App:
             elif isinstance(event, h11.ConnectionClosed):
                 break
         writer.close()
-
-
-@pytest.fixture
-async def meshed(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Mesh]:
-    world = Mesh(tmp_path, nats_server)
-    try:
-        await world.start_identity()
-        await world.start_destination()
-        yield world
-    finally:
-        await world.close()
-        if world.identity is not None:
-            await world.identity.stop()
 
 
 async def server_pod(meshed: Mesh, app_port_of: str = "port") -> tuple[Pod, H1App]:

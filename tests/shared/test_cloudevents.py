@@ -54,9 +54,12 @@ from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.natsserver import EmbeddedNats, free_port
 from tether.shared.permissions import DEFAULT_USERS, render_markdown
 from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
+from tether.shared.proto.telemetry.v1 import telemetry_pb2
 from tether.shared.runtime import Runtime
+from tether.shared.tap_requests import TapFilter, TapRequest, TapTarget
 from tether.telemetry.config import TelemetryConfig
 from tether.telemetry.service import TelemetryService
+from tether.telemetry.testing import ReportClient, scope
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 TYPES_HEADER = ["type", "subject", "publisher", "data"]
@@ -65,6 +68,8 @@ WEB = WorkloadIdentity("web", "shop", "cluster.local")
 IDENTITY_SERVER_NAME = "identity.tether.serviceaccount.identity.cluster.local"
 TELEMETRY_INSTANCE = "telemetry-ce-1a2b3c"
 REGISTRAR_INSTANCE = "registrar-ce-4d5e6f"
+PUBLIC_API_INSTANCE = "public-api-ce-7a8b9c"
+TAP_ID = "tap-ce-1"
 REGISTERED_ADDRESS = "127.0.0.9"
 DEADLINE = 20.0
 
@@ -217,6 +222,10 @@ def test_types_table_subjects_are_those_of_the_subjects_module() -> None:
         "io.tether.identity.rejected.v1": subjects.IDENTITY_REJECTED,
         "io.tether.endpoints.changed.v1": subjects.endpoints("shop", "web"),
         "io.tether.registry.registration.v1": subjects.REGISTRY_REGISTER,
+        "io.tether.telemetry.rollup.v1": subjects.rollup("shop", "deployment", "web"),
+        "io.tether.tap.request.v1": subjects.TAP_REQUESTS,
+        "io.tether.tap.matches.v1": subjects.tap_matches("tap-1"),
+        "io.tether.tap.event.v1": subjects.tap_events("tap-1"),
     }
     assert set(samples) == set(event_classes()), "a new event type needs a sample subject here"
     for event_type, subject in samples.items():
@@ -583,16 +592,93 @@ async def _capture(workdir: Path) -> Wire:
             "nats_nkey": nats.users["telemetry"].seed_file,
             "admin_addr": "127.0.0.1:0",
         }
-        telemetry_config = config_from(TelemetryConfig, "telemetry", flags, {})
+        # Plaintext Report: proxies' mTLS to telemetry is covered in tests/telemetry.
+        telemetry_env = {
+            "TETHER_TELEMETRY_IDENTITY_DISABLED": "true",
+            "TETHER_TELEMETRY_GRPC_ADDR": "127.0.0.1:0",
+        }
+        telemetry_config = config_from(TelemetryConfig, "telemetry", flags, telemetry_env)
+        telemetry_service = TelemetryService(telemetry_config)
         telemetry = Runtime(
             "telemetry",
             telemetry_config,
-            TelemetryService(telemetry_config),
+            telemetry_service,
             version="9.9.9",
             instance=TELEMETRY_INSTANCE,
         )
         cleanup.push_async_callback(telemetry.stop)
         await telemetry.start()
+
+        # A rollup: one report from a client standing in for a proxy, acknowledged once published.
+        proxy = ReportClient(
+            namespace="shop", pod="web-1", identity=WEB.dns_name, labels={"deployment": "web"}
+        )
+        cleanup.push_async_callback(proxy.close)
+        await proxy.connect(f"127.0.0.1:{telemetry_service.grpc_port}")
+        await proxy.send(
+            [
+                scope(
+                    telemetry_pb2.DIRECTION_INBOUND,
+                    {"authority": "web.shop:80"},
+                    [(200, 0, True, [3.0, 7.0])],
+                )
+            ]
+        )
+        await telemetry_service.publish_once()
+        await proxy.wait_acked(1)
+
+        # Tap: the reader may not see tether.v1.tap.>, so the users entitled to listen do. A request from
+        # the public API; telemetry subscribes the connected proxy (publishing its match count) and relays
+        # the event the proxy then sends.
+        tap_listeners = []
+        for user, tap_subjects in (
+            ("telemetry", (subjects.TAP_REQUESTS, subjects.TAP_MATCHES_ALL)),
+            ("public-api", (subjects.TAP_EVENTS_ALL,)),
+        ):
+            listener = await Bus.connect(nats.settings(user), name=f"{user}-tap-listener")
+            cleanup.push_async_callback(listener.close)
+            for tap_subject in tap_subjects:
+                await listener.client.subscribe(tap_subject, cb=on_message)
+            await listener.flush()
+            tap_listeners.append(listener)
+        public_api = await Bus.connect(
+            nats.settings("public-api"),
+            name="public-api",
+            source=source_for("public-api", PUBLIC_API_INSTANCE),
+        )
+        cleanup.push_async_callback(public_api.close)
+        await public_api.publish(
+            subjects.TAP_REQUESTS,
+            TapRequest(
+                action="start",
+                tap_id=TAP_ID,
+                target=TapTarget(namespace="shop", workload=events.Workload("deployment", "web")),
+                match=TapFilter(method="GET"),
+                max_events_per_second=5.0,
+                header_names=("x-request-id", "authorization"),
+            ),
+        )
+        await _until(lambda: bool(proxy.subscriptions), "the tap subscription")
+        event = telemetry_pb2.TapEvent(
+            tap_id=TAP_ID,
+            direction=telemetry_pb2.DIRECTION_INBOUND,
+            stream_id=1,
+            request_init=telemetry_pb2.TapEvent.RequestInit(
+                method="GET", scheme="http", authority="web.shop:80", path="/orders"
+            ),
+            headers={"x-request-id": "r-1", "authorization": "Bearer do-not-publish"},
+            source_identity=WEB.dns_name,
+            tls="true",
+        )
+        event.at.GetCurrentTime()
+        await proxy.send_tap(event)
+        await _until(
+            lambda: (
+                bool(received_of(received, events.TapEvent))
+                and bool(received_of(received, events.TapMatchCount))
+            ),
+            "the tap event and match count",
+        )
 
         # Identity issued / rejected: the real server process.
         ca = bootstrap(workdir / "ca", datetime.now(UTC))
@@ -760,12 +846,51 @@ def _check_registration(message: Received, event: SdkEvent, data: dict[str, Any]
     assert event.get_subject() == f"{data['namespace']}/{data['service']}/{data['instance']}"
 
 
+def _check_rollup(message: Received, event: SdkEvent, data: dict[str, Any], wire: Wire) -> None:
+    assert (
+        event.get_source()
+        == source_for("telemetry", TELEMETRY_INSTANCE)
+        == source_for("telemetry", data["replica"])
+    )
+    assert message.subject == subjects.rollup(data["namespace"], data["kind"], data["name"])
+    assert event.get_subject() == "shop/deployment/web"
+    assert data["ranges"] == [{"identity": WEB.dns_name, "pod": "web-1", "first": 1, "last": 1}]
+    (only,) = data["scopes"]
+    assert only["requests"] == 2 and only["responses"][0]["latency_buckets"][2:6] == [1, 0, 0, 1]
+
+
+def _check_tap_request(message: Received, event: SdkEvent, data: dict[str, Any], wire: Wire) -> None:
+    assert event.get_source() == source_for("public-api", PUBLIC_API_INSTANCE)
+    assert message.subject == subjects.TAP_REQUESTS
+    assert event.get_subject() == data["tap_id"] == TAP_ID
+
+
+def _check_tap_matches(message: Received, event: SdkEvent, data: dict[str, Any], wire: Wire) -> None:
+    assert event.get_source() == source_for("telemetry", TELEMETRY_INSTANCE)
+    assert message.subject == subjects.tap_matches(TAP_ID)
+    assert event.get_subject() == f"{TAP_ID}/{TELEMETRY_INSTANCE}"
+    assert data["replica"] == TELEMETRY_INSTANCE and data["matching"] in (0, 1)
+
+
+def _check_tap_event(message: Received, event: SdkEvent, data: dict[str, Any], wire: Wire) -> None:
+    assert event.get_source() == source_for("telemetry", TELEMETRY_INSTANCE)
+    assert message.subject == subjects.tap_events(TAP_ID)
+    assert event.get_subject() == f"{TAP_ID}/shop/web-1"
+    assert data["request_init"]["path"] == "/orders"
+    assert data["headers"] == {"x-request-id": "r-1"}
+    assert b"do-not-publish" not in message.payload
+
+
 CHECKS: dict[str, Callable[[Received, SdkEvent, dict[str, Any], Wire], None]] = {
     events.Heartbeat.event_type: _check_heartbeat,
     events.IdentityIssued.event_type: _check_issued,
     events.IdentityRejected.event_type: _check_rejected,
     events.EndpointsChanged.event_type: _check_endpoints,
     events.WorkloadRegistration.event_type: _check_registration,
+    events.TelemetryRollup.event_type: _check_rollup,
+    events.TapRequest.event_type: _check_tap_request,
+    events.TapMatchCount.event_type: _check_tap_matches,
+    events.TapEvent.event_type: _check_tap_event,
 }
 
 

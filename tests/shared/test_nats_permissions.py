@@ -388,6 +388,9 @@ class ControlPlane:
                 "--identity-disabled",
                 "true",
             ]
+        if service == "telemetry":
+            # Plaintext Report streams: proxies' mTLS to telemetry is not what this file is about.
+            return [*tls, "--identity-disabled", "true"]
         if service == "identity":
             return [
                 *tls,
@@ -415,11 +418,8 @@ class ControlPlane:
             ).start()
 
     async def wait_ready(self, events: Events) -> None:
-        """Destination, identity and public-api answer /ready; telemetry (never ready yet) heartbeats."""
-        await asyncio.gather(
-            *(self.components[s].wait_ready() for s in ("destination", "identity", "public-api")),
-            events.heartbeat("telemetry"),
-        )
+        """Every component answers /ready."""
+        await asyncio.gather(*(self.components[s].wait_ready() for s in COMPONENTS))
 
     def __getitem__(self, service: str) -> Component:
         return self.components[service]
@@ -567,7 +567,7 @@ async def test_every_component_heartbeats_and_the_public_api_lists_them(mesh: Me
         ("destination", True),
         ("identity", True),
         ("public-api", True),
-        ("telemetry", False),
+        ("telemetry", True),
     ):
         subject, beat = await mesh.events.heartbeat(service, ready=ready)
         assert subject == f"tether.v1.health.{service}.{beat.instance}"
@@ -584,8 +584,7 @@ async def test_every_component_heartbeats_and_the_public_api_lists_them(mesh: Me
 
     await eventually(listed, DEADLINE, lambda: f"`tether version` to list every component:\n{out}", 0.1)
     for service in COMPONENTS:
-        state = "not ready" if service == "telemetry" else "ready"
-        line = rf"{service}: \S+ \({instance_of(mesh, service)}, {state}\)"
+        line = rf"{service}: \S+ \({instance_of(mesh, service)}, ready\)"
         assert re.search(line, out), f"no {line!r} in:\n{out}"
 
 
@@ -1149,6 +1148,8 @@ async def test_every_component_connects_over_tls_and_an_untrusting_client_is_ref
             server.users["telemetry"].seed_file,
             "--nats-tls-ca",
             str(other_ca_file),
+            "--identity-disabled",
+            "true",
             label="telemetry-untrusting",
         )
         reader = await Bus.connect(server.settings("reader", tls_ca_file=str(ca_file)), name="reader")
@@ -1188,7 +1189,12 @@ async def test_no_seed_or_token_in_logs_or_command_lines(tmp_path: Path) -> None
         stranger_file.chmod(0o600)
         seeds["stranger"] = stranger_file.read_text().strip()
         stranger = Component(
-            "telemetry", tmp_path, server.url, str(stranger_file), label="telemetry-stranger"
+            "telemetry",
+            tmp_path,
+            server.url,
+            str(stranger_file),
+            *plane.extra("telemetry"),
+            label="telemetry-stranger",
         )
         reader = await Bus.connect(server.settings("reader"), name="reader")
         try:

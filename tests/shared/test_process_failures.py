@@ -99,7 +99,10 @@ def good_options(component: str, ca: Path, nats_url: str) -> dict[str, str]:
             # Plaintext gRPC, without a certificate from identity (a case below covers its trust anchors).
             "--identity-disabled": "true",
         }
-    elif component in ("telemetry", "public-api"):
+    elif component == "telemetry":
+        # Plaintext gRPC, without a certificate from identity (tests/telemetry cover its mTLS).
+        options |= {"--grpc-addr": "127.0.0.1:0", "--identity-disabled": "true"}
+    elif component == "public-api":
         options |= {"--grpc-addr": "127.0.0.1:0"}
     elif component == "proxy":
         options |= {
@@ -440,8 +443,7 @@ def held_ports(count: int) -> Iterator[list[int]]:
 LISTENERS = {
     "identity": ["--grpc-addr"],
     "destination": ["--grpc-addr"],
-    # Telemetry serves no gRPC yet (its issue): --grpc-addr is accepted but not bound.
-    "telemetry": [],
+    "telemetry": ["--grpc-addr"],
     "public-api": ["--grpc-addr"],
     "proxy": ["--outbound-addr", "--inbound-addr"],
 }
@@ -682,7 +684,7 @@ def service_argv(name: str, ca: Path, nats_url: str, *extra: str) -> list[str]:
         "identity": identity_args(ca),
         # Plaintext gRPC: a certificate from identity is not what these tests are about.
         "destination": ["--source", "local", "--registry-file", "", "--identity-disabled", "true"],
-        "telemetry": [],
+        "telemetry": ["--identity-disabled", "true"],
         "public-api": [],
     }[name]
     return [
@@ -706,8 +708,7 @@ DEFAULT_PORTS: dict[str, tuple[int, int | None]] = {
     "identity": (9990, 8080),
     "public-api": (9995, 8085),
     "destination": (9996, 8086),
-    # Telemetry accepts --grpc-addr (8087) but serves no gRPC until its issue, so it binds only its admin.
-    "telemetry": (9997, None),
+    "telemetry": (9997, 8087),
 }
 
 
@@ -736,18 +737,12 @@ async def test_the_control_plane_runs_side_by_side_on_its_default_ports(
     async with running(processes):
         for process in processes:
             admin, grpc = DEFAULT_PORTS[process.name]
-            if process.name == "telemetry":
-                # Documented as never ready until its issue: live, connected, started, yet not ready.
-                await process.wait_logged("service_started")
-                assert await http_status(admin, "/live") == 200, process.tail()
-                assert await http_status(admin, "/ready") == 503, process.tail()
-            else:
 
-                async def ready(port: int = admin) -> bool:
-                    return await http_status(port, "/ready") == 200
+            async def ready(port: int = admin) -> bool:
+                return await http_status(port, "/ready") == 200
 
-                await eventually(ready, 30, process.tail)
-                assert await http_status(admin, "/live") == 200, process.tail()
+            await eventually(ready, 30, process.tail)
+            assert await http_status(admin, "/live") == 200, process.tail()
             if grpc is not None:
                 assert await accepts(grpc), f"{process.name} does not accept on its gRPC port {grpc}"
             assert not process.exited, process.tail()
@@ -829,18 +824,15 @@ async def test_a_nats_outage_is_logged_once_per_backoff_window_and_stops_cleanly
         for name in NATS_COMPONENTS
     ]
     async with running(never + gone):
-        # The services that saw NATS up become ready (telemetry: started; it is never ready), then NATS dies.
+        # The services that saw NATS up become ready, then NATS dies.
         for process in gone:
             await process.wait_logged("admin_listening")
             port = admin_port(process)
-            if process.name.startswith("telemetry"):
-                await process.wait_logged("service_started")
-            else:
 
-                async def ready(port: int = port) -> bool:
-                    return await http_status(port, "/ready") == 200
+            async def ready(port: int = port) -> bool:
+                return await http_status(port, "/ready") == 200
 
-                await eventually(ready, 30, process.tail)
+            await eventually(ready, 30, process.tail)
         await nats_server.stop(kill=True)
         gone_since = time.time()
         for process in gone:

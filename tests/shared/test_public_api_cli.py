@@ -29,7 +29,12 @@ async def test_version_and_check(nats_server: EmbeddedNats) -> None:
         config_from(PublicApiConfig, "public-api", {**common, "grpc_addr": "127.0.0.1:0"}, {})
     )
     api = Runtime("public-api", api_service.config, api_service, version="9.9.9")
-    telemetry_config = config_from(TelemetryConfig, "telemetry", common, {})
+    telemetry_config = config_from(
+        TelemetryConfig,
+        "telemetry",
+        {**common, "grpc_addr": "127.0.0.1:0"},
+        {"TETHER_TELEMETRY_IDENTITY_DISABLED": "true"},
+    )
     telemetry = Runtime("telemetry", telemetry_config, TelemetryService(telemetry_config), version="9.9.9")
     await api.start()
     await telemetry.start()
@@ -43,14 +48,13 @@ async def test_version_and_check(nats_server: EmbeddedNats) -> None:
             assert time.monotonic() < deadline, out
             await asyncio.sleep(0.1)
         assert code == 0
-        assert f"telemetry: 9.9.9 ({telemetry.instance}, not ready)" in out
+        assert f"telemetry: 9.9.9 ({telemetry.instance}, ready)" in out
         assert f"public-api: 9.9.9 ({api.instance}, ready)" in out
 
         code, out = await _run_cli("--api-addr", addr, "check")
         assert code == 1, "destination and identity are not running, so the check must fail"
         assert "[FAIL] destination is running and ready (0/0 instances ready)" in out
-        # Ready means serving: telemetry serves nothing yet, and the check says so.
-        assert "[FAIL] telemetry is running and ready (0/1 instances ready)" in out
+        assert "[ok] telemetry is running and ready (1/1 instances ready)" in out
         assert "[ok] public-api is running and ready (1/1 instances ready)" in out
         assert "[ok] public API is connected to NATS" in out
     finally:

@@ -22,7 +22,7 @@ from tether.shared.events import Heartbeat
 from tether.shared.natsserver import EmbeddedNats, free_port
 
 SERVICES = {
-    "telemetry": ("tether.telemetry", ["--grpc-addr", "127.0.0.1:0"]),
+    "telemetry": ("tether.telemetry", ["--grpc-addr", "127.0.0.1:0", "--identity-disabled", "true"]),
     "public-api": ("tether.public_api", ["--grpc-addr", "127.0.0.1:0"]),
     "destination": (
         "tether.destination",
@@ -76,14 +76,11 @@ async def test_service_process_lifecycle(service: str, nats_server: EmbeddedNats
     try:
         beat = await asyncio.wait_for(beats.get(), 15)
         assert beat.service == service and beat.version
-        expect_ready = service != "telemetry"
-        if expect_ready:
-            deadline = time.monotonic() + 10
-            while await _http_status(admin_port, "/ready") != 200:
-                assert time.monotonic() < deadline, "never became ready"
-                await asyncio.sleep(0.05)
-        else:
-            assert await _http_status(admin_port, "/ready") == 503
+        expect_ready = True
+        deadline = time.monotonic() + 10
+        while await _http_status(admin_port, "/ready") != 200:
+            assert time.monotonic() < deadline, "never became ready"
+            await asyncio.sleep(0.05)
         assert await _http_status(admin_port, "/live") == 200
         next_beat = await asyncio.wait_for(beats.get(), 5)
         assert next_beat.ready is expect_ready and next_beat.uptime_seconds >= beat.uptime_seconds

@@ -55,7 +55,7 @@ EXPECTED = {
         "heartbeats",
         "identity-certificate",
     },
-    "telemetry": {"heartbeats"},
+    "telemetry": {"heartbeats", "rollup-publisher", "identity-certificate"},
     "public-api": {"heartbeats"},
     "proxy": {"proxy-sweeper", f"destination-get:{AUTHORITY}", "identity-certificate"},
 }
@@ -304,7 +304,16 @@ def start_control_plane(plane: ControlPlane, app_port: int) -> tuple[str, str]:
             *identity_client_flags(ca, identity_addr, "destination", "tether"),
         ],
     )
-    plane.add("telemetry", ["tether.telemetry", *nats, "--grpc-addr", "127.0.0.1:0"])
+    plane.add(
+        "telemetry",
+        [
+            "tether.telemetry",
+            *nats,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            *identity_client_flags(ca, identity_addr, "telemetry", "tether"),
+        ],
+    )
     plane.add("public-api", ["tether.public_api", *nats, "--grpc-addr", "127.0.0.1:0"])
     return identity_addr, destination_addr
 

@@ -10,7 +10,11 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tether.proxy.__main__ import main
+from tether.proxy.config import ProxyConfig
+from tether.shared.config import load_config
 from tether.shared.natsserver import free_port
 
 
@@ -84,3 +88,23 @@ def test_unknown_command_and_bad_config_are_rejected(capsys: object) -> None:
 
 def test_init_is_dispatched_to_the_interception_tool() -> None:
     assert main(["init", "--dry-run"], environ={}) == 0
+
+
+def test_telemetry_options_are_flags_and_are_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    config = load_config(
+        ProxyConfig,
+        "proxy",
+        [
+            *("--identity-disabled", "true", "--report-interval", "1"),
+            *("--workload-labels", "deployment=web,app=web"),
+        ],
+        environ={"TETHER_PROXY_TELEMETRY_ADDR": "10.0.0.9:8087"},
+    )
+    assert (config.telemetry_addr, config.report_interval) == ("10.0.0.9:8087", 1.0)
+    assert config.workload_labels == ("deployment=web", "app=web")
+    assert config.telemetry_server_name == "telemetry.tether.serviceaccount.identity.cluster.local"
+    for bad in (["--report-interval", "0.5"], ["--telemetry-addr", "nowhere"], ["--workload-labels", "=x"]):
+        with pytest.raises(SystemExit) as raised:
+            load_config(ProxyConfig, "proxy", ["--identity-disabled", "true", *bad], environ={})
+        assert raised.value.code == 2
+        assert bad[0].lstrip("-").split("-")[0] in capsys.readouterr().err  # the error names the option

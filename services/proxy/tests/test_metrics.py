@@ -126,7 +126,8 @@ def test_full_render_of_one_route_and_one_connection() -> None:
             "# HELP response_total Total count of HTTP responses.",
             "# TYPE response_total counter",
             f'response_total{{{route_labels},status_code="200",classification="success"}} 1',
-            "# HELP response_latency_ms Elapsed times between a request's headers and its response's end.",
+            "# HELP response_latency_ms Elapsed times between a request's headers and its response's first"
+            " byte.",
             "# TYPE response_latency_ms histogram",
             *(
                 f'response_latency_ms_bucket{{{route_labels},status_code="200",le="{le}"}} {n}'

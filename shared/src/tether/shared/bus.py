@@ -451,6 +451,50 @@ class Bus:
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"deleting stream {stream} failed: {exc}") from exc
 
+    async def ensure_stream(self, stream: str, stream_subjects: list[str], *, max_age: float) -> None:
+        """Create the JetStream stream (file-backed) capturing ``stream_subjects``, or update its settings."""
+        config = js_api.StreamConfig(
+            name=stream,
+            subjects=stream_subjects,
+            max_age=max_age,
+            storage=js_api.StorageType.FILE,
+        )
+        try:
+            await self._guarded(
+                "publish", f"$JS.API.STREAM.CREATE.{stream}", self._js.add_stream(config=config)
+            )
+        except nats.js.errors.BadRequestError:
+            # Already there with other settings: bring them in line.
+            try:
+                await self._guarded(
+                    "publish", f"$JS.API.STREAM.UPDATE.{stream}", self._js.update_stream(config=config)
+                )
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise BusError(f"updating stream {stream} failed: {exc}") from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"creating stream {stream} failed: {exc}") from exc
+
+    async def publish_stored(
+        self, subject: str, event: EventData, *, message_id: str = "", timeout: float = 5.0
+    ) -> int:
+        """Publish ``event`` as a CloudEvent into the JetStream stream capturing ``subject`` (which also
+        delivers it to core subscribers) and wait for the stream's acknowledgement; returns the sequence.
+
+        ``message_id`` (``Nats-Msg-Id``) lets the stream drop a retried duplicate. Raises BusError when the
+        stream did not store it (no stream, NATS down, timeout) and PermissionDenied when refused.
+        """
+        headers = dict(_HEADERS)
+        if message_id:
+            headers["Nats-Msg-Id"] = message_id
+        payload = cloudevents.encode(event, source=self.source)
+        try:
+            ack = await self._guarded(
+                "publish", subject, self._js.publish(subject, payload, timeout=timeout, headers=headers)
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"stored publish to {subject} failed: {exc}") from exc
+        return int(ack.seq)
+
     async def flush(self, timeout: float = 2.0) -> None:
         await self._nc.flush(timeout=int(timeout) or 1)
 

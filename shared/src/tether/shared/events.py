@@ -232,6 +232,267 @@ class WorkloadRegistration(EventData, frozen=True, kw_only=True):
         return f"{self.namespace}/{self.service}/{self.instance}"
 
 
+# --- telemetry: partial rollups of proxies' reports --------------------------------------------------------
+
+#: Counts are exact integers below 2**53 (so JSON readers that use doubles read them exactly).
+Count = Annotated[int, Meta(ge=0, le=1 << 53)]
+MAX_ROLLUP_SCOPES = 100_000
+MAX_ROLLUP_RESPONSES = 256
+MAX_ROLLUP_RANGES = 100_000
+# Linkerd's latency buckets plus one for slower responses: tether.shared.telemetry_scopes.HISTOGRAM_LENGTH.
+ROLLUP_HISTOGRAM_LENGTH = 26
+
+
+class RollupResponse(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """Responses of one status and classification within a scope, with their latency histogram."""
+
+    status_code: Annotated[int, Meta(ge=0, le=999)]
+    # -1: no grpc-status.
+    grpc_status: Annotated[int, Meta(ge=-1, le=255)]
+    success: bool
+    count: Count
+    # Counts per latency bucket (docs/events.md); the last counts responses slower than the last bound.
+    latency_buckets: Annotated[
+        tuple[Count, ...], Meta(min_length=ROLLUP_HISTOGRAM_LENGTH, max_length=ROLLUP_HISTOGRAM_LENGTH)
+    ]
+    latency_sum_ms: Annotated[float, Meta(ge=0.0)]
+
+
+class RollupScope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """One traffic scope of the workload: a direction and the peer's labels, with its counts."""
+
+    direction: Literal["inbound", "outbound"]
+    # Peer labels (tether.shared.telemetry_scopes.SCOPE_LABELS): authority, dst_*, client_id, tls...
+    labels: Annotated[dict[LabelName, LabelValue], Meta(max_length=MAX_LABELS)]
+    requests: Count = 0
+    responses: Annotated[tuple[RollupResponse, ...], Meta(max_length=MAX_ROLLUP_RESPONSES)] = ()
+    tcp_opened: Count = 0
+    tcp_closed: Count = 0
+    bytes_read: Count = 0
+    bytes_written: Count = 0
+
+
+class SequenceRange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """Reports ``[first, last]`` of one proxy (its identity and pod) whose deltas a rollup contains."""
+
+    identity: IdentityName
+    pod: ShortText
+    first: Annotated[int, Meta(ge=1)]
+    last: Annotated[int, Meta(ge=1)]
+
+    def __post_init__(self) -> None:
+        if self.first > self.last:
+            raise ValueError(f"sequence range [{self.first}, {self.last}] is empty")
+
+
+class TelemetryRollup(EventData, frozen=True, kw_only=True):
+    """One replica's partial rollup of one workload over one interval, on
+    ``tether.v1.telemetry.rollup.<namespace>.<kind>.<name>`` (and in the stream ``tether_rollups``).
+
+    Mergeable: counts add, histograms add bucket by bucket. ``ranges`` name the proxies' reports it contains;
+    a consumer combining replicas counts each range once.
+    """
+
+    event_type = "io.tether.telemetry.rollup.v1"
+
+    replica: SubjectToken
+    namespace: DnsLabel
+    kind: SubjectToken
+    name: SubjectToken
+    interval_start: datetime
+    interval_end: datetime
+    scopes: Annotated[tuple[RollupScope, ...], Meta(max_length=MAX_ROLLUP_SCOPES)] = ()
+    ranges: Annotated[tuple[SequenceRange, ...], Meta(max_length=MAX_ROLLUP_RANGES)] = ()
+    # Deltas the reporting proxies dropped (bounded memory while telemetry was unreachable), by scope count.
+    dropped_scopes: Count = 0
+
+    def event_subject(self) -> str:
+        return f"{self.namespace}/{self.kind}/{self.name}"
+
+
+# --- tap: requests, match counts, captured events (see tether.shared.tap_requests) -----------------------
+
+#: Headers whose values are never captured, whatever a tap asks for (lowercase).
+SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization"})
+
+MAX_TAP_RATE = 10_000.0
+MAX_HEADER_NAMES = 16
+MAX_REQUESTS_LIMIT = (1 << 32) - 1
+
+#: A tap id is one NATS subject token (``tether.v1.tap.events.<tap-id>``).
+TapId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=64)]
+#: A pod name: a DNS-1123 subdomain.
+PodName = Annotated[str, Meta(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)]
+#: A lowercase HTTP field name (RFC 9110 token).
+HeaderName = Annotated[str, Meta(pattern=r"^[a-z0-9!#$%&'*+.^_`|~-]+$", min_length=1, max_length=64)]
+FilterText = Annotated[str, Meta(max_length=1024)]
+ReplicaId = Annotated[str, Meta(min_length=1, max_length=253)]
+
+TapAction = Literal["start", "renew", "cancel"]
+
+
+class TapTarget(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False, omit_defaults=True):
+    """Which proxies a tap runs on: a namespace plus exactly one of a workload, a pod or a service.
+
+    ``workload`` matches proxies whose hello labels carry ``<kind>=<name>`` (kind lowercased, e.g.
+    ``deployment=web``); ``pod`` the proxy of that pod; ``service`` proxies whose hello label ``service``
+    names it (a comma-separated list when the pod backs several services).
+    """
+
+    namespace: DnsLabel
+    workload: Workload | None = None
+    pod: PodName | None = None
+    service: DnsLabel | None = None
+
+    def __post_init__(self) -> None:
+        chosen = sum(value is not None for value in (self.workload, self.pod, self.service))
+        if chosen != 1:
+            raise ValueError("a tap target names exactly one of workload, pod or service")
+        if self.workload is not None and not (self.workload.kind and self.workload.name):
+            raise ValueError("a tap target's workload needs a kind and a name")
+
+
+class TapFilter(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False, omit_defaults=True):
+    """Request filters: a request matches when it equals every non-empty field (``path_prefix``: starts
+    with it; ``authority`` and ``method`` compare case-insensitively). The proxy's ``TapMatch``."""
+
+    method: Annotated[str, Meta(max_length=32)] = ""
+    authority: FilterText = ""
+    path_prefix: FilterText = ""
+    destination_namespace: Annotated[str, Meta(max_length=63)] = ""
+    destination_service: Annotated[str, Meta(max_length=63)] = ""
+
+
+class TapRequest(EventData, frozen=True, kw_only=True):
+    """Start, renew or cancel a tap. Published by the public API on ``tether.v1.tap.requests``.
+
+    ``start`` and ``renew`` carry the whole request (``target`` required); ``cancel`` needs only the id.
+    ``max_events_per_second`` is the whole tap's rate, split by telemetry across every matching proxy;
+    ``max_requests`` (0: no limit) is passed to each proxy, and the public API stops the tap once it has
+    delivered that many. ``expires_at`` is the requested end (absent: until cancelled or no longer renewed).
+    """
+
+    event_type = "io.tether.tap.request.v1"
+
+    action: TapAction
+    tap_id: TapId
+    target: TapTarget | None = None
+    match: TapFilter = msgspec.field(default_factory=TapFilter)
+    max_events_per_second: Annotated[float, Meta(gt=0.0, le=MAX_TAP_RATE)] = 100.0
+    max_requests: Annotated[int, Meta(ge=0, le=MAX_REQUESTS_LIMIT)] = 0
+    header_names: Annotated[tuple[HeaderName, ...], Meta(max_length=MAX_HEADER_NAMES)] = ()
+    expires_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.action != "cancel" and self.target is None:
+            raise ValueError(f"a tap {self.action} needs a target")
+        if self.expires_at is not None and self.expires_at.tzinfo is None:
+            raise ValueError("expires_at needs a time zone")
+
+    def event_subject(self) -> str:
+        return self.tap_id
+
+
+class TapMatchCount(EventData, frozen=True, kw_only=True):
+    """How many proxies connected to one telemetry replica match a tap, published by that replica on
+    ``tether.v1.tap.matches.<tap-id>`` whenever the count changes and every
+    :data:`MATCH_COUNT_INTERVAL_SECONDS` while it is not zero. ``at`` is the replica's clock; readers
+    order one replica's counts by it and judge staleness by when they received it."""
+
+    event_type = "io.tether.tap.matches.v1"
+
+    replica: ReplicaId
+    tap_id: TapId
+    matching: Annotated[int, Meta(ge=0, le=1_000_000)]
+    at: datetime
+
+    def event_subject(self) -> str:
+        return f"{self.tap_id}/{self.replica}"
+
+
+TapLabelName = Annotated[str, Meta(min_length=1, max_length=253)]
+TapLabels = Annotated[dict[TapLabelName, LabelValue], Meta(max_length=MAX_LABELS)]
+Micros = Annotated[int, Meta(ge=0, le=1 << 53)]
+MAX_TAP_HEADERS = MAX_HEADER_NAMES
+MAX_TAP_HEADER_VALUE = 4096
+
+
+class TapAddress(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """A socket address of a tapped request's side: the IP address as text and the TCP port."""
+
+    ip: Annotated[str, Meta(max_length=45)]
+    port: Annotated[int, Meta(ge=0, le=65535)]
+
+
+class TapRequestInit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """The request started: its pseudo-headers."""
+
+    method: Annotated[str, Meta(max_length=32)]
+    scheme: Annotated[str, Meta(max_length=32)]
+    authority: FilterText
+    path: Annotated[str, Meta(max_length=8192)]
+
+
+class TapResponseInit(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """The response started: its status and the latency so far (time to the response's first byte)."""
+
+    status_code: Annotated[int, Meta(ge=0, le=999)]
+    since_request_init_us: Micros
+
+
+class TapResponseEnd(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """The stream ended: its ``grpc-status`` (-1: none) or the reset code, duration and response bytes."""
+
+    grpc_status: Annotated[int, Meta(ge=-1, le=255)]
+    since_request_init_us: Micros
+    response_bytes: Count
+    reset_error_code: Annotated[int, Meta(ge=0, le=(1 << 32) - 1)]
+
+
+class TapEvent(EventData, frozen=True, kw_only=True):
+    """One phase of one request a proxy captured for a live tap, relayed by the telemetry replica the proxy
+    reports to on ``tether.v1.tap.events.<tap-id>``. The fields of the proxy's ``TapEvent`` (proto), plus
+    the relaying ``replica`` and the reporting proxy's ``namespace`` and ``pod`` (``stream_id`` correlates
+    the phases of one request within that proxy). Exactly one of ``request_init``, ``response_init`` and
+    ``response_end`` is set. ``headers`` holds only names the tap asked for, never a sensitive one
+    (:data:`SENSITIVE_HEADERS` or configured): a replica drops any other the proxy sent.
+    """
+
+    event_type = "io.tether.tap.event.v1"
+
+    tap_id: TapId
+    replica: ReplicaId
+    namespace: DnsLabel
+    pod: ShortText
+    direction: Literal["inbound", "outbound", "unspecified"]
+    stream_id: Count
+    at: datetime
+    source: TapAddress | None
+    destination: TapAddress | None
+    source_labels: TapLabels
+    destination_labels: TapLabels
+    source_identity: ShortText
+    destination_identity: ShortText
+    tls: ShortText
+    request_init: TapRequestInit | None = None
+    response_init: TapResponseInit | None = None
+    response_end: TapResponseEnd | None = None
+    headers: Annotated[
+        dict[HeaderName, Annotated[str, Meta(max_length=MAX_TAP_HEADER_VALUE)]],
+        Meta(max_length=MAX_TAP_HEADERS),
+    ] = msgspec.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        phases = (self.request_init, self.response_init, self.response_end)
+        if sum(phase is not None for phase in phases) != 1:
+            raise ValueError("a tap event has exactly one of request_init, response_init, response_end")
+        if SENSITIVE_HEADERS & set(self.headers):
+            raise ValueError("a tap event never carries a sensitive header")
+
+    def event_subject(self) -> str:
+        return f"{self.tap_id}/{self.namespace}/{self.pod}"
+
+
 # --- key-value records ---------------------------------------------------------------------------------
 
 

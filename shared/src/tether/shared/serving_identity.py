@@ -25,8 +25,12 @@ from tether.shared.tls import read_trust_anchors
 
 
 class ServingIdentity:
-    def __init__(self, config: IdentityClientConfig) -> None:
+    """``require_client_certificates``: mTLS, every client must present a certificate chaining to the mesh's
+    trust anchors (telemetry: proxies prove who they are)."""
+
+    def __init__(self, config: IdentityClientConfig, *, require_client_certificates: bool = False) -> None:
         self.config = config
+        self._require_client_certificates = require_client_certificates
         self._anchors: bytes | None = None
         self._key: KeyMaterial | None = None
         self._credentials: ReloadableServerCredentials | None = None
@@ -42,7 +46,8 @@ class ServingIdentity:
             "mount the trust anchors there, or pass --identity-disabled to serve plaintext",
         )
         self._key = make_key_and_csr(self.config.workload_identity())
-        self._credentials = ReloadableServerCredentials(placeholder_key_pair(datetime.now(UTC)))
+        client_ca = self._anchors if self._require_client_certificates else None
+        self._credentials = ReloadableServerCredentials(placeholder_key_pair(datetime.now(UTC)), client_ca)
 
     def credentials(self) -> grpc.ServerCredentials:
         if self._credentials is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -9,6 +10,7 @@ from msgspec import Meta
 
 from tether.shared.config import AdminAddr, IdentityClientConfig, ProcessConfig, check_addr
 from tether.shared.identity_names import InvalidIdentityName, parse_identity
+from tether.shared.telemetry_scopes import MAX_SCOPES
 
 #: The proxy's own ports besides its listeners: never forwarded to by the inbound side.
 PROXY_CONTROL_PORT = 4190
@@ -18,6 +20,8 @@ PROXY_ADMIN_PORT = 4191
 DEFAULT_OPAQUE_PORTS = (25, 587, 3306, 4444, 5432, 6379, 9300, 11211)
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
+#: An HTTP field name (RFC 9110 token), any case: ``--tap-sensitive-headers`` values.
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class H2LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -157,6 +161,39 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
         Meta(gt=0.0, le=7 * 86400.0, description="seconds a TCP connection may carry no bytes either way"),
     ] = 3600.0
     h2: H2LimitsConfig = msgspec.field(default_factory=H2LimitsConfig)
+    telemetry_addr: Annotated[
+        str,
+        Meta(
+            description="telemetry service (gRPC, mTLS), host:port, where the proxy reports its metrics; "
+            "empty disables reporting (so does --identity-disabled: telemetry accepts only mTLS)"
+        ),
+    ] = "tether-telemetry.tether.svc.cluster.local:8087"
+    telemetry_server_name: Annotated[
+        str, Meta(description="the identity the telemetry service must present")
+    ] = "telemetry.tether.serviceaccount.identity.cluster.local"
+    report_interval: Annotated[
+        float, Meta(ge=1.0, le=300.0, description="seconds between two metric reports to telemetry")
+    ] = 10.0
+    report_max_scopes: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=MAX_SCOPES,
+            description="traffic scopes held for telemetry until it acknowledges them (beyond: dropped and "
+            "counted)",
+        ),
+    ] = 5000
+    workload_labels: Annotated[
+        tuple[str, ...],
+        Meta(description="the pod's workload labels for telemetry, key=value (e.g. deployment=web)"),
+    ] = ()
+    tap_sensitive_headers: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="header names a tap never captures, besides authorization, cookie, set-cookie and "
+            "proxy-authorization (always sensitive)"
+        ),
+    ] = ()
     max_concurrent_streams: Annotated[
         int, Meta(ge=1, le=2**31 - 1, description="streams a client may open on one connection")
     ] = 2048
@@ -167,12 +204,21 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
             check_addr(name, getattr(self, name))
         if self.destination_addr:
             check_addr("destination_addr", self.destination_addr)
+        if self.telemetry_addr:
+            check_addr("telemetry_addr", self.telemetry_addr)
+        for label in self.workload_labels:
+            if not label.partition("=")[0] or "=" not in label:
+                raise ValueError(f"workload_labels: expected key=value, got {label!r}")
+        for name in self.tap_sensitive_headers:
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"tap_sensitive_headers: not a header name: {name!r}")
         self.identity.required()
         if not self.identity.disabled:
-            try:
-                parse_identity(self.destination_server_name)
-            except InvalidIdentityName as exc:
-                raise ValueError(f"destination_server_name: {exc}") from None
+            for name in ("destination_server_name", "telemetry_server_name"):
+                try:
+                    parse_identity(getattr(self, name))
+                except InvalidIdentityName as exc:
+                    raise ValueError(f"{name}: {exc}") from None
 
     @property
     def context_token(self) -> str:

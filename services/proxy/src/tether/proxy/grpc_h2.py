@@ -1,10 +1,10 @@
 """A minimal gRPC client over the proxy's own h2 stack, plaintext or TLS with a verified peer identity.
 
-The proxy talks gRPC to destination (server streaming) and identity (unary) without grpcio, which would
-add ~35 MB to every sidecar. The framing of a gRPC message is a 5-byte prefix; everything else is HTTP/2.
-All calls to one target share one connection, replaced when it fails. A TLS connection is accepted only
-when the server's certificate chains to the trust anchors and names exactly the expected identity.
-"""
+The proxy talks gRPC to destination (server streaming), identity (unary) and telemetry (bidirectional
+streaming) without grpcio, which would add ~35 MB to every sidecar. The framing of a gRPC message is a
+5-byte prefix; everything else is HTTP/2. Request messages go out as the server's flow-control windows
+allow. All calls to one target share one connection, replaced when it fails. A TLS connection is accepted
+only when the server's certificate chains to the trust anchors and names exactly the expected identity."""
 
 from __future__ import annotations
 
@@ -48,12 +48,24 @@ _END = object()
 class _Call:
     """One call: received messages (raw bytes) or its final status, queued for the reader."""
 
-    __slots__ = ("buffer", "finished", "grpc_message", "grpc_status", "queue", "stream_id")
+    __slots__ = (
+        "buffer",
+        "finished",
+        "grpc_message",
+        "grpc_status",
+        "half_close",
+        "outbox",
+        "queue",
+        "stream_id",
+    )
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
         self.queue: asyncio.Queue[object] = asyncio.Queue()
         self.buffer = bytearray()
+        #: Request bytes the peer's flow-control windows do not admit yet (client streaming only).
+        self.outbox = bytearray()
+        self.half_close = False
         self.grpc_status: int | None = None
         self.grpc_message = ""
         self.finished = False
@@ -133,7 +145,8 @@ class _Connection(asyncio.Protocol):
         keep_alive: TaskFactory = self._keep_alive
         self._keepalive_task = self._spawn("grpc-keepalive", keep_alive, critical=False)
 
-    def start_call(self, path: bytes, request: bytes, timeout: float | None) -> _Call:
+    def start_call(self, path: bytes, request: bytes | None, timeout: float | None) -> _Call:
+        """Open a call; ``request`` is its only message (None: messages follow, see ``send_message``)."""
         h2 = self.h2
         stream_id = h2.get_next_available_stream_id()
         headers = [
@@ -147,10 +160,45 @@ class _Connection(asyncio.Protocol):
         if timeout is not None:
             headers.append((b"grpc-timeout", f"{max(1, int(timeout * 1000))}m".encode()))
         h2.send_headers(stream_id, headers)
-        h2.send_data(stream_id, b"\x00" + len(request).to_bytes(4, "big") + request, end_stream=True)
         call = self.calls[stream_id] = _Call(stream_id)
+        if request is not None:
+            self.send_message(call, request, end=True)
         self._flush()
         return call
+
+    def send_message(self, call: _Call, message: bytes, end: bool = False) -> None:
+        """Queue one request message (and, with ``end``, the end of the requests) and send what the
+        windows allow; the rest goes as the server opens its windows."""
+        if call.finished or call.half_close or self.transport is None:
+            raise GrpcCallError(UNAVAILABLE, "the call is over")
+        call.outbox += b"\x00" + len(message).to_bytes(4, "big") + message
+        call.half_close = end
+        self._pump(call)
+        self._flush()
+
+    def end_requests(self, call: _Call) -> None:
+        if not (call.finished or call.half_close or self.transport is None):
+            call.half_close = True
+            self._pump(call)
+            self._flush()
+
+    def _pump(self, call: _Call) -> None:
+        h2 = self.h2
+        outbox = call.outbox
+        try:
+            while outbox:
+                size = min(
+                    h2.local_flow_control_window(call.stream_id), h2.max_outbound_frame_size, len(outbox)
+                )
+                if size <= 0:
+                    return
+                h2.send_data(call.stream_id, bytes(outbox[:size]))
+                del outbox[:size]
+            if call.half_close:
+                h2.end_stream(call.stream_id)
+        except ProtocolError:
+            outbox.clear()
+            call.fail(UNAVAILABLE, "the stream closed while sending")
 
     def cancel(self, call: _Call) -> None:
         self.calls.pop(call.stream_id, None)
@@ -196,6 +244,9 @@ class _Connection(asyncio.Protocol):
                 for stream_id, other in list(calls.items()):
                     if stream_id > last:
                         other.fail(UNAVAILABLE, "the server went away")
+        for call in calls.values():
+            if call.outbox and not call.finished:
+                self._pump(call)  # windows may have opened (WINDOW_UPDATE, SETTINGS)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -290,7 +341,9 @@ class GrpcChannel:
             self._connection = connection
             return connection
 
-    async def _open(self, path: bytes, request: bytes, timeout: float | None) -> tuple[_Connection, _Call]:
+    async def _open(
+        self, path: bytes, request: bytes | None, timeout: float | None
+    ) -> tuple[_Connection, _Call]:
         connection = await self._connect()
         try:
             return connection, connection.start_call(path, request, timeout)
@@ -336,6 +389,11 @@ class GrpcChannel:
             raise GrpcCallError(INTERNAL, f"{self.target} answered without a message")
         return response
 
+    async def bidi(self, path: bytes) -> BidiStream:
+        """A bidirectional-streaming call (also fits client streaming); ``cancel()`` it when done."""
+        connection, call = await self._open(path, None, None)
+        return BidiStream(connection, call)
+
     def reset(self) -> None:
         """Drop the connection (new TLS configuration, say): the next call connects again."""
         if self._connection is not None:
@@ -344,3 +402,44 @@ class GrpcChannel:
 
     async def close(self) -> None:
         self.reset()
+
+
+class BidiStream:
+    """One bidirectional call: ``send`` messages whenever (never blocks: what the server's windows do not
+    admit yet waits in ``buffered`` bytes), ``receive`` the server's. Cancel it when done with it."""
+
+    def __init__(self, connection: _Connection, call: _Call) -> None:
+        self._connection = connection
+        self._call = call
+
+    def send(self, message: bytes) -> None:
+        """Raises GrpcCallError (UNAVAILABLE) once the call is over."""
+        try:
+            self._connection.send_message(self._call, message)
+        except ProtocolError as exc:
+            raise GrpcCallError(UNAVAILABLE, f"cannot send: {exc}") from None
+
+    def end_requests(self) -> None:
+        """No more requests (half-close); responses may still come."""
+        self._connection.end_requests(self._call)
+
+    @property
+    def buffered(self) -> int:
+        """Request bytes waiting for the server's flow-control window."""
+        return len(self._call.outbox)
+
+    async def receive(self) -> bytes | None:
+        """The next response message; None when the server ended the call with OK; raises GrpcCallError
+        when it ended otherwise (or the connection was lost)."""
+        item = await self._call.queue.get()
+        if item is _END:
+            self._call.queue.put_nowait(_END)  # so that every later receive says the same
+            return None
+        if isinstance(item, GrpcCallError):
+            self._call.queue.put_nowait(item)
+            raise item
+        return cast(bytes, item)
+
+    def cancel(self) -> None:
+        """Reset the call (if it is still open) and forget it."""
+        self._connection.cancel(self._call)

@@ -86,6 +86,15 @@ class LatencyHistogram:
         self.total += value_ms
         self.count += 1
 
+    @classmethod
+    def merged(cls, histograms: Iterable[LatencyHistogram]) -> LatencyHistogram:
+        total = cls()
+        for histogram in histograms:
+            total.counts = [a + b for a, b in zip(total.counts, histogram.counts, strict=True)]
+            total.total += histogram.total
+            total.count += histogram.count
+        return total
+
     def render(self, name: str, labels: str, out: list[str]) -> None:
         running = 0
         prefix = f"{name}_bucket{{{labels},"
@@ -99,10 +108,13 @@ class LatencyHistogram:
 class _Series:
     """Idle tracking shared by both handle kinds; only the registry reads these fields."""
 
-    __slots__ = ("_active_at", "_last_activity", "expired", "labels")
+    __slots__ = ("_active_at", "_last_activity", "direction", "expired", "labels", "pairs")
 
-    def __init__(self, labels: str) -> None:
+    def __init__(self, labels: str, direction: str = "", pairs: Labels = ()) -> None:
         self.labels = labels
+        #: The same labels, structured (``direction`` apart, ``tls`` included): what reports are scoped by.
+        self.direction = direction
+        self.pairs = pairs
         self.expired = False
         self._last_activity = -1
         self._active_at: float | None = None
@@ -125,31 +137,38 @@ class _Series:
 class RouteHandle(_Series):
     """HTTP counters of one label set: request_total, response_total, response_latency_ms."""
 
-    __slots__ = ("errors", "latencies", "requests", "responses")
+    __slots__ = ("errors", "failure_latency", "latencies", "requests", "responses")
 
-    def __init__(self, labels: str) -> None:
-        super().__init__(labels)
+    def __init__(self, labels: str, direction: str = "", pairs: Labels = ()) -> None:
+        super().__init__(labels, direction, pairs)
         self.requests = 0
         self.responses: dict[tuple[int, int | None], int] = {}
-        self.latencies: dict[int, LatencyHistogram] = {}
+        #: Per (status, grpc-status), like ``responses``; /metrics merges them per status code.
+        self.latencies: dict[tuple[int, int | None], LatencyHistogram] = {}
         self.errors: dict[str, int] = {}
+        self.failure_latency: LatencyHistogram | None = None
 
     def request(self) -> None:
         self.requests += 1
 
     def response(self, status_code: int, grpc_status: int | None, latency_ms: float) -> None:
-        """A response finished; ``grpc_status`` from trailers (or headers), None when not gRPC."""
+        """A response finished; ``grpc_status`` from trailers (or headers), None when not gRPC;
+        ``latency_ms`` from the request's headers to the response's first byte (its headers)."""
         key = (status_code, grpc_status)
         responses = self.responses
         responses[key] = responses.get(key, 0) + 1
-        histogram = self.latencies.get(status_code)
+        histogram = self.latencies.get(key)
         if histogram is None:
-            histogram = self.latencies[status_code] = LatencyHistogram()
+            histogram = self.latencies[key] = LatencyHistogram()
         histogram.observe(latency_ms)
 
-    def failed(self, error: str) -> None:
-        """The stream ended without a response (reset, peer gone); counted as a failure."""
+    def failed(self, error: str, elapsed_ms: float = 0.0) -> None:
+        """The stream ended without a response (reset, peer gone) ``elapsed_ms`` after its request: a
+        failure. /metrics has no latency for it; reports count it at that time (``failure_latency``)."""
         self.errors[error] = self.errors.get(error, 0) + 1
+        if self.failure_latency is None:
+            self.failure_latency = LatencyHistogram()
+        self.failure_latency.observe(elapsed_ms)
 
     def activity(self) -> int:
         return self.requests + sum(self.responses.values()) + sum(self.errors.values())
@@ -163,8 +182,8 @@ class TcpHandle(_Series):
 
     __slots__ = ("close_errors", "closes", "opens", "read_bytes", "write_bytes")
 
-    def __init__(self, labels: str) -> None:
-        super().__init__(labels)
+    def __init__(self, labels: str, direction: str = "", pairs: Labels = ()) -> None:
+        super().__init__(labels, direction, pairs)
         self.opens = 0
         self.closes = 0
         self.read_bytes = 0
@@ -229,9 +248,9 @@ class MetricsRegistry:
         if len(self._routes) >= self.max_series:
             self._overflowed["route"] += 1
             return self._overflow_route(direction)
-        extra: Labels = (("protocol", protocol),) if protocol else ()
+        pairs: Labels = (("authority", authority), *labels, *((("protocol", protocol),) if protocol else ()))
         handle = self._routes[key] = RouteHandle(
-            _series_labels((("direction", direction), ("authority", authority), *labels, *extra), tls)
+            _series_labels((("direction", direction), *pairs), tls), direction, _with_tls(pairs, tls)
         )
         return handle
 
@@ -245,7 +264,9 @@ class MetricsRegistry:
             self._overflowed["tcp"] += 1
             return self._overflow_connection(direction, peer)
         handle = self._tcp[key] = TcpHandle(
-            _series_labels((("direction", direction), ("peer", peer), *labels), tls)
+            _series_labels((("direction", direction), ("peer", peer), *labels), tls),
+            direction,
+            _with_tls((("peer", peer), *labels), tls),
         )
         return handle
 
@@ -253,19 +274,31 @@ class MetricsRegistry:
         handle = self._overflow_routes.get(direction)
         if handle is None:
             labels = (("direction", direction), ("authority", OVERFLOW_AUTHORITY))
-            handle = self._overflow_routes[direction] = RouteHandle(format_labels(labels))
+            handle = self._overflow_routes[direction] = RouteHandle(
+                format_labels(labels), direction, labels[1:]
+            )
         return handle
 
     def _overflow_connection(self, direction: str, peer: str) -> TcpHandle:
         handle = self._overflow_tcp.get((direction, peer))
         if handle is None:
             labels = (("direction", direction), ("peer", peer), ("authority", OVERFLOW_AUTHORITY))
-            handle = self._overflow_tcp[(direction, peer)] = TcpHandle(format_labels(labels))
+            handle = self._overflow_tcp[(direction, peer)] = TcpHandle(
+                format_labels(labels), direction, labels[1:]
+            )
         return handle
 
     def add_collector(self, collector: Callable[[], str]) -> None:
         """Append another component's already-rendered text (ending in a newline) to every scrape."""
         self._collectors.append(collector)
+
+    def route_handles(self) -> list[RouteHandle]:
+        """Every live HTTP series, the overflow ones included (what /metrics renders)."""
+        return [*self._routes.values(), *self._overflow_routes.values()]
+
+    def tcp_handles(self) -> list[TcpHandle]:
+        """Every live TCP series, the overflow ones included."""
+        return [*self._tcp.values(), *self._overflow_tcp.values()]
 
     @property
     def series_count(self) -> int:
@@ -283,8 +316,8 @@ class MetricsRegistry:
     def render(self, now: float) -> str:
         """Expire idle series, then the whole registry in Prometheus text format 0.0.4."""
         self.expire(now)
-        routes = [*self._routes.values(), *self._overflow_routes.values()]
-        conns = [*self._tcp.values(), *self._overflow_tcp.values()]
+        routes = self.route_handles()
+        conns = self.tcp_handles()
         out: list[str] = []
         _header(out, "request_total", "counter", "Total count of HTTP requests.")
         out.extend(f"request_total{{{h.labels}}} {h.requests}" for h in routes)
@@ -306,10 +339,10 @@ class MetricsRegistry:
             out,
             "response_latency_ms",
             "histogram",
-            "Elapsed times between a request's headers and its response's end.",
+            "Elapsed times between a request's headers and its response's first byte.",
         )
         for h in routes:
-            for status, histogram in sorted(h.latencies.items()):
+            for status, histogram in sorted(_by_status(h.latencies).items()):
                 histogram.render("response_latency_ms", f'{h.labels},status_code="{status}"', out)
         _header(out, "tcp_open_total", "counter", "Total count of opened connections.")
         out.extend(f"tcp_open_total{{{c.labels}}} {c.opens}" for c in conns)
@@ -341,6 +374,21 @@ def _expire(table: dict[KeyT, SeriesT], now: float, idle_timeout: float) -> int:
     for key in idle:
         table.pop(key).expired = True
     return len(idle)
+
+
+def _with_tls(pairs: Labels, tls: str) -> Labels:
+    return (*pairs, ("tls", tls)) if tls else pairs
+
+
+def _by_status(latencies: Mapping[tuple[int, int | None], LatencyHistogram]) -> dict[int, LatencyHistogram]:
+    """One histogram per status code (grpc-statuses merged), as Linkerd labels response_latency_ms."""
+    groups: dict[int, list[LatencyHistogram]] = {}
+    for (status, _), histogram in latencies.items():
+        groups.setdefault(status, []).append(histogram)
+    return {
+        status: group[0] if len(group) == 1 else LatencyHistogram.merged(group)
+        for status, group in groups.items()
+    }
 
 
 def _series_labels(pairs: tuple[tuple[str, str], ...], tls: str) -> str:

@@ -28,6 +28,8 @@ from tether.proxy.inbound import InboundAcceptor, InboundPolicy
 from tether.proxy.metrics import MetricsRegistry
 from tether.proxy.origdst import original_destination
 from tether.proxy.pool import Pools
+from tether.proxy.reporter import TapCallback, TelemetryReporter
+from tether.proxy.reporting import Reporting, own_labels, reporting_for
 from tether.proxy.routing import InboundRouter, OutboundRouter
 from tether.proxy.tcp import TcpRelays
 from tether.proxy.transport import Flusher, ListenerContext, OriginalDstResolver
@@ -51,7 +53,7 @@ class Proxy:
     Long-lived tasks start through ``supervisor`` (the process runtime's); without one the
     proxy keeps its own, and a failed critical task sets ``shutdown_requested``.
     ``clock`` is the monotonic clock the data path sees; ``key_maker`` makes the key and CSR (by default in
-    a forked helper).
+    a forked helper). ``on_tap`` receives the tap subscriptions telemetry sends (see reporter.py).
     """
 
     def __init__(
@@ -64,8 +66,11 @@ class Proxy:
         supervisor: Supervisor | None = None,
         clock: Callable[[], float] = time.monotonic,
         key_maker: KeyMaker = make_key_and_csr_in_helper,
+        on_tap: TapCallback | None = None,
     ) -> None:
         self.config = config
+        self._on_tap = on_tap
+        self.reporting: Reporting | None = None
         self._key_maker = key_maker
         self.clock = clock
         self._original_dst = original_dst
@@ -104,7 +109,8 @@ class Proxy:
             await self.identity.start()
         else:
             log.warning(
-                "identity_disabled", effect="no mTLS: all traffic is plaintext, labelled tls=disabled"
+                "identity_disabled",
+                effect="no mTLS: all traffic is plaintext, labelled tls=disabled; no telemetry reports",
             )
         identity = self.identity
         # Why a connection has no mesh TLS: identity is off here, or the peer could not offer it.
@@ -274,6 +280,7 @@ class Proxy:
         )
         self._acceptor.start()
         self._sweeper = self.supervisor.spawn("proxy-sweeper", self._sweep)
+        self._start_reporting()
         self._started = True
         log.info(
             "proxy_started",
@@ -282,6 +289,27 @@ class Proxy:
             destination=config.destination_addr or None,
             identity=identity.identity.dns_name if identity is not None else None,
         )
+
+    def _start_reporting(self) -> None:
+        identity = self.identity
+        labels = own_labels(self.config, identity)
+        for router in (self.outbound_router, self.inbound_router):
+            router.own_labels = labels
+            router.local_identity = identity.identity.dns_name if identity is not None else ""
+        if identity is None or not self.config.telemetry_addr:
+            return  # telemetry accepts only mTLS clients (said at start: identity_disabled)
+        spawn = self.supervisor.spawn
+        reporting = reporting_for(
+            self.config, identity, self.registry, spawn, clock=self.clock, on_tap=self._on_tap
+        )
+        self.reporting = reporting
+        self.outbound_router.taps = self.inbound_router.taps = reporting.taps
+        self.registry.add_collector(reporting.render_metrics)
+        reporting.start(spawn)
+
+    @property
+    def reporter(self) -> TelemetryReporter | None:
+        return self.reporting.reporter if self.reporting is not None else None
 
     def _own_ports(self) -> set[int]:
         config = self.config
@@ -329,6 +357,8 @@ class Proxy:
             self.outbound_pools.evict_idle(now, timeout)
             self.inbound_pools.evict_idle(now, timeout)
             self.registry.expire(now)
+            if self.reporting is not None:
+                self.reporting.expire(now)
 
     def _render_limits(self) -> str:
         dialers = (("outbound", self.outbound_dialer), ("inbound", self.inbound_dialer))
@@ -385,6 +415,9 @@ class Proxy:
         if self._grpc_streams is not None:
             mismatches = self._grpc_streams.channel.identity_mismatches
             lines.append(f'proxy_identity_mismatch_total{{peer="destination"}} {mismatches}')
+        if self.reporter is not None:
+            mismatches = self.reporter.channel.identity_mismatches
+            lines.append(f'proxy_identity_mismatch_total{{peer="telemetry"}} {mismatches}')
         if self.discovery is not None:
             lines += [
                 "# HELP proxy_authorities_resolved Distinct authorities being resolved now.",
@@ -462,6 +495,8 @@ class Proxy:
     async def _release(self) -> None:
         if self._sweeper is not None:
             await self._sweeper.stop()
+        if self.reporting is not None:
+            await self.reporting.stop()
         if self._built:
             await self.outbound_router.close()
             await self.inbound_router.close()

@@ -9,7 +9,7 @@ task bounded by the fail-fast timeout.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Mapping
 from typing import Any, cast
 
 import structlog
@@ -28,6 +28,7 @@ from tether.proxy.discovery import DestinationClient
 from tether.proxy.errors import AuthorityLimitError, ProxyError, UpstreamConnectError
 from tether.proxy.metrics import Labels, MetricsRegistry, RouteHandle, dst_labels
 from tether.proxy.pool import EndpointPool, Pools
+from tether.proxy.tap import Taps
 from tether.proxy.tcp import TcpRouteRefused, TcpTarget
 
 Clock = Callable[[], float]
@@ -45,12 +46,20 @@ class RouteFailure(ProxyError):
         self.message = message
 
 
+#: ``_RouteState.tap``: not captured by a tap; request reported; response (headers) reported too.
+_UNTAPPED, _TAPPED, _TAP_RESPONDED = 0, 1, 2
+_NO_LABELS: Mapping[str, str] = {}
+#: Where the request's pseudo-headers go in ``_tap_request``'s list.
+_PSEUDO = {b":method": 0, b":scheme": 1, b":path": 2}
+
+
 class _RouteState:
-    __slots__ = ("load", "metrics")
+    __slots__ = ("load", "metrics", "tap")
 
     def __init__(self, load: EndpointLoad[Address] | None, metrics: RouteHandle) -> None:
         self.load = load
         self.metrics = metrics
+        self.tap = _UNTAPPED
 
 
 class _BaseRouter:
@@ -69,25 +78,43 @@ class _BaseRouter:
         self.fail_fast_timeout = fail_fast_timeout
         self.clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        #: The tap observer (the proxy's, when it reports to telemetry); with no tap capturing, the data
+        #: path's whole cost is one check of ``taps.capturing`` per request.
+        self.taps = Taps()
+        #: This pod's workload labels (namespace, pod, serviceaccount, deployment...) and mesh identity:
+        #: the tap events' source (outbound) or destination (inbound).
+        self.own_labels: Mapping[str, str] = _NO_LABELS
+        self.local_identity = ""
 
     # ExchangeListener
     def response_started(self, exchange: Exchange, now: float) -> None:
-        load = cast(_RouteState, exchange.route_state).load
+        state = cast(_RouteState, exchange.route_state)
+        load = state.load
         if load is not None:
             load.observe(now - exchange.started_at, now)
+        if state.tap:
+            state.tap = _TAP_RESPONDED
+            self.taps.response_started(exchange, exchange.status, now)
 
     def exchange_finished(self, exchange: Exchange, now: float) -> None:
         state = cast(_RouteState, exchange.route_state)
+        if state.tap:
+            self._tap_finished(exchange, state, now)
         if state.load is not None:
             state.load.finished()
         metrics = state.metrics
         reset = exchange.reset_code
         if reset is not None and reset != ErrorCodes.NO_ERROR and not exchange.failed_by_proxy:
-            metrics.failed(_error_name(reset))
+            metrics.failed(_error_name(reset), (now - exchange.started_at) * 1000.0)
         elif exchange.status:
-            metrics.response(exchange.status, exchange.grpc_status, (now - exchange.started_at) * 1000.0)
+            # Latency to the response's first byte (its headers), not to its end: Linkerd's meaning, so
+            # response_latency_ms and the telemetry reports read the same; a stream's length is not latency.
+            responded = exchange.responded_at if exchange.responded_at is not None else now
+            metrics.response(
+                exchange.status, exchange.grpc_status, (responded - exchange.started_at) * 1000.0
+            )
         else:
-            metrics.failed("no_response")
+            metrics.failed("no_response", (now - exchange.started_at) * 1000.0)
 
     def _attach(
         self,
@@ -103,9 +130,12 @@ class _BaseRouter:
         elif exchange.protocol == HTTP1_NAME:
             # An HTTP/1.1 request over a mesh HTTP/2 connection: the inbound proxy restores the protocol.
             exchange.request_headers = [*exchange.request_headers, (ORIG_PROTO_HEADER, HTTP11)]
-        exchange.route_state = _RouteState(load, metrics)
+        state = exchange.route_state = _RouteState(load, metrics)
         exchange.listener = self
         metrics.request()
+        if self.taps.capturing and self._tap_request(exchange, pool.address, pool.identity):
+            state.tap = _TAPPED
+            exchange.count_response_bytes()
         if load is not None:
             load.started()
         pool.last_used = now
@@ -121,10 +151,67 @@ class _BaseRouter:
     def _fail(self, exchange: Exchange, metrics: RouteHandle, http_status: int, message: str) -> None:
         if exchange.closed:
             return
-        exchange.route_state = _RouteState(None, metrics)
+        state = exchange.route_state = _RouteState(None, metrics)
         exchange.listener = self
         metrics.request()
+        if self.taps.capturing and self._tap_request(exchange, None, None):
+            state.tap = _TAPPED
         exchange.fail(http_status, message, self.clock())
+
+    # --- tap (only for requests a tap may capture) ------------------------------------------------------
+
+    def _tap_request(
+        self, exchange: Exchange, upstream: Address | None, upstream_identity: str | None
+    ) -> bool:
+        """Show a routed request to the taps (``upstream``: where it goes, None when it failed first);
+        True when one captured it."""
+        fields = ["", "", ""]
+        for name, value in exchange.request_headers:
+            index = _PSEUDO.get(name)
+            if index is not None:
+                fields[index] = value.decode("utf-8", "replace")
+        info = _info(exchange)
+        if self.direction == "outbound":
+            destination = upstream or info.original_dst
+            source_labels, destination_labels = self.own_labels, self._upstream_labels(destination)
+            source_identity, destination_identity = self.local_identity, upstream_identity or ""
+            tls = self._upstream_tls(upstream_identity)
+        else:
+            destination = info.original_dst or info.local
+            source_labels, destination_labels = _NO_LABELS, self.own_labels
+            source_identity, destination_identity = info.client_id or "", self.local_identity
+            tls = info.metric_labels()[1]
+        return self.taps.request_started(
+            exchange,
+            self.direction,
+            fields[0],
+            fields[1],
+            _authority_text(exchange),
+            fields[2],
+            exchange.request_headers,
+            info.peer,
+            destination,
+            source_labels,
+            destination_labels,
+            source_identity,
+            destination_identity,
+            tls,
+            exchange.started_at,
+        )
+
+    def _upstream_labels(self, address: Address | None) -> Mapping[str, str]:
+        return _NO_LABELS
+
+    def _upstream_tls(self, identity: str | None) -> str:
+        return "true" if identity else "no_identity"
+
+    def _tap_finished(self, exchange: Exchange, state: _RouteState, now: float) -> None:
+        taps = self.taps
+        if state.tap == _TAPPED and exchange.responded_at is not None:
+            # Answered by the proxy itself, or a protocol switch: no response_started came.
+            taps.response_started(exchange, exchange.status, exchange.responded_at)
+        grpc_status = exchange.grpc_status if exchange.is_grpc else None
+        taps.finished(exchange, grpc_status, exchange.reset_code, exchange.response_bytes, now)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -310,6 +397,14 @@ class OutboundRouter(_BaseRouter):
             return False
         resolution = await discovery.wait_usable(ip_authority(original), self.fail_fast_timeout)
         return resolution is not None and _any_opaque(resolution)
+
+    def _upstream_labels(self, address: Address | None) -> Mapping[str, str]:
+        """The endpoint's labels from discovery (``namespace``, ``service``, ``pod``, its owner...)."""
+        cached = self._labels.get(address) if address is not None else None
+        return cached[0].labels if cached is not None else _NO_LABELS
+
+    def _upstream_tls(self, identity: str | None) -> str:
+        return tls_labels("server_id", identity, self._no_tls_reason)[1]
 
     def forget(self, addresses: list[Address]) -> None:
         """Endpoints left every set: retire their connections once in-flight requests finish."""

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 from msgspec import Meta
 
-from tether.shared.config import AdminAddr, CommonConfig, check_addr
+from tether.shared.config import AdminAddr, CommonConfig, IdentityClientConfig, check_addr
+
+#: The identity telemetry presents to the proxies (its ServiceAccount in the control-plane namespace).
+DEFAULT_IDENTITY = "telemetry.tether.serviceaccount.identity.cluster.local"
 
 
 class TelemetryConfig(CommonConfig, frozen=True, kw_only=True):
@@ -14,7 +18,29 @@ class TelemetryConfig(CommonConfig, frozen=True, kw_only=True):
     grpc_addr: Annotated[str, Meta(description="gRPC listener for proxies' Telemetry/Report streams")] = (
         "0.0.0.0:8087"
     )
+    rollup_interval: Annotated[
+        float,
+        Meta(gt=0.0, le=3600.0, description="seconds between publishes of this replica's partial rollups"),
+    ] = 10.0
+    hello_timeout: Annotated[
+        float, Meta(gt=0.0, le=600.0, description="seconds a new Report stream has to send its hello")
+    ] = 10.0
+    proxy_idle_ttl: Annotated[
+        float,
+        Meta(
+            gt=0.0,
+            le=86400.0,
+            description="seconds a disconnected proxy's sequence state is kept for its reconnect",
+        ),
+    ] = 3600.0
+    rollup_max_age: Annotated[
+        float, Meta(gt=0.0, le=30 * 86400.0, description="seconds the tether_rollups stream keeps rollups")
+    ] = 3600.0
+    identity: IdentityClientConfig = msgspec.field(
+        default_factory=lambda: IdentityClientConfig(name=DEFAULT_IDENTITY)
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_addr("grpc_addr", self.grpc_addr)
+        self.identity.required()

@@ -133,6 +133,21 @@ class Pipe:
         dst.mark_dirty()
 
 
+class CountingPipe(Pipe):
+    """A :class:`Pipe` that also counts the body bytes it received: a tapped response, whose size the tap
+    reports. Only tapped exchanges pay for the count (see :meth:`Exchange.count_response_bytes`)."""
+
+    __slots__ = ("received",)
+
+    def __init__(self, src: Http2Connection | None, src_sid: int) -> None:
+        super().__init__(src, src_sid)
+        self.received = 0
+
+    def push(self, data: bytes, flow_controlled_length: int) -> None:
+        self.received += len(data)
+        super().push(data, flow_controlled_length)
+
+
 class Exchange:
     """The forwarding state of one request; created by a downstream connection, routed by a Router."""
 
@@ -149,6 +164,7 @@ class Exchange:
         "request",
         "request_headers",
         "reset_code",
+        "responded_at",
         "response",
         "response_started",
         "route_state",
@@ -178,6 +194,9 @@ class Exchange:
         self.state = State.ROUTING
         self.started_at = now
         self.response_started = False
+        #: When the response's headers (its first byte) were sent on, from upstream or by the proxy itself:
+        #: latency is measured to here, as Linkerd does. None until then.
+        self.responded_at: float | None = None
         self.listener: ExchangeListener | None = None
         #: Opaque per-exchange data owned by the router (e.g. the chosen endpoint).
         self.route_state: object = None
@@ -195,6 +214,22 @@ class Exchange:
     def protocol(self) -> str:
         """The client's protocol: ``h2`` or ``http/1.1``."""
         return self.downstream.protocol
+
+    def count_response_bytes(self) -> None:
+        """Count the response's body bytes (:attr:`response_bytes`); only before the upstream stream opens."""
+        old = self.response
+        if self.state is not State.ROUTING or isinstance(old, CountingPipe):
+            return
+        pipe = CountingPipe(None, 0)
+        pipe.dst = old.dst
+        pipe.dst_sid = old.dst_sid
+        self.response = pipe
+
+    @property
+    def response_bytes(self) -> int:
+        """Response body bytes received from upstream (0 unless :meth:`count_response_bytes` was called)."""
+        response = self.response
+        return response.received if isinstance(response, CountingPipe) else 0
 
     def attach(self, upstream: AnyUpstream, now: float) -> None:
         """Open the upstream stream and start forwarding; the upstream must have capacity."""
@@ -224,6 +259,7 @@ class Exchange:
         if self.state is State.CLOSED:
             return
         self.failed_by_proxy = True
+        self.responded_at = now
         self.status = 200 if self.is_grpc else http_status
         self.grpc_status = GRPC_UNAVAILABLE if self.is_grpc else None
         down = self.downstream
@@ -262,6 +298,7 @@ class Exchange:
         if self.state is not State.OPEN:
             return
         self.response_started = True
+        self.responded_at = now
         self.status = status_of(headers)
         if ended and self.is_grpc:
             self.grpc_status = grpc_status_of(headers)
@@ -297,6 +334,8 @@ class Exchange:
         if self.state is not State.OPEN:
             return
         self.response_started = True
+        if self.responded_at is None:
+            self.responded_at = now
         self.status = self.status or 101
         self.request.done = self.response.done = True
         self._finish(now)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tether.shared.proto.net.v1 import net_pb2 as tether_dot_shared_dot_proto_dot_net_dot_v1_dot_net__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0tether/shared/proto/telemetry/v1/telemetry.proto\x12\x13tether.telemetry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$tether/shared/proto/net/v1/net.proto\"\xb1\x01\n\rReportRequest\x12\x30\n\x05hello\x18\x01 \x01(\x0b\x32\x1f.tether.telemetry.v1.ProxyHelloH\x00\x12\x35\n\x06report\x18\x02 \x01(\x0b\x32#.tether.telemetry.v1.IntervalReportH\x00\x12,\n\x03tap\x18\x03 \x01(\x0b\x32\x1d.tether.telemetry.v1.TapEventH\x00\x42\t\n\x07message\"\x8c\x01\n\x0eReportResponse\x12@\n\x10tap_subscription\x18\x01 \x01(\x0b\x32$.tether.telemetry.v1.TapSubscriptionH\x00\x12-\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1e.tether.telemetry.v1.ReportAckH\x00\x42\t\n\x07message\"\x1d\n\tReportAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\xf9\x01\n\nProxyHello\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12;\n\x06labels\x18\x03 \x03(\x0b\x32+.tether.telemetry.v1.ProxyHello.LabelsEntry\x12\x15\n\rproxy_version\x18\x04 \x01(\t\x12\x10\n\x08identity\x18\x05 \x01(\t\x12\x36\n\x12\x63\x65rtificate_expiry\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd7\x01\n\x0eIntervalReport\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06scopes\x18\x03 \x03(\x0b\x32\x1f.tether.telemetry.v1.ScopeStats\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x05 \x01(\x04\x12\x16\n\x0e\x64ropped_scopes\x18\x06 \x01(\x04\"\xc7\x02\n\nScopeStats\x12\x31\n\tdirection\x18\x01 \x01(\x0e\x32\x1e.tether.telemetry.v1.Direction\x12;\n\x06labels\x18\x02 \x03(\x0b\x32+.tether.telemetry.v1.ScopeStats.LabelsEntry\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x35\n\tresponses\x18\x04 \x03(\x0b\x32\".tether.telemetry.v1.ResponseStats\x12\x12\n\ntcp_opened\x18\x05 \x01(\x04\x12\x12\n\ntcp_closed\x18\x06 \x01(\x04\x12\x12\n\nbytes_read\x18\x07 \x01(\x04\x12\x15\n\rbytes_written\x18\x08 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8a\x01\n\rResponseStats\x12\x13\n\x0bstatus_code\x18\x01 \x01(\r\x12\x13\n\x0bgrpc_status\x18\x02 \x01(\x05\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12\x17\n\x0flatency_buckets\x18\x05 \x03(\x04\x12\x16\n\x0elatency_sum_ms\x18\x06 \x01(\x01\"\xfa\x08\n\x08TapEvent\x12\x0e\n\x06tap_id\x18\x01 \x01(\t\x12)\n\x06source\x18\x02 \x01(\x0b\x32\x19.tether.net.v1.TcpAddress\x12.\n\x0b\x64\x65stination\x18\x03 \x01(\x0b\x32\x19.tether.net.v1.TcpAddress\x12\x46\n\rsource_labels\x18\x04 \x03(\x0b\x32/.tether.telemetry.v1.TapEvent.SourceLabelsEntry\x12P\n\x12\x64\x65stination_labels\x18\x05 \x03(\x0b\x32\x34.tether.telemetry.v1.TapEvent.DestinationLabelsEntry\x12\x31\n\tdirection\x18\x06 \x01(\x0e\x32\x1e.tether.telemetry.v1.Direction\x12\x11\n\tstream_id\x18\x07 \x01(\x04\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x0crequest_init\x18\n \x01(\x0b\x32).tether.telemetry.v1.TapEvent.RequestInitH\x00\x12\x43\n\rresponse_init\x18\x0b \x01(\x0b\x32*.tether.telemetry.v1.TapEvent.ResponseInitH\x00\x12\x41\n\x0cresponse_end\x18\x0c \x01(\x0b\x32).tether.telemetry.v1.TapEvent.ResponseEndH\x00\x12;\n\x07headers\x18\r \x03(\x0b\x32*.tether.telemetry.v1.TapEvent.HeadersEntry\x12\x17\n\x0fsource_identity\x18\x0e \x01(\t\x12\x1c\n\x14\x64\x65stination_identity\x18\x0f \x01(\t\x12\x0b\n\x03tls\x18\x10 \x01(\t\x1a\x33\n\x11SourceLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x38\n\x16\x44\x65stinationLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aN\n\x0bRequestInit\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\x11\n\tauthority\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x1a\x42\n\x0cResponseInit\x12\x13\n\x0bstatus_code\x18\x01 \x01(\r\x12\x1d\n\x15since_request_init_us\x18\x02 \x01(\x04\x1as\n\x0bResponseEnd\x12\x13\n\x0bgrpc_status\x18\x01 \x01(\x05\x12\x1d\n\x15since_request_init_us\x18\x02 \x01(\x04\x12\x16\n\x0eresponse_bytes\x18\x03 \x01(\x04\x12\x18\n\x10reset_error_code\x18\x04 \x01(\r\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05phase\"\xda\x01\n\x0fTapSubscription\x12\x0e\n\x06tap_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12,\n\x05match\x18\x03 \x01(\x0b\x32\x1d.tether.telemetry.v1.TapMatch\x12\x14\n\x0cmax_requests\x18\x04 \x01(\r\x12\x1d\n\x15max_events_per_second\x18\x05 \x01(\x01\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cheader_names\x18\x07 \x03(\t\"~\n\x08TapMatch\x12\x11\n\tauthority\x18\x01 \x01(\t\x12\x13\n\x0bpath_prefix\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x1d\n\x15\x64\x65stination_namespace\x18\x04 \x01(\t\x12\x1b\n\x13\x64\x65stination_service\x18\x05 \x01(\t*U\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_INBOUND\x10\x01\x12\x16\n\x12\x44IRECTION_OUTBOUND\x10\x02\x32\x62\n\tTelemetry\x12U\n\x06Report\x12\".tether.telemetry.v1.ReportRequest\x1a#.tether.telemetry.v1.ReportResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0tether/shared/proto/telemetry/v1/telemetry.proto\x12\x13tether.telemetry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$tether/shared/proto/net/v1/net.proto\"\xb1\x01\n\rReportRequest\x12\x30\n\x05hello\x18\x01 \x01(\x0b\x32\x1f.tether.telemetry.v1.ProxyHelloH\x00\x12\x35\n\x06report\x18\x02 \x01(\x0b\x32#.tether.telemetry.v1.IntervalReportH\x00\x12,\n\x03tap\x18\x03 \x01(\x0b\x32\x1d.tether.telemetry.v1.TapEventH\x00\x42\t\n\x07message\"\x8c\x01\n\x0eReportResponse\x12@\n\x10tap_subscription\x18\x01 \x01(\x0b\x32$.tether.telemetry.v1.TapSubscriptionH\x00\x12-\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1e.tether.telemetry.v1.ReportAckH\x00\x42\t\n\x07message\"\x1d\n\tReportAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x8b\x02\n\nProxyHello\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03pod\x18\x02 \x01(\t\x12;\n\x06labels\x18\x03 \x03(\x0b\x32+.tether.telemetry.v1.ProxyHello.LabelsEntry\x12\x15\n\rproxy_version\x18\x04 \x01(\t\x12\x10\n\x08identity\x18\x05 \x01(\t\x12\x36\n\x12\x63\x65rtificate_expiry\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08instance\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd7\x01\n\x0eIntervalReport\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x06scopes\x18\x03 \x03(\x0b\x32\x1f.tether.telemetry.v1.ScopeStats\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x16\n\x0e\x66irst_sequence\x18\x05 \x01(\x04\x12\x16\n\x0e\x64ropped_scopes\x18\x06 \x01(\x04\"\xc7\x02\n\nScopeStats\x12\x31\n\tdirection\x18\x01 \x01(\x0e\x32\x1e.tether.telemetry.v1.Direction\x12;\n\x06labels\x18\x02 \x03(\x0b\x32+.tether.telemetry.v1.ScopeStats.LabelsEntry\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x35\n\tresponses\x18\x04 \x03(\x0b\x32\".tether.telemetry.v1.ResponseStats\x12\x12\n\ntcp_opened\x18\x05 \x01(\x04\x12\x12\n\ntcp_closed\x18\x06 \x01(\x04\x12\x12\n\nbytes_read\x18\x07 \x01(\x04\x12\x15\n\rbytes_written\x18\x08 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8a\x01\n\rResponseStats\x12\x13\n\x0bstatus_code\x18\x01 \x01(\r\x12\x13\n\x0bgrpc_status\x18\x02 \x01(\x05\x12\x0f\n\x07success\x18\x03 \x01(\x08\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\x12\x17\n\x0flatency_buckets\x18\x05 \x03(\x04\x12\x16\n\x0elatency_sum_ms\x18\x06 \x01(\x01\"\xfa\x08\n\x08TapEvent\x12\x0e\n\x06tap_id\x18\x01 \x01(\t\x12)\n\x06source\x18\x02 \x01(\x0b\x32\x19.tether.net.v1.TcpAddress\x12.\n\x0b\x64\x65stination\x18\x03 \x01(\x0b\x32\x19.tether.net.v1.TcpAddress\x12\x46\n\rsource_labels\x18\x04 \x03(\x0b\x32/.tether.telemetry.v1.TapEvent.SourceLabelsEntry\x12P\n\x12\x64\x65stination_labels\x18\x05 \x03(\x0b\x32\x34.tether.telemetry.v1.TapEvent.DestinationLabelsEntry\x12\x31\n\tdirection\x18\x06 \x01(\x0e\x32\x1e.tether.telemetry.v1.Direction\x12\x11\n\tstream_id\x18\x07 \x01(\x04\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x41\n\x0crequest_init\x18\n \x01(\x0b\x32).tether.telemetry.v1.TapEvent.RequestInitH\x00\x12\x43\n\rresponse_init\x18\x0b \x01(\x0b\x32*.tether.telemetry.v1.TapEvent.ResponseInitH\x00\x12\x41\n\x0cresponse_end\x18\x0c \x01(\x0b\x32).tether.telemetry.v1.TapEvent.ResponseEndH\x00\x12;\n\x07headers\x18\r \x03(\x0b\x32*.tether.telemetry.v1.TapEvent.HeadersEntry\x12\x17\n\x0fsource_identity\x18\x0e \x01(\t\x12\x1c\n\x14\x64\x65stination_identity\x18\x0f \x01(\t\x12\x0b\n\x03tls\x18\x10 \x01(\t\x1a\x33\n\x11SourceLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x38\n\x16\x44\x65stinationLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aN\n\x0bRequestInit\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\x11\n\tauthority\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x1a\x42\n\x0cResponseInit\x12\x13\n\x0bstatus_code\x18\x01 \x01(\r\x12\x1d\n\x15since_request_init_us\x18\x02 \x01(\x04\x1as\n\x0bResponseEnd\x12\x13\n\x0bgrpc_status\x18\x01 \x01(\x05\x12\x1d\n\x15since_request_init_us\x18\x02 \x01(\x04\x12\x16\n\x0eresponse_bytes\x18\x03 \x01(\x04\x12\x18\n\x10reset_error_code\x18\x04 \x01(\r\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05phase\"\xda\x01\n\x0fTapSubscription\x12\x0e\n\x06tap_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12,\n\x05match\x18\x03 \x01(\x0b\x32\x1d.tether.telemetry.v1.TapMatch\x12\x14\n\x0cmax_requests\x18\x04 \x01(\r\x12\x1d\n\x15max_events_per_second\x18\x05 \x01(\x01\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cheader_names\x18\x07 \x03(\t\"~\n\x08TapMatch\x12\x11\n\tauthority\x18\x01 \x01(\t\x12\x13\n\x0bpath_prefix\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x1d\n\x15\x64\x65stination_namespace\x18\x04 \x01(\t\x12\x1b\n\x13\x64\x65stination_service\x18\x05 \x01(\t*U\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_INBOUND\x10\x01\x12\x16\n\x12\x44IRECTION_OUTBOUND\x10\x02\x32\x62\n\tTelemetry\x12U\n\x06Report\x12\".tether.telemetry.v1.ReportRequest\x1a#.tether.telemetry.v1.ReportResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,8 +43,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TAPEVENT_DESTINATIONLABELSENTRY']._serialized_options = b'8\001'
   _globals['_TAPEVENT_HEADERSENTRY']._loaded_options = None
   _globals['_TAPEVENT_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_DIRECTION']._serialized_start=2937
-  _globals['_DIRECTION']._serialized_end=3022
+  _globals['_DIRECTION']._serialized_start=2955
+  _globals['_DIRECTION']._serialized_end=3040
   _globals['_REPORTREQUEST']._serialized_start=145
   _globals['_REPORTREQUEST']._serialized_end=322
   _globals['_REPORTRESPONSE']._serialized_start=325
@@ -52,35 +52,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPORTACK']._serialized_start=467
   _globals['_REPORTACK']._serialized_end=496
   _globals['_PROXYHELLO']._serialized_start=499
-  _globals['_PROXYHELLO']._serialized_end=748
-  _globals['_PROXYHELLO_LABELSENTRY']._serialized_start=703
-  _globals['_PROXYHELLO_LABELSENTRY']._serialized_end=748
-  _globals['_INTERVALREPORT']._serialized_start=751
-  _globals['_INTERVALREPORT']._serialized_end=966
-  _globals['_SCOPESTATS']._serialized_start=969
-  _globals['_SCOPESTATS']._serialized_end=1296
-  _globals['_SCOPESTATS_LABELSENTRY']._serialized_start=703
-  _globals['_SCOPESTATS_LABELSENTRY']._serialized_end=748
-  _globals['_RESPONSESTATS']._serialized_start=1299
-  _globals['_RESPONSESTATS']._serialized_end=1437
-  _globals['_TAPEVENT']._serialized_start=1440
-  _globals['_TAPEVENT']._serialized_end=2586
-  _globals['_TAPEVENT_SOURCELABELSENTRY']._serialized_start=2155
-  _globals['_TAPEVENT_SOURCELABELSENTRY']._serialized_end=2206
-  _globals['_TAPEVENT_DESTINATIONLABELSENTRY']._serialized_start=2208
-  _globals['_TAPEVENT_DESTINATIONLABELSENTRY']._serialized_end=2264
-  _globals['_TAPEVENT_REQUESTINIT']._serialized_start=2266
-  _globals['_TAPEVENT_REQUESTINIT']._serialized_end=2344
-  _globals['_TAPEVENT_RESPONSEINIT']._serialized_start=2346
-  _globals['_TAPEVENT_RESPONSEINIT']._serialized_end=2412
-  _globals['_TAPEVENT_RESPONSEEND']._serialized_start=2414
-  _globals['_TAPEVENT_RESPONSEEND']._serialized_end=2529
-  _globals['_TAPEVENT_HEADERSENTRY']._serialized_start=2531
-  _globals['_TAPEVENT_HEADERSENTRY']._serialized_end=2577
-  _globals['_TAPSUBSCRIPTION']._serialized_start=2589
-  _globals['_TAPSUBSCRIPTION']._serialized_end=2807
-  _globals['_TAPMATCH']._serialized_start=2809
-  _globals['_TAPMATCH']._serialized_end=2935
-  _globals['_TELEMETRY']._serialized_start=3024
-  _globals['_TELEMETRY']._serialized_end=3122
+  _globals['_PROXYHELLO']._serialized_end=766
+  _globals['_PROXYHELLO_LABELSENTRY']._serialized_start=721
+  _globals['_PROXYHELLO_LABELSENTRY']._serialized_end=766
+  _globals['_INTERVALREPORT']._serialized_start=769
+  _globals['_INTERVALREPORT']._serialized_end=984
+  _globals['_SCOPESTATS']._serialized_start=987
+  _globals['_SCOPESTATS']._serialized_end=1314
+  _globals['_SCOPESTATS_LABELSENTRY']._serialized_start=721
+  _globals['_SCOPESTATS_LABELSENTRY']._serialized_end=766
+  _globals['_RESPONSESTATS']._serialized_start=1317
+  _globals['_RESPONSESTATS']._serialized_end=1455
+  _globals['_TAPEVENT']._serialized_start=1458
+  _globals['_TAPEVENT']._serialized_end=2604
+  _globals['_TAPEVENT_SOURCELABELSENTRY']._serialized_start=2173
+  _globals['_TAPEVENT_SOURCELABELSENTRY']._serialized_end=2224
+  _globals['_TAPEVENT_DESTINATIONLABELSENTRY']._serialized_start=2226
+  _globals['_TAPEVENT_DESTINATIONLABELSENTRY']._serialized_end=2282
+  _globals['_TAPEVENT_REQUESTINIT']._serialized_start=2284
+  _globals['_TAPEVENT_REQUESTINIT']._serialized_end=2362
+  _globals['_TAPEVENT_RESPONSEINIT']._serialized_start=2364
+  _globals['_TAPEVENT_RESPONSEINIT']._serialized_end=2430
+  _globals['_TAPEVENT_RESPONSEEND']._serialized_start=2432
+  _globals['_TAPEVENT_RESPONSEEND']._serialized_end=2547
+  _globals['_TAPEVENT_HEADERSENTRY']._serialized_start=2549
+  _globals['_TAPEVENT_HEADERSENTRY']._serialized_end=2595
+  _globals['_TAPSUBSCRIPTION']._serialized_start=2607
+  _globals['_TAPSUBSCRIPTION']._serialized_end=2825
+  _globals['_TAPMATCH']._serialized_start=2827
+  _globals['_TAPMATCH']._serialized_end=2953
+  _globals['_TELEMETRY']._serialized_start=3042
+  _globals['_TELEMETRY']._serialized_end=3140
 # @@protoc_insertion_point(module_scope)

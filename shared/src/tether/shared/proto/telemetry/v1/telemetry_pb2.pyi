@@ -45,7 +45,7 @@ class ReportAck(_message.Message):
     def __init__(self, sequence: _Optional[int] = ...) -> None: ...
 
 class ProxyHello(_message.Message):
-    __slots__ = ("namespace", "pod", "labels", "proxy_version", "identity", "certificate_expiry")
+    __slots__ = ("namespace", "pod", "labels", "proxy_version", "identity", "certificate_expiry", "instance")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -59,13 +59,15 @@ class ProxyHello(_message.Message):
     PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_EXPIRY_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     namespace: str
     pod: str
     labels: _containers.ScalarMap[str, str]
     proxy_version: str
     identity: str
     certificate_expiry: _timestamp_pb2.Timestamp
-    def __init__(self, namespace: _Optional[str] = ..., pod: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., proxy_version: _Optional[str] = ..., identity: _Optional[str] = ..., certificate_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    instance: str
+    def __init__(self, namespace: _Optional[str] = ..., pod: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., proxy_version: _Optional[str] = ..., identity: _Optional[str] = ..., certificate_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., instance: _Optional[str] = ...) -> None: ...
 
 class IntervalReport(_message.Message):
     __slots__ = ("start", "end", "scopes", "sequence", "first_sequence", "dropped_scopes")

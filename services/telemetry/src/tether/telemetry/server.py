@@ -1,0 +1,258 @@
+"""The ``Telemetry/Report`` gRPC service (grpc.aio): one handler per proxy stream, feeding the core.
+
+* mTLS: the handshake requires a client certificate chaining to the mesh's trust anchors (no certificate:
+  the handshake fails, the client sees UNAVAILABLE). The hello's identity must be the certificate's
+  (PERMISSION_DENIED otherwise, UNAUTHENTICATED when the certificate names no mesh identity), and its
+  namespace and ``serviceaccount`` label must be the identity's.
+* One stream per proxy (identity and pod): a newer stream **replaces** the older one, which ends with
+  ABORTED. A proxy reconnecting over a connection the old one still holds half-open must not be locked out.
+* Reports are validated and folded; a report refused as a whole ends the stream with INVALID_ARGUMENT.
+  Refusals and dropped scopes are logged once per stream per rollup interval.
+* Acknowledgements go out only after the publisher published the rollup that holds the report.
+* Tap (:mod:`tether.telemetry.taprelay`): a stream's opening and end are told to the tap relay, the
+  subscriptions it sends go down the stream (the latest per tap, ahead of acknowledgements), and the
+  ``TapEvent`` messages the proxy sends are handed to it to check and publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+
+from tether.shared.identity_names import InvalidIdentityName, parse_identity
+from tether.shared.proto.telemetry.v1 import telemetry_pb2 as pb
+from tether.shared.proto.telemetry.v1 import telemetry_pb2_grpc
+from tether.telemetry.aggregate import Aggregator
+from tether.telemetry.errors import HelloRefused, ReportRefused
+from tether.telemetry.metrics import TelemetryMetrics
+from tether.telemetry.model import Hello, ProxyKey, check_hello, validate_report
+
+if TYPE_CHECKING:
+    from tether.telemetry.taprelay import TapRelay
+
+log = structlog.get_logger(__name__)
+
+SHUTDOWN_MESSAGE = "telemetry replica shutting down; reconnect to another replica"
+
+
+def peer_identity(context: Any) -> str | None:
+    """The mesh identity (DNS SAN) of the verified client certificate, or None."""
+    auth = context.auth_context() or {}
+    for raw in auth.get("x509_subject_alternative_name", ()):
+        name = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+        with contextlib.suppress(InvalidIdentityName):
+            parse_identity(name)
+            return name
+    return None
+
+
+class Session:
+    """One open stream: the latest acknowledgement to send, and whether it must end."""
+
+    __slots__ = ("ack", "ended", "hello", "log", "logged_at", "subscriptions", "suppressed", "wake")
+
+    def __init__(self, hello: Hello) -> None:
+        self.hello = hello
+        self.ack = 0
+        #: Tap subscriptions to send, the latest per tap id (a newer one replaces one not sent yet).
+        self.subscriptions: dict[str, pb.TapSubscription] = {}
+        self.ended: tuple[grpc.StatusCode, str] | None = None
+        self.wake = asyncio.Event()
+        self.logged_at = -1e18
+        self.suppressed = 0
+        self.log = log.bind(identity=hello.proxy.identity, pod=hello.proxy.pod)
+
+    def acknowledge(self, sequence: int) -> None:
+        if sequence > self.ack:
+            self.ack = sequence
+            self.wake.set()
+
+    def subscribe(self, subscription: pb.TapSubscription) -> None:
+        self.subscriptions.pop(subscription.tap_id, None)
+        self.subscriptions[subscription.tap_id] = subscription
+        self.wake.set()
+
+    def end(self, code: grpc.StatusCode, message: str) -> None:
+        self.ended = (code, message)
+        self.wake.set()
+
+
+class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
+    def __init__(
+        self,
+        core: Aggregator,
+        metrics: TelemetryMetrics,
+        *,
+        mtls: bool,
+        hello_timeout: float,
+        log_interval: float,
+        clock: Any = time.time,
+        taps: TapRelay | None = None,
+    ) -> None:
+        self._core = core
+        self.taps = taps
+        self._metrics = metrics
+        self._mtls = mtls
+        self._hello_timeout = hello_timeout
+        self._log_interval = log_interval
+        self._clock = clock
+        self.sessions: dict[ProxyKey, Session] = {}
+        self._draining = False
+
+    def acknowledge(self, acks: dict[ProxyKey, int]) -> None:
+        for proxy, sequence in acks.items():
+            session = self.sessions.get(proxy)
+            if session is not None:
+                session.acknowledge(sequence)
+
+    def send_subscription(self, proxy: ProxyKey, subscription: pb.TapSubscription) -> bool:
+        """Queue a tap subscription for ``proxy``'s open stream; False when it has none."""
+        session = self.sessions.get(proxy)
+        if session is None or session.ended is not None:
+            return False
+        session.subscribe(subscription)
+        return True
+
+    def drain(self) -> None:
+        """Ends every stream with UNAVAILABLE (proxies reconnect elsewhere) and refuses new ones."""
+        self._draining = True
+        for session in list(self.sessions.values()):
+            session.end(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_MESSAGE)
+
+    async def _refuse(self, context: Any, code: grpc.StatusCode, reason: str, detail: str) -> None:
+        self._metrics.streams_refused.labels(reason).inc()
+        log.warning(
+            "report_stream_refused", reason=reason, status=code.name, detail=detail[:200], peer=context.peer()
+        )
+        await context.abort(code, detail)
+
+    async def Report(self, request_iterator: AsyncIterator[pb.ReportRequest], context: Any) -> None:
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_MESSAGE)
+        identity = None
+        if self._mtls:
+            identity = peer_identity(context)
+            if identity is None:
+                await self._refuse(
+                    context,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "no_identity",
+                    "no mesh identity in the client certificate",
+                )
+        try:
+            first = await asyncio.wait_for(context.read(), self._hello_timeout)
+        except TimeoutError:
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "no_hello", "no hello in time")
+            return
+        if first is grpc.aio.EOF:
+            return
+        if first.WhichOneof("message") != "hello":
+            await self._refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "no_hello", "the first message must be a hello"
+            )
+        try:
+            hello = check_hello(first.hello, identity)
+        except HelloRefused as exc:
+            await self._refuse(context, getattr(grpc.StatusCode, exc.code), exc.reason, exc.detail)
+            return
+        session = Session(hello)
+        previous = self.sessions.get(hello.proxy)
+        if previous is not None:
+            self._metrics.streams_replaced.inc()
+            previous.end(grpc.StatusCode.ABORTED, "replaced by a newer Report stream of the same proxy")
+        self.sessions[hello.proxy] = session
+        self._core.open_stream(hello, self._clock())
+        self._metrics.streams_open.inc()
+        session.log.info("report_stream_opened", workload=f"{hello.workload.kind}/{hello.workload.name}")
+        try:
+            if self.taps is not None:
+                await self.taps.proxy_connected(hello.proxy, first.hello)
+            await self._serve(session, context)
+        finally:
+            self._metrics.streams_open.dec()
+            if self.sessions.get(hello.proxy) is session:
+                del self.sessions[hello.proxy]
+                if self.taps is not None:
+                    await self.taps.proxy_disconnected(hello.proxy)
+
+    async def _serve(self, session: Session, context: Any) -> None:
+        sent = 0
+        reading: asyncio.Future[Any] = asyncio.ensure_future(context.read())
+        waking: asyncio.Future[Any] = asyncio.ensure_future(session.wake.wait())
+        try:
+            while True:
+                await asyncio.wait({reading, waking}, return_when=asyncio.FIRST_COMPLETED)
+                if waking.done():
+                    session.wake.clear()
+                    waking = asyncio.ensure_future(session.wake.wait())
+                    if session.ended is not None:
+                        code, message = session.ended
+                        await context.abort(code, message)
+                    while session.subscriptions:
+                        tap_id = next(iter(session.subscriptions))
+                        subscription = session.subscriptions.pop(tap_id)
+                        await context.write(pb.ReportResponse(tap_subscription=subscription))
+                    if session.ack > sent:
+                        sent = session.ack
+                        await context.write(pb.ReportResponse(ack=pb.ReportAck(sequence=sent)))
+                        self._metrics.acks_sent.inc()
+                if reading.done():
+                    message = reading.result()
+                    if message is grpc.aio.EOF:
+                        return
+                    reading = asyncio.ensure_future(context.read())
+                    await self._handle(session, message, context)
+        finally:
+            for pending in (reading, waking):
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending
+
+    async def _handle(self, session: Session, message: pb.ReportRequest, context: Any) -> None:
+        kind = message.WhichOneof("message")
+        if kind == "tap":
+            if self.taps is None:
+                self._metrics.tap_events_refused.labels("not_subscribed").inc()
+            else:
+                await self.taps.tap_event(session.hello.proxy, session.hello.workload.namespace, message.tap)
+            return
+        if kind != "report":
+            self._metrics.reports_refused.labels("unexpected_hello").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "one hello per stream, first")
+        try:
+            report = validate_report(message.report, message.report.SerializeToString())
+        except ReportRefused as exc:
+            self._metrics.reports_refused.labels(exc.reason).inc()
+            self._note(session, "report_refused", reason=exc.reason, detail=exc.detail[:200])
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        for reason, count in report.rejected.items():
+            self._metrics.scopes_dropped.labels(reason).inc(count)
+        if report.rejected:
+            self._note(session, "scopes_dropped", reasons=report.rejected, sequence=report.last)
+        folded = self._core.fold(session.hello.proxy, report, self._clock())
+        if folded.outcome == "overlap":
+            self._metrics.reports_refused.labels("overlap").inc()
+            self._note(session, "report_refused", reason="overlap", first=report.first, sequence=report.last)
+        elif folded.outcome == "duplicate":
+            self._metrics.reports_ignored.inc()
+        else:
+            self._metrics.reports_accepted.inc()
+        if folded.ack is not None:
+            session.acknowledge(folded.ack)
+
+    def _note(self, session: Session, event: str, **fields: Any) -> None:
+        """One log line per stream per interval; the lines held back are counted in the next one."""
+        now = time.monotonic()
+        if now - session.logged_at < self._log_interval:
+            session.suppressed += 1
+            return
+        session.log.warning(event, suppressed=session.suppressed, **fields)
+        session.logged_at = now
+        session.suppressed = 0

@@ -1,0 +1,141 @@
+"""The golden metrics end to end: real proxies report over mTLS to real telemetry replicas, which publish
+rollups on a real nats-server; a consumer merges them. Real identity and destination services; the
+application is a real grpcio server. Nothing here stands in for a component.
+
+200 gRPC calls from a client pod to a server pod, 20 of them answered UNAVAILABLE, must give in the merged
+rollups exactly 200 requests on the server's inbound side and exactly 200 on the client→server edge, with
+a 90.0% success rate — with the two proxies' report streams on two different replicas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+import pytest
+from prometheus_client import CollectorRegistry
+from proxy_mesh import NAMESPACE, Mesh, Pod, authority, ready_pod, unary
+
+from tether.shared import subjects
+from tether.shared.bus import Bus
+from tether.shared.events import TelemetryRollup
+from tether.shared.identity_names import WorkloadIdentity
+from tether.shared.runtime import Runtime
+from tether.shared.testing import eventually
+from tether.telemetry.config import TelemetryConfig
+from tether.telemetry.rollups import merge_rollups
+from tether.telemetry.service import TelemetryService
+
+TELEMETRY = WorkloadIdentity("telemetry", "tether", "cluster.local")
+CALLS, FAILED = 200, 20
+
+
+class Replica:
+    def __init__(self, name: str, mesh: Mesh) -> None:
+        config = TelemetryConfig(
+            nats_url=mesh.nats.url,
+            admin_addr="127.0.0.1:0",
+            grpc_addr="127.0.0.1:0",
+            rollup_interval=1.0,
+            shutdown_grace=0.5,
+            identity=mesh.identity_config(TELEMETRY),
+        )
+        self.service = TelemetryService(config, CollectorRegistry())
+        self.runtime = Runtime("telemetry", config, self.service, version="test", instance=name)
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.service.grpc_port}"
+
+
+@pytest.fixture
+async def replicas(meshed: Mesh) -> AsyncIterator[list[Replica]]:
+    started = [Replica(name, meshed) for name in ("telemetry-a", "telemetry-b")]
+    try:
+        for replica in started:
+            await replica.runtime.start()
+            await eventually(replica.runtime.ready, 15.0, "telemetry ready")
+        yield started
+    finally:
+        for replica in started:
+            await replica.runtime.stop()
+
+
+async def reporting_pod(mesh: Mesh, replica: Replica, app: str | None, serviceaccount: str) -> Pod:
+    return await ready_pod(
+        mesh,
+        app,
+        meshed=True,
+        serviceaccount=serviceaccount,
+        pod_name=f"{serviceaccount}-0",
+        telemetry_addr=replica.addr,
+        telemetry_server_name=TELEMETRY.dns_name,
+        report_interval=1.0,
+        workload_labels=(f"deployment={serviceaccount}",),
+    )
+
+
+def tally(rollups: list[TelemetryRollup], name: str, direction: str, **labels: str) -> tuple[int, int, int]:
+    """(requests, successes, responses) of one workload's scopes, each report range counted once."""
+    kept, conflicts = merge_rollups(rollups)
+    assert conflicts == []
+    requests = successes = responses = 0
+    for rollup in kept:
+        for scope in rollup.scopes:
+            wanted = all(scope.labels.get(key) == value for key, value in labels.items())
+            if rollup.name != name or scope.direction != direction or not wanted:
+                continue
+            requests += scope.requests
+            responses += sum(response.count for response in scope.responses)
+            successes += sum(response.count for response in scope.responses if response.success)
+    return requests, successes, responses
+
+
+async def test_golden_metrics_are_exact_across_two_replicas(meshed: Mesh, replicas: list[Replica]) -> None:
+    first, second = replicas
+    server = await reporting_pod(meshed, second, "echo", "server")
+    client = await reporting_pod(meshed, first, None, "client")
+    await meshed.register("echo", [server])
+    received: list[TelemetryRollup] = []
+    bus = await Bus.connect(meshed.nats.settings(None), name="rollup-consumer")
+
+    async def on_rollup(rollup: TelemetryRollup, _subject: str) -> None:
+        received.append(rollup)
+
+    await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
+    try:
+        async with client.channel(authority("echo")) as channel:
+            call = unary(channel)
+            for index in range(CALLS):
+                if index % (CALLS // FAILED) == 0:
+                    with pytest.raises(grpc.aio.AioRpcError) as failure:
+                        await call(b"status:UNAVAILABLE", timeout=5)
+                    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+                else:
+                    assert await call(b"echo:ok", timeout=5) == b"echo:ok"
+        # The edge: the client's outbound scopes towards the server's workload (named by discovery).
+        edge = {"dst_name": "echo", "server_id": server.identity or ""}
+
+        def counted() -> bool:
+            return (
+                tally(received, "server", "inbound")[0] == CALLS
+                and tally(received, "client", "outbound", **edge)[2] == CALLS
+            )
+
+        await eventually(counted, 20.0, "every call in the merged rollups")
+        inbound = tally(received, "server", "inbound")
+        outbound = tally(received, "client", "outbound", **edge)
+        assert inbound == (CALLS, CALLS - FAILED, CALLS)
+        assert outbound == (CALLS, CALLS - FAILED, CALLS)
+        assert round(100.0 * inbound[1] / inbound[2], 1) == 90.0
+        # Each workload's rollups come from the replica its proxy reports to.
+        assert {r.replica for r in received if r.name == "server"} == {"telemetry-b"}
+        assert {r.replica for r in received if r.name == "client"} == {"telemetry-a"}
+        assert {(r.namespace, r.kind) for r in received} == {(NAMESPACE, "deployment")}
+        # Later rollups (traffic stopped) never add to the totals: the counts stay exact.
+        settled = len(received)
+        await eventually(lambda: len(received) > settled + 2, 10.0, "more rollup intervals")
+        assert tally(received, "server", "inbound") == (CALLS, CALLS - FAILED, CALLS)
+    finally:
+        await bus.close()
