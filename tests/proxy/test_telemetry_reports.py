@@ -11,7 +11,6 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,7 +21,6 @@ from identity_harness import CONTROL_PLANE_NAMESPACE, identity_of
 from proxy_mesh import NAMESPACE, SERVICE, Mesh, Pod, authority, metric, ready_pod, unary
 
 from tether.shared import __version__
-from tether.shared.natsserver import EmbeddedNats
 from tether.shared.proto.telemetry.v1 import telemetry_pb2 as pb
 from tether.shared.proto.telemetry.v1 import telemetry_pb2_grpc
 from tether.shared.serving_identity import ServingIdentity
@@ -69,19 +67,6 @@ class Telemetry(telemetry_pb2_grpc.TelemetryServicer):
                     yield pb.ReportResponse(tap_subscription=self.taps[pod].pop(0))
             elif kind == "tap":
                 self.tap_events[pod].append((time.monotonic(), request.tap))
-
-
-@pytest.fixture
-async def meshed(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Mesh]:
-    world = Mesh(tmp_path, nats_server)
-    try:
-        await world.start_identity()
-        await world.start_destination()
-        yield world
-    finally:
-        await world.close()
-        if world.identity is not None:
-            await world.identity.stop()
 
 
 @pytest.fixture

@@ -380,3 +380,20 @@ def test_windows_are_exact_over_their_length() -> None:
     assert windows.totals["1h"][key].requests == sum(range(1, 8))
     windows.advance(70.0 + 3600.0)
     assert all(not totals for totals in windows.totals.values())
+
+
+def test_a_restart_before_publishing_never_acknowledges_the_old_process_reports_to_the_new_one() -> None:
+    """The old process's [1, 3] is still in this interval's rollup when its successor folds [1, 1]: both are
+    published (the old data is real and will never be resent), each range under its own instance, and the
+    acknowledgement is only the new process's own."""
+    core, proxy = setup_instance("proc-a")
+    fold(core, proxy, 1, 3, [ok_scope(10)])
+    core.open_stream(check_hello(hello(instance="proc-b"), WEB_ID), 5.0)
+    assert fold(core, proxy, 1, 1, [ok_scope(2)]) == "folded"
+    (rollup,) = core.cut(10.0)
+    assert totals([rollup])[0] == 12
+    assert core.published(rollup) == {proxy: 1}  # not 3: the new process has sent only report 1
+    event = to_event(rollup, "telemetry-a")
+    assert sorted((r.instance, r.first, r.last) for r in event.ranges) == [("proc-a", 1, 3), ("proc-b", 1, 1)]
+    kept, conflicts = merge_rollups([event, event])  # a redelivery counts once
+    assert (len(kept), conflicts) == (1, [])

@@ -273,12 +273,14 @@ class RollupScope(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class SequenceRange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    """Reports ``[first, last]`` of one proxy (its identity and pod) whose deltas a rollup contains."""
+    """Reports ``[first, last]`` of one proxy process (identity, pod, instance) whose deltas a rollup has."""
 
     identity: IdentityName
     pod: ShortText
     first: Annotated[int, Meta(ge=1)]
     last: Annotated[int, Meta(ge=1)]
+    # The proxy process (its ProxyHello.instance): sequences start again at 1 in a new one.
+    instance: Annotated[str, Meta(max_length=128)] = ""
 
     def __post_init__(self) -> None:
         if self.first > self.last:

@@ -90,14 +90,27 @@ class PartialRollup:
     end: float = 0.0
     contribution: Contribution = field(default_factory=dict)
     ranges: dict[ProxyKey, list[list[int]]] = field(default_factory=dict)
+    #: The proxy process (``ProxyHello.instance``) each proxy's ``ranges`` belong to.
+    instances: dict[ProxyKey, str] = field(default_factory=dict)
+    #: Ranges of proxy processes that have since restarted: published, never acknowledged (the process
+    #: that sent them is gone, and its successor counts from 1 again). Keyed by (proxy, instance).
+    retired: dict[tuple[ProxyKey, str], list[list[int]]] = field(default_factory=dict)
     dropped_scopes: int = 0
 
-    def add_range(self, proxy: ProxyKey, first: int, last: int) -> None:
+    def add_range(self, proxy: ProxyKey, first: int, last: int, instance: str = "") -> None:
         ranges = self.ranges.setdefault(proxy, [])
+        self.instances[proxy] = instance
         if ranges and ranges[-1][1] + 1 == first:
             ranges[-1][1] = last
         else:
             ranges.append([first, last])
+
+    def retire(self, proxy: ProxyKey) -> None:
+        """The proxy restarted: its ranges here stay in the rollup, under its old instance, unacknowledged."""
+        ranges = self.ranges.pop(proxy, None)
+        if ranges:
+            key = (proxy, self.instances.pop(proxy, ""))
+            self.retired[key] = sorted([*self.retired.get(key, []), *ranges])
 
     def merge(self, other: PartialRollup) -> None:
         """Fold ``other`` (an earlier rollup that could not be published) into this one."""
@@ -105,8 +118,16 @@ class PartialRollup:
         add_into(self.contribution, other.contribution)
         self.dropped_scopes += other.dropped_scopes
         for proxy, ranges in other.ranges.items():
+            instance = other.instances.get(proxy, "")
+            if proxy in self.ranges and self.instances.get(proxy, "") != instance:
+                key = (proxy, instance)  # an older process's: kept apart, never acknowledged
+                self.retired[key] = sorted([*self.retired.get(key, []), *(list(r) for r in ranges)])
+                continue
             mine = self.ranges.get(proxy, [])
             self.ranges[proxy] = sorted([*(list(r) for r in ranges), *mine])
+            self.instances[proxy] = instance
+        for key, ranges in other.retired.items():
+            self.retired[key] = sorted([*self.retired.get(key, []), *ranges])
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +154,9 @@ class Aggregator:
         state = self._proxies.get(hello.proxy)
         if state is None or state.workload != hello.workload or state.instance != hello.instance:
             # Unknown, moved to another workload, or another process (restarted): sequences from 1 again.
+            if state is not None:
+                for pending in self._pending.values():
+                    pending.retire(hello.proxy)
             state = _ProxyState(hello.workload, instance=hello.instance)
             self._proxies[hello.proxy] = state
         state.new_stream = True
@@ -163,7 +187,7 @@ class Aggregator:
         if rollup is None:
             rollup = self._pending[state.workload] = PartialRollup(state.workload, self._interval_start)
         add_into(rollup.contribution, delta)
-        rollup.add_range(proxy, first, report.last)
+        rollup.add_range(proxy, first, report.last, state.instance)
         rollup.dropped_scopes += report.dropped_scopes
         return Folded(outcome)
 
@@ -207,6 +231,8 @@ class Aggregator:
         for proxy, ranges in rollup.ranges.items():
             last = max(r[1] for r in ranges)
             state = self._proxies.get(proxy)
+            if state is not None and state.instance != rollup.instances.get(proxy, ""):
+                continue  # folded from a process that has since restarted: not this one's to forget
             if state is not None:
                 # Kept: what the latest two acknowledgements cover, in case the latest one is lost with
                 # its stream (the proxy then resends it merged). Older ones the proxy has had an interval

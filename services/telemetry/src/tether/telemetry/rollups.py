@@ -44,9 +44,12 @@ def to_event(rollup: PartialRollup, replica: str) -> TelemetryRollup:
                 bytes_written=counts.bytes_written,
             )
         )
+    current = [((proxy, rollup.instances.get(proxy, "")), spans) for proxy, spans in rollup.ranges.items()]
     ranges = tuple(
-        SequenceRange(identity=proxy.identity, pod=proxy.pod, first=first, last=last)
-        for proxy, spans in sorted(rollup.ranges.items(), key=lambda item: (item[0].identity, item[0].pod))
+        SequenceRange(identity=proxy.identity, pod=proxy.pod, instance=instance, first=first, last=last)
+        for (proxy, instance), spans in sorted(
+            [*current, *rollup.retired.items()], key=lambda item: (item[0][0].identity, item[0][0].pod)
+        )
         for first, last in spans
     )
     workload = rollup.workload
@@ -79,11 +82,11 @@ def _within(spans: list[tuple[int, int]], first: int, last: int) -> bool:
 
 def merge_rollups(rollups: list[TelemetryRollup]) -> tuple[list[TelemetryRollup], list[TelemetryRollup]]:
     """The rollups to count (each range once) and those overlapping counted ranges in part (not counted)."""
-    counted: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    counted: dict[tuple[str, str, str], list[tuple[int, int]]] = {}
     kept: list[TelemetryRollup] = []
     conflicts: list[TelemetryRollup] = []
     for rollup in rollups:
-        spans = [counted.get((r.identity, r.pod), []) for r in rollup.ranges]
+        spans = [counted.get((r.identity, r.pod, r.instance), []) for r in rollup.ranges]
         pairs = list(zip(spans, rollup.ranges, strict=True))
         hits = [_overlaps(done, r.first, r.last) for done, r in pairs]
         if rollup.ranges and all(_within(done, r.first, r.last) for done, r in pairs):
@@ -92,6 +95,6 @@ def merge_rollups(rollups: list[TelemetryRollup]) -> tuple[list[TelemetryRollup]
             conflicts.append(rollup)
             continue
         for r in rollup.ranges:
-            counted.setdefault((r.identity, r.pod), []).append((r.first, r.last))
+            counted.setdefault((r.identity, r.pod, r.instance), []).append((r.first, r.last))
         kept.append(rollup)
     return kept, conflicts
