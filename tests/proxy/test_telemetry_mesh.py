@@ -1,14 +1,18 @@
 """The golden metrics end to end: real proxies report over mTLS to real telemetry replicas, which publish
 rollups on a real nats-server; a consumer merges them. Real identity and destination services; the
-application is a real grpcio server. Nothing here stands in for a component.
+application is a real grpcio server.
 
 200 gRPC calls from a client pod to a server pod, 20 of them answered UNAVAILABLE, must give in the merged
 rollups exactly 200 requests on the server's inbound side and exactly 200 on the client→server edge, with
-a 90.0% success rate — with the two proxies' report streams on two different replicas.
+a 90.0% success rate — with the two proxies' report streams on two different replicas, and when the replica
+they report to dies mid-run. There the proxies reach the replicas through a TCP forwarder standing in for a
+Kubernetes Service (one address, whichever replica is alive behind it): the one part that is emulated.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
@@ -62,18 +66,75 @@ async def replicas(meshed: Mesh) -> AsyncIterator[list[Replica]]:
             await replica.runtime.stop()
 
 
-async def reporting_pod(mesh: Mesh, replica: Replica, app: str | None, serviceaccount: str) -> Pod:
+class ServiceAddress:
+    """One address in front of the replicas, as a Service gives them: each new connection goes to the
+    current backend; a backend's death resets the connections it held."""
+
+    def __init__(self) -> None:
+        self.backend = ""
+        self._server: asyncio.Server | None = None
+        self._held: set[asyncio.StreamWriter] = set()
+
+    async def start(self, backend: str) -> str:
+        self.backend = backend
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def fail_over(self, backend: str) -> None:
+        self.backend = backend
+        for writer in list(self._held):
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        self.fail_over("")
+        if self._server is not None:
+            self._server.close()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = self.backend.rsplit(":", 1)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            writer.transport.abort()
+            return
+        self._held |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._held -= {writer, up_writer}
+
+
+async def reporting_pod(mesh: Mesh, addr: str, app: str | None, serviceaccount: str) -> Pod:
     return await ready_pod(
         mesh,
         app,
         meshed=True,
         serviceaccount=serviceaccount,
         pod_name=f"{serviceaccount}-0",
-        telemetry_addr=replica.addr,
+        telemetry_addr=addr,
         telemetry_server_name=TELEMETRY.dns_name,
         report_interval=1.0,
         workload_labels=(f"deployment={serviceaccount}",),
     )
+
+
+async def make_calls(client: Pod, indices: range) -> None:
+    """The scripted pattern: every tenth call answered UNAVAILABLE by the application."""
+    async with client.channel(authority("echo")) as channel:
+        call = unary(channel)
+        for index in indices:
+            if index % (CALLS // FAILED) == 0:
+                with pytest.raises(grpc.aio.AioRpcError) as failure:
+                    await call(b"status:UNAVAILABLE", timeout=5)
+                assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+            else:
+                assert await call(b"echo:ok", timeout=5) == b"echo:ok"
 
 
 def tally(rollups: list[TelemetryRollup], name: str, direction: str, **labels: str) -> tuple[int, int, int]:
@@ -94,8 +155,8 @@ def tally(rollups: list[TelemetryRollup], name: str, direction: str, **labels: s
 
 async def test_golden_metrics_are_exact_across_two_replicas(meshed: Mesh, replicas: list[Replica]) -> None:
     first, second = replicas
-    server = await reporting_pod(meshed, second, "echo", "server")
-    client = await reporting_pod(meshed, first, None, "client")
+    server = await reporting_pod(meshed, second.addr, "echo", "server")
+    client = await reporting_pod(meshed, first.addr, None, "client")
     await meshed.register("echo", [server])
     received: list[TelemetryRollup] = []
     bus = await Bus.connect(meshed.nats.settings(None), name="rollup-consumer")
@@ -105,15 +166,7 @@ async def test_golden_metrics_are_exact_across_two_replicas(meshed: Mesh, replic
 
     await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
     try:
-        async with client.channel(authority("echo")) as channel:
-            call = unary(channel)
-            for index in range(CALLS):
-                if index % (CALLS // FAILED) == 0:
-                    with pytest.raises(grpc.aio.AioRpcError) as failure:
-                        await call(b"status:UNAVAILABLE", timeout=5)
-                    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
-                else:
-                    assert await call(b"echo:ok", timeout=5) == b"echo:ok"
+        await make_calls(client, range(CALLS))
         # The edge: the client's outbound scopes towards the server's workload (named by discovery).
         edge = {"dst_name": "echo", "server_id": server.identity or ""}
 
@@ -139,3 +192,43 @@ async def test_golden_metrics_are_exact_across_two_replicas(meshed: Mesh, replic
         assert tally(received, "server", "inbound") == (CALLS, CALLS - FAILED, CALLS)
     finally:
         await bus.close()
+
+
+async def test_a_replica_dying_mid_run_loses_nothing_and_counts_nothing_twice(
+    meshed: Mesh, replicas: list[Replica]
+) -> None:
+    first, second = replicas
+    address = ServiceAddress()
+    addr = await address.start(first.addr)
+    server = await reporting_pod(meshed, addr, "echo", "server")
+    client = await reporting_pod(meshed, addr, None, "client")
+    await meshed.register("echo", [server])
+    received: list[TelemetryRollup] = []
+    bus = await Bus.connect(meshed.nats.settings(None), name="rollup-consumer")
+
+    async def on_rollup(rollup: TelemetryRollup, _subject: str) -> None:
+        received.append(rollup)
+
+    await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
+    edge = {"dst_name": "echo", "server_id": server.identity or ""}
+    try:
+        await make_calls(client, range(CALLS // 2))
+        await eventually(lambda: tally(received, "server", "inbound")[0] > 0, 10.0, "a first rollup")
+        # The replica dies: what it folded since its last publish is neither published nor acknowledged.
+        await first.service.abandon()
+        address.fail_over(second.addr)
+        await make_calls(client, range(CALLS // 2, CALLS))
+
+        def counted() -> bool:
+            return (
+                tally(received, "server", "inbound")[0] == CALLS
+                and tally(received, "client", "outbound", **edge)[2] == CALLS
+            )
+
+        await eventually(counted, 30.0, "every call in the merged rollups, once")
+        assert tally(received, "server", "inbound") == (CALLS, CALLS - FAILED, CALLS)
+        assert tally(received, "client", "outbound", **edge) == (CALLS, CALLS - FAILED, CALLS)
+        assert {r.replica for r in received} == {"telemetry-a", "telemetry-b"}
+    finally:
+        await bus.close()
+        await address.close()
