@@ -13,8 +13,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxy_mesh import Mesh
+from telemetry_harness import Replica
 
 from tether.shared.natsserver import EmbeddedNats
+from tether.shared.testing import eventually
 
 
 @pytest.fixture
@@ -39,3 +41,17 @@ async def meshed(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Mes
         await world.close()
         if world.identity is not None:
             await world.identity.stop()
+
+
+@pytest.fixture
+async def replicas(meshed: Mesh) -> AsyncIterator[list[Replica]]:
+    """Two real telemetry replicas (in-process, each in the real runtime) with certificates from identity."""
+    started = [Replica(name, meshed) for name in ("telemetry-a", "telemetry-b")]
+    try:
+        for replica in started:
+            await replica.runtime.start()
+            await eventually(replica.runtime.ready, 15.0, "telemetry ready")
+        yield started
+    finally:
+        for replica in started:
+            await replica.runtime.stop()

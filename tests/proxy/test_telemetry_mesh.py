@@ -11,117 +11,19 @@ Kubernetes Service (one address, whichever replica is alive behind it): the one 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
 import grpc
 import grpc.aio
 import pytest
-from prometheus_client import CollectorRegistry
-from proxy_mesh import NAMESPACE, Mesh, Pod, authority, ready_pod, unary
+from proxy_mesh import NAMESPACE, Mesh, Pod, authority, unary
+from telemetry_harness import Replica, ServiceAddress, reporting_pod
 
 from tether.shared import subjects
 from tether.shared.bus import Bus
 from tether.shared.events import TelemetryRollup
-from tether.shared.identity_names import WorkloadIdentity
-from tether.shared.runtime import Runtime
 from tether.shared.testing import eventually
-from tether.telemetry.config import TelemetryConfig
 from tether.telemetry.rollups import merge_rollups
-from tether.telemetry.service import TelemetryService
 
-TELEMETRY = WorkloadIdentity("telemetry", "tether", "cluster.local")
 CALLS, FAILED = 200, 20
-
-
-class Replica:
-    def __init__(self, name: str, mesh: Mesh) -> None:
-        config = TelemetryConfig(
-            nats_url=mesh.nats.url,
-            admin_addr="127.0.0.1:0",
-            grpc_addr="127.0.0.1:0",
-            rollup_interval=1.0,
-            shutdown_grace=0.5,
-            identity=mesh.identity_config(TELEMETRY),
-        )
-        self.service = TelemetryService(config, CollectorRegistry())
-        self.runtime = Runtime("telemetry", config, self.service, version="test", instance=name)
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.service.grpc_port}"
-
-
-@pytest.fixture
-async def replicas(meshed: Mesh) -> AsyncIterator[list[Replica]]:
-    started = [Replica(name, meshed) for name in ("telemetry-a", "telemetry-b")]
-    try:
-        for replica in started:
-            await replica.runtime.start()
-            await eventually(replica.runtime.ready, 15.0, "telemetry ready")
-        yield started
-    finally:
-        for replica in started:
-            await replica.runtime.stop()
-
-
-class ServiceAddress:
-    """One address in front of the replicas, as a Service gives them: each new connection goes to the
-    current backend; a backend's death resets the connections it held."""
-
-    def __init__(self) -> None:
-        self.backend = ""
-        self._server: asyncio.Server | None = None
-        self._held: set[asyncio.StreamWriter] = set()
-
-    async def start(self, backend: str) -> str:
-        self.backend = backend
-        self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
-        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    def fail_over(self, backend: str) -> None:
-        self.backend = backend
-        for writer in list(self._held):
-            writer.transport.abort()
-
-    async def close(self) -> None:
-        self.fail_over("")
-        if self._server is not None:
-            self._server.close()
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = self.backend.rsplit(":", 1)
-        try:
-            up_reader, up_writer = await asyncio.open_connection(host, int(port))
-        except OSError:
-            writer.transport.abort()
-            return
-        self._held |= {writer, up_writer}
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            sink.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._held -= {writer, up_writer}
-
-
-async def reporting_pod(mesh: Mesh, addr: str, app: str | None, serviceaccount: str) -> Pod:
-    return await ready_pod(
-        mesh,
-        app,
-        meshed=True,
-        serviceaccount=serviceaccount,
-        pod_name=f"{serviceaccount}-0",
-        telemetry_addr=addr,
-        telemetry_server_name=TELEMETRY.dns_name,
-        report_interval=1.0,
-        workload_labels=(f"deployment={serviceaccount}",),
-    )
 
 
 async def make_calls(client: Pod, indices: range) -> None:
