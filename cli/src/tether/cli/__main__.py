@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from tether.cli import localmesh
 from tether.shared.config import TetherArgumentParser
 from tether.shared.errors import FatalError
 from tether.shared.failure import report
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("version", help="print the CLI's and the control plane's versions")
     commands.add_parser("check", help="check that the control plane is healthy")
+    localmesh.register(commands)
     return parser
 
 
@@ -60,7 +62,10 @@ async def _run(args: argparse.Namespace, api_addr: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in localmesh.COMMANDS:
+        return localmesh.run(parser, args)
     api_addr = args.api_addr or env().get("TETHER_API_ADDR", DEFAULT_API_ADDR)
     try:
         return asyncio.run(_run(args, api_addr))

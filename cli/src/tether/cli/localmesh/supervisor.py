@@ -1,0 +1,337 @@
+"""The local mesh's supervisor: ``python -m tether.cli.localmesh.supervisor``, started by ``tether up``.
+
+It runs every component as its own OS process (stdout and stderr to ``logs/<component>.log``), in order:
+nats-server, identity once NATS is ready, then destination, telemetry and public-api once identity is.
+A component that exits is restarted after a backoff (0.2 s, doubling to 10 s; back to 0.2 s after 30 s
+up). ``mesh.json`` always holds the current pids. On SIGTERM or SIGINT it stops the components (SIGTERM,
+SIGKILL after the grace; NATS last) and exits. Its own log is ``logs/supervisor.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tether.cli.localmesh.config import (
+    COMPONENTS,
+    DESTINATION,
+    HOST,
+    IDENTITY,
+    NATS,
+    PUBLIC_API,
+    TELEMETRY,
+    MeshConfig,
+    Paths,
+    decode,
+)
+from tether.cli.localmesh.state import ComponentState, MeshState, component_ready, write_state
+from tether.shared.natsserver import (
+    NkeyUser,
+    nats_server_binary,
+    new_nkey_seed,
+    nkey_public_key,
+    server_config,
+)
+from tether.shared.permissions import DEFAULT_USERS
+
+INITIAL_BACKOFF = 0.2
+MAX_BACKOFF = 10.0
+STABLE_AFTER = 30.0
+TOKEN_TTL = 86_400
+TOKEN_REFRESH = 6 * 3600.0  # re-mint a component's token when it is older than this
+WORKLOAD_TOKENS = (DESTINATION, TELEMETRY)
+
+
+def log(event: str, **fields: object) -> None:
+    record = {"timestamp": datetime.now(UTC).isoformat(), "event": event, **fields}
+    sys.stderr.write(json.dumps(record, default=str) + "\n")
+    sys.stderr.flush()
+
+
+def _set_parent_death_signal() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, so no component outlives it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def ensure_nats_users(paths: Paths) -> dict[str, NkeyUser]:
+    """One nkey per user, generated on first run and kept, so restarted components keep their credentials."""
+    paths.users.mkdir(parents=True, exist_ok=True, mode=0o700)
+    users = {}
+    for name, role in DEFAULT_USERS.items():
+        seed_file = paths.seed(name)
+        if not seed_file.exists():
+            descriptor = os.open(seed_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(new_nkey_seed() + b"\n")
+        seed = seed_file.read_bytes().strip()
+        users[name] = NkeyUser(name, role, nkey_public_key(seed), str(seed_file))
+    return users
+
+
+def write_nats_config(config: MeshConfig, paths: Paths) -> Path:
+    users = ensure_nats_users(paths)
+    port, _ = config.ports()[NATS]
+    conf = server_config(host=HOST, port=port, store_dir=str(paths.nats / "jetstream"), users=users)
+    path = paths.nats / "nats-server.conf"
+    path.write_text(json.dumps(conf, indent=2))
+    return path
+
+
+def _python(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+def component_argv(name: str, config: MeshConfig, paths: Paths) -> list[str]:
+    ports = config.ports()
+    port, admin = ports[name]
+    if name == NATS:
+        return [nats_server_binary(), "--config", str(paths.nats / "nats-server.conf")]
+    nats_port, _ = ports[NATS]
+    identity_port, _ = ports[IDENTITY]
+    common = [
+        *("--nats-url", f"nats://{HOST}:{nats_port}", "--nats-nkey", str(paths.seed(name))),
+        *("--admin-addr", f"{HOST}:{admin}", "--grpc-addr", f"{HOST}:{port}"),
+        *("--log-format", "json", "--log-level", config.log_level),
+    ]
+    ca = paths.ca
+    workload = [
+        *("--identity-addr", f"{HOST}:{identity_port}", "--identity-trust-anchors", str(ca / "ca.crt")),
+        *("--identity-token-file", str(paths.token(name))),
+    ]
+    if name == IDENTITY:
+        return _python(
+            "tether.identity",
+            "serve",
+            *common,
+            *("--trust-anchors", str(ca / "ca.crt"), "--issuer-certificate", str(ca / "issuer.crt")),
+            *("--issuer-key", str(ca / "issuer.key"), "--token-verifier", "local"),
+            *("--token-key", str(ca / "token-signing.key")),
+        )
+    if name == DESTINATION:
+        return _python(
+            "tether.destination",
+            *common,
+            *("--source", "local", "--registry-file", str(paths.registry)),
+            *workload,
+        )
+    if name == TELEMETRY:
+        return _python("tether.telemetry", *common, *workload)
+    if name == PUBLIC_API:
+        return _python("tether.public_api", *common)
+    raise ValueError(f"unknown component {name!r}")
+
+
+def component_env() -> dict[str, str]:
+    """The caller's environment without TETHER_* (the flags above are the whole configuration)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+
+
+class Child:
+    def __init__(self, name: str, config: MeshConfig, paths: Paths) -> None:
+        self.name = name
+        self.port, self.admin_port = config.ports()[name]
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self.started = 0.0
+
+    @property
+    def pid(self) -> int:
+        if self.process is None or self.process.returncode is not None:
+            return 0
+        return self.process.pid
+
+
+class Supervisor:
+    def __init__(self, config: MeshConfig, paths: Paths) -> None:
+        self.config = config
+        self.paths = paths
+        self.children = {name: Child(name, config, paths) for name in COMPONENTS}
+        self.stopping = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def save(self) -> None:
+        write_state(
+            self.paths,
+            MeshState(
+                supervisor_pid=os.getpid(),
+                state_dir=str(self.paths.root),
+                port_base=self.config.port_base,
+                components=[
+                    ComponentState(
+                        name=child.name,
+                        pid=child.pid,
+                        port=child.port,
+                        admin_port=child.admin_port,
+                        restarts=child.restarts,
+                        log=str(self.paths.log(child.name)),
+                    )
+                    for child in self.children.values()
+                ],
+            ),
+        )
+
+    async def _mint(self, name: str, *, force: bool = False) -> None:
+        token = self.paths.token(name)
+        with contextlib.suppress(OSError):
+            if not force and time.time() - token.stat().st_mtime < TOKEN_REFRESH:
+                return
+        self.paths.tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
+        process = await asyncio.create_subprocess_exec(
+            *_python("tether.identity", "mint-token", "--namespace", "tether", "--serviceaccount", name),
+            *("--key", str(self.paths.ca / "token-signing.key"), "--ttl", str(TOKEN_TTL)),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=component_env(),
+        )
+        out, err = await process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"mint-token for {name} failed: {err.decode(errors='replace').strip()}")
+        tmp = token.with_suffix(".tmp")
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(out)
+        tmp.replace(token)
+
+    async def _spawn(self, child: Child) -> None:
+        if child.name in WORKLOAD_TOKENS:
+            await self._mint(child.name)
+        argv = component_argv(child.name, self.config, self.paths)
+        # Opening a local log file for append does not block the loop in any way that matters.
+        with open(self.paths.log(child.name), "ab") as logfile:  # noqa: ASYNC230
+            child.process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT,
+                env=component_env(),
+                preexec_fn=_set_parent_death_signal,
+            )
+        child.started = time.monotonic()
+        log("component_started", component=child.name, pid=child.process.pid, restarts=child.restarts)
+        self.save()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+
+    async def _keep_running(self, child: Child) -> None:
+        backoff = INITIAL_BACKOFF
+        while not self.stopping.is_set():
+            try:
+                await self._spawn(child)
+            except (OSError, RuntimeError) as exc:
+                log("component_start_failed", component=child.name, error=str(exc), retry_in=backoff)
+            else:
+                assert child.process is not None
+                code = await child.process.wait()
+                if self.stopping.is_set():
+                    return
+                if time.monotonic() - child.started > STABLE_AFTER:
+                    backoff = INITIAL_BACKOFF
+                log("component_exited", component=child.name, code=code, restart_in=backoff)
+                self.save()
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
+            child.restarts += 1
+
+    async def _ready(self, name: str) -> None:
+        child = self.children[name]
+        while not self.stopping.is_set():
+            if await asyncio.to_thread(component_ready, name, child.port, child.admin_port):
+                log("component_ready", component=name)
+                return
+            await self._sleep(0.05)
+
+    async def _refresh_tokens(self) -> None:
+        while not self.stopping.is_set():
+            await self._sleep(600)
+            for name in WORKLOAD_TOKENS:
+                try:
+                    await self._mint(name)
+                except (OSError, RuntimeError) as exc:
+                    log("token_refresh_failed", component=name, error=str(exc))
+
+    def _start(self, *names: str) -> None:
+        for name in names:
+            self.tasks.append(asyncio.create_task(self._keep_running(self.children[name])))
+
+    async def start(self) -> None:
+        self._start(NATS)
+        await self._ready(NATS)
+        self._start(IDENTITY)
+        await self._ready(IDENTITY)
+        self._start(DESTINATION, TELEMETRY, PUBLIC_API)
+        self.tasks.append(asyncio.create_task(self._refresh_tokens()))
+
+    async def _stop_child(self, child: Child) -> None:
+        process = child.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), self.config.stop_grace)
+        except TimeoutError:
+            log("component_killed", component=child.name, pid=process.pid, grace=self.config.stop_grace)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        log("component_stopped", component=child.name, code=process.returncode)
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        others = [child for name, child in self.children.items() if name != NATS]
+        await asyncio.gather(*(self._stop_child(child) for child in others))
+        await self._stop_child(self.children[NATS])
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def supervise(config: MeshConfig, paths: Paths) -> None:
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    write_nats_config(config, paths)
+    supervisor = Supervisor(config, paths)
+    supervisor.save()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log("supervisor_started", pid=os.getpid(), state_dir=str(paths.root), port_base=config.port_base)
+    starting = asyncio.create_task(supervisor.start())
+    await stop.wait()
+    log("supervisor_stopping")
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    await supervisor.stop()
+    with contextlib.suppress(OSError):
+        paths.state.unlink()
+    log("supervisor_stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tether.cli.localmesh.supervisor")
+    parser.add_argument("--config", required=True, help="the MeshConfig as JSON (tether up writes it)")
+    parser.add_argument("--lock-fd", type=int, required=True, help="fd holding the state directory's lock")
+    args = parser.parse_args(argv)
+    config = decode(args.config)
+    paths = Paths(config.state_dir)
+    os.set_inheritable(args.lock_fd, False)  # held by this process only, never by a component
+    asyncio.run(supervise(config, paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

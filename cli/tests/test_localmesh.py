@@ -1,0 +1,227 @@
+"""``tether up``, ``status`` and ``down`` as a user runs them: real processes, real ports, no mocks.
+
+One mesh runs for the module (on a free range of ports, in a tmp state directory); the tests run in order:
+up → ready and ``tether check`` green; status as text and JSON; a second up refused; each component
+SIGKILLed in turn and restarted; down → no process of the mesh, no port listening. A mesh refused for a
+taken port starts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TETHER = f"{sys.prefix}/bin/tether"
+COMPONENTS = ["nats", "identity", "destination", "telemetry", "public-api"]
+OFFSETS = {"nats": (0,), "identity": (10, 11), "destination": (20, 21), "telemetry": (30, 31)}
+OFFSETS["public-api"] = (40, 41)
+DEADLINE = 20.0
+
+
+def tether(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    return subprocess.run([TETHER, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def free_base() -> int:
+    """A base of 100 ports below the ephemeral range, with every port of the mesh free."""
+    while True:
+        base = random.randrange(20000, 30000, 100)
+        if all(_bindable(base + o) for offsets in OFFSETS.values() for o in offsets):
+            return base
+
+
+def eventually(check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"not within {timeout}s: {check}"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _mesh_pids(state_dir: Path) -> list[int]:
+    """Every process whose command line names the state directory."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(state_dir).encode() in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+class Mesh:
+    def __init__(self, state_dir: Path, base: int) -> None:
+        self.state_dir = state_dir
+        self.base = base
+        self.flags = ("--state-dir", str(state_dir), "--port-base", str(base))
+
+    def ports(self) -> list[int]:
+        return [self.base + o for offsets in OFFSETS.values() for o in offsets]
+
+    def status(self) -> dict[str, Any]:
+        result = tether("status", *self.flags, "-o", "json")
+        data: dict[str, Any] = json.loads(result.stdout)
+        return data
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        return {row["component"]: row for row in self.status()["components"]}
+
+    def check_ok(self) -> bool:
+        return tether("--api-addr", f"127.0.0.1:{self.base + 40}", "check").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    running = Mesh(tmp_path_factory.mktemp("mesh") / "state", free_base())
+    try:
+        yield running
+    finally:
+        tether("down", *running.flags)
+        for pid in _mesh_pids(running.state_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_up_starts_every_component_ready(mesh: Mesh) -> None:
+    result = tether("up", *mesh.flags)
+    assert result.returncode == 0, result.stderr
+    for port in mesh.ports():
+        assert f"127.0.0.1:{port}" in result.stdout
+    rows = mesh.rows()
+    assert sorted(rows) == sorted(COMPONENTS)
+    assert all(row["ready"] and row["pid"] > 0 for row in rows.values()), rows
+    eventually(mesh.check_ok)
+    files = {p.name for p in (mesh.state_dir / "logs").iterdir()}
+    assert files >= {f"{name}.log" for name in [*COMPONENTS, "supervisor"]}
+    assert (mesh.state_dir / "ca" / "ca.crt").exists() and (mesh.state_dir / "registry.yaml").exists()
+    state = json.loads((mesh.state_dir / "mesh.json").read_text())
+    assert _alive(state["supervisor_pid"])
+    assert {c["name"]: c["port"] for c in state["components"]}["public-api"] == mesh.base + 40
+
+
+def test_status_text_and_json(mesh: Mesh) -> None:
+    result = tether("status", *mesh.flags)
+    assert result.returncode == 0
+    header, *lines = result.stdout.splitlines()[1:]
+    assert header.split() == ["COMPONENT", "PID", "PORT", "ADMIN", "READY", "RESTARTS"]
+    rows = mesh.rows()
+    for line, name in zip(lines, COMPONENTS, strict=True):
+        admin = str(rows[name]["admin_port"] or "-")
+        expected = [
+            name,
+            str(rows[name]["pid"]),
+            str(rows[name]["port"]),
+            admin,
+            "yes",
+            str(rows[name]["restarts"]),
+        ]
+        assert line.split() == expected
+    data = mesh.status()
+    assert data["running"] is True and data["state_dir"] == str(mesh.state_dir)
+    assert rows["nats"]["admin_port"] == 0 and rows["identity"]["admin_port"] == mesh.base + 11
+
+
+def test_second_up_is_refused(mesh: Mesh) -> None:
+    before = mesh.rows()
+    result = tether("up", *mesh.flags)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    line = result.stderr.strip()
+    assert "\n" not in line
+    assert line.startswith(f"tether: error: a local mesh already runs in {mesh.state_dir}")
+    assert "tether down" in line
+    assert {n: r["pid"] for n, r in mesh.rows().items()} == {n: r["pid"] for n, r in before.items()}
+
+
+def test_each_component_killed_is_restarted(mesh: Mesh) -> None:
+    for name in COMPONENTS:
+        old = mesh.rows()[name]
+        os.kill(old["pid"], signal.SIGKILL)
+
+        def restarted(name: str = name, old: dict[str, Any] = old) -> bool:
+            row = mesh.rows()[name]
+            return bool(row["ready"] and row["pid"] not in (0, old["pid"]))
+
+        eventually(restarted)
+        assert mesh.rows()[name]["restarts"] == old["restarts"] + 1
+    eventually(mesh.check_ok)
+
+
+def test_down_leaves_nothing(mesh: Mesh) -> None:
+    assert _mesh_pids(mesh.state_dir)
+    result = tether("down", *mesh.flags)
+    assert result.returncode == 0, result.stderr
+    assert _mesh_pids(mesh.state_dir) == []
+    assert [port for port in mesh.ports() if _listening(port)] == []
+    status = tether("status", *mesh.flags)
+    assert status.returncode == 3 and "no local mesh runs" in status.stderr
+    assert mesh.status()["running"] is False
+    assert tether("down", *mesh.flags).returncode == 0  # idempotent
+
+
+def test_taken_port_starts_nothing(tmp_path: Path) -> None:
+    base = free_base()
+    state_dir = tmp_path / "state"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 30))  # telemetry's gRPC port
+        taken.listen()
+        result = tether("up", "--state-dir", str(state_dir), "--port-base", str(base))
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"tether: error: port {base + 30} (telemetry gRPC) is already in use on 127.0.0.1; nothing "
+            "started; stop what listens there, or move the mesh's range with --port-base / "
+            "TETHER_MESH_PORT_BASE"
+        )
+        assert _mesh_pids(state_dir) == []
+        assert [p for p in range(base, base + 100) if p != base + 30 and _listening(p)] == []
+        assert not (state_dir / "mesh.json").exists()
+
+
+def test_bad_configuration_is_one_line_exit_2(tmp_path: Path) -> None:
+    result = tether("up", "--state-dir", str(tmp_path), "--port-base", "80")
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("tether: error: --port-base / TETHER_MESH_PORT_BASE:")
+    assert "tether up --help" in line
+    assert not (tmp_path / "mesh.json").exists()
