@@ -87,6 +87,15 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
             "destination, the pod's own address; set it only where there is no iptables redirect)"
         ),
     ] = ""
+    inbound_app_port: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=65535,
+            description="application port the inbound side forwards to when a connection was not redirected "
+            "(a mesh without iptables, e.g. tether run); 0: such connections are refused",
+        ),
+    ] = 0
     destination_addr: Annotated[
         str, Meta(description="destination service (gRPC), host:port; empty disables discovery")
     ] = "tether-destination.tether.svc.cluster.local:8086"

@@ -181,6 +181,7 @@ class Proxy:
             clock=clock,
             proxy_ports=self._own_ports(),
             app_host=config.inbound_app_host,
+            app_port=config.inbound_app_port,
         )
         h2 = config.h2
         limits = ClientLimits(

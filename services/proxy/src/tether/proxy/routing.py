@@ -432,6 +432,7 @@ class InboundRouter(_BaseRouter):
         clock: Clock,
         proxy_ports: Collection[int],
         app_host: str = "",
+        app_port: int = 0,
     ) -> None:
         super().__init__(
             direction="inbound",
@@ -441,6 +442,8 @@ class InboundRouter(_BaseRouter):
             clock=clock,
         )
         self.app_host = app_host
+        #: Where connections without an original destination go (a mesh without iptables); 0: refused.
+        self.app_port = app_port
         self.proxy_ports = frozenset(proxy_ports)
         #: Requests refused for targeting one of the proxy's own ports.
         self.refused_proxy_port = 0
@@ -456,15 +459,21 @@ class InboundRouter(_BaseRouter):
             protocol = Protocol.HTTP1
         metrics = self.registry.route(self.direction, _authority_text(exchange), labels, tls, protocol.value)
         exchange.request_headers = with_client_id(exchange.request_headers, info.client_id)
-        original = info.original_dst
-        if original is None:
-            self._fail(exchange, metrics, 502, "no original destination: the connection was not redirected")
+        try:
+            target = self._app_target(info)
+        except TcpRouteRefused as refused:
+            if refused.reason == "proxy_port":
+                self._fail(
+                    exchange, metrics, 403, f"port {refused.port} is the proxy's own; it is not forwarded"
+                )
+            else:
+                self._fail(
+                    exchange,
+                    metrics,
+                    502,
+                    "no original destination (no iptables redirect) and no --inbound-app-port",
+                )
             return
-        if original[1] in self.proxy_ports:
-            self.refused_proxy_port += 1
-            self._fail(exchange, metrics, 403, f"port {original[1]} is the proxy's own; it is not forwarded")
-            return
-        target = (self.app_host or original[0], original[1])
         pool = self.pools.get(target, None, protocol)
         connection = pool.ready()
         if connection is not None:
@@ -474,13 +483,20 @@ class InboundRouter(_BaseRouter):
 
     async def tcp_target(self, info: ConnectionInfo) -> TcpTarget:
         """The application, at the port the client asked for (never one of the proxy's own)."""
+        return TcpTarget(self._app_target(info))
+
+    def _app_target(self, info: ConnectionInfo) -> Address:
+        """Where the application is: the port the client asked for on the pod's own address (its original
+        destination), or, without an iptables redirect, the configured application port."""
         original = info.original_dst
         if original is None:
-            raise TcpRouteRefused("no_original_destination")
+            if not self.app_port:
+                raise TcpRouteRefused("no_original_destination")
+            return (self.app_host or "127.0.0.1", self.app_port)
         if original[1] in self.proxy_ports:
             self.refused_proxy_port += 1
-            raise TcpRouteRefused("proxy_port")
-        return TcpTarget((self.app_host or original[0], original[1]))
+            raise TcpRouteRefused("proxy_port", original[1])
+        return (self.app_host or original[0], original[1])
 
     async def _connect_slowly(self, exchange: Exchange, pool: EndpointPool, metrics: RouteHandle) -> None:
         try:

@@ -42,9 +42,11 @@ class TcpTarget:
 class TcpRouteRefused(Exception):
     """The router will not forward this connection anywhere (the reason is logged and counted)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, port: int = 0) -> None:
         super().__init__(reason)
         self.reason = reason
+        #: The port asked for, where it is the reason (``proxy_port``).
+        self.port = port
 
 
 class TcpRoute(Protocol):

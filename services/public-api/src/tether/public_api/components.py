@@ -22,6 +22,12 @@ class CheckOutcome(msgspec.Struct, frozen=True):
     description: str
     ok: bool
     hint: str = ""
+    # "ok", "warning" or "error"; empty: from ``ok``.
+    level: str = ""
+
+    @property
+    def status(self) -> str:
+        return self.level or ("ok" if self.ok else "error")
 
 
 class ComponentTable:

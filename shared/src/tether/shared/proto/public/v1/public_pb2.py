@@ -28,13 +28,15 @@ from tether.shared.proto.destination.v1 import destination_pb2 as tether_dot_sha
 from tether.shared.proto.telemetry.v1 import telemetry_pb2 as tether_dot_shared_dot_proto_dot_telemetry_dot_v1_dot_telemetry__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*tether/shared/proto/public/v1/public.proto\x12\x10tether.public.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x34tether/shared/proto/destination/v1/destination.proto\x1a\x30tether/shared/proto/telemetry/v1/telemetry.proto\"\x10\n\x0eVersionRequest\"^\n\x0fVersionResponse\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x36\n\ncomponents\x18\x02 \x03(\x0b\x32\".tether.public.v1.ComponentVersion\"\x84\x01\n\x10\x43omponentVersion\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x0e\n\x0c\x43heckRequest\"K\n\rCheckResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12.\n\x07results\x18\x02 \x03(\x0b\x32\x1d.tether.public.v1.CheckResult\"N\n\x0b\x43heckResult\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0c\n\x04hint\x18\x04 \x01(\t\"9\n\x08Resource\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\")\n\x14ListWorkloadsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"F\n\x15ListWorkloadsResponse\x12-\n\tworkloads\x18\x01 \x03(\x0b\x32\x1a.tether.public.v1.Workload\"s\n\x08Workload\x12,\n\x08resource\x18\x01 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12\x13\n\x0bmeshed_pods\x18\x02 \x01(\r\x12\x12\n\ntotal_pods\x18\x03 \x01(\r\x12\x10\n\x08identity\x18\x04 \x01(\t\"\x9a\x01\n\x12StatSummaryRequest\x12,\n\x08selector\x18\x01 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12.\n\x0btime_window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x02to\x18\x03 \x01(\x0b\x32\x1a.tether.public.v1.Resource\">\n\x13StatSummaryResponse\x12\'\n\x04rows\x18\x01 \x03(\x0b\x32\x19.tether.public.v1.StatRow\"\x90\x02\n\x07StatRow\x12,\n\x08resource\x18\x01 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12\x13\n\x0bmeshed_pods\x18\x02 \x01(\r\x12\x15\n\rsuccess_count\x18\x03 \x01(\x04\x12\x15\n\rfailure_count\x18\x04 \x01(\x04\x12.\n\x0btime_window\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0elatency_ms_p50\x18\x06 \x01(\x01\x12\x16\n\x0elatency_ms_p95\x18\x07 \x01(\x01\x12\x16\n\x0elatency_ms_p99\x18\x08 \x01(\x01\x12\x1c\n\x14tcp_open_connections\x18\t \x01(\x04\"|\n\nTapRequest\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12,\n\x05match\x18\x02 \x01(\x0b\x32\x1d.tether.telemetry.v1.TapMatch\x12\x14\n\x0cmax_requests\x18\x03 \x01(\r\"8\n\x10\x45ndpointsRequest\x12\x11\n\tauthority\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"[\n\x11\x45ndpointsResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x36\n\tendpoints\x18\x02 \x03(\x0b\x32#.tether.destination.v1.WeightedAddr2\xf9\x03\n\x03\x41pi\x12N\n\x07Version\x12 .tether.public.v1.VersionRequest\x1a!.tether.public.v1.VersionResponse\x12H\n\x05\x43heck\x12\x1e.tether.public.v1.CheckRequest\x1a\x1f.tether.public.v1.CheckResponse\x12`\n\rListWorkloads\x12&.tether.public.v1.ListWorkloadsRequest\x1a\'.tether.public.v1.ListWorkloadsResponse\x12Z\n\x0bStatSummary\x12$.tether.public.v1.StatSummaryRequest\x1a%.tether.public.v1.StatSummaryResponse\x12\x44\n\x03Tap\x12\x1c.tether.public.v1.TapRequest\x1a\x1d.tether.telemetry.v1.TapEvent0\x01\x12T\n\tEndpoints\x12\".tether.public.v1.EndpointsRequest\x1a#.tether.public.v1.EndpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*tether/shared/proto/public/v1/public.proto\x12\x10tether.public.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x34tether/shared/proto/destination/v1/destination.proto\x1a\x30tether/shared/proto/telemetry/v1/telemetry.proto\"\x10\n\x0eVersionRequest\"^\n\x0fVersionResponse\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x36\n\ncomponents\x18\x02 \x03(\x0b\x32\".tether.public.v1.ComponentVersion\"\x84\x01\n\x10\x43omponentVersion\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08instance\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05ready\x18\x04 \x01(\x08\x12-\n\tlast_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x0e\n\x0c\x43heckRequest\"z\n\rCheckResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12.\n\x07results\x18\x02 \x03(\x0b\x32\x1d.tether.public.v1.CheckResult\x12-\n\x06status\x18\x03 \x01(\x0e\x32\x1d.tether.public.v1.CheckStatus\"}\n\x0b\x43heckResult\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\n\n\x02ok\x18\x03 \x01(\x08\x12\x0c\n\x04hint\x18\x04 \x01(\t\x12-\n\x06status\x18\x05 \x01(\x0e\x32\x1d.tether.public.v1.CheckStatus\"9\n\x08Resource\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\")\n\x14ListWorkloadsRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"F\n\x15ListWorkloadsResponse\x12-\n\tworkloads\x18\x01 \x03(\x0b\x32\x1a.tether.public.v1.Workload\"\x98\x02\n\x08Workload\x12,\n\x08resource\x18\x01 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12\x13\n\x0bmeshed_pods\x18\x02 \x01(\r\x12\x12\n\ntotal_pods\x18\x03 \x01(\r\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x15\n\rproxy_version\x18\x05 \x01(\t\x12\x36\n\x12\x63\x65rtificate_expiry\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0blast_report\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04pods\x18\x08 \x03(\x0b\x32\x15.tether.public.v1.Pod\"\xb8\x01\n\x03Pod\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x15\n\rproxy_version\x18\x03 \x01(\t\x12\x36\n\x12\x63\x65rtificate_expiry\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0blast_report\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treporting\x18\x06 \x01(\x08\"\xc4\x01\n\x12StatSummaryRequest\x12,\n\x08selector\x18\x01 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12.\n\x0btime_window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x02to\x18\x03 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12(\n\x04\x66rom\x18\x04 \x01(\x0b\x32\x1a.tether.public.v1.Resource\">\n\x13StatSummaryResponse\x12\'\n\x04rows\x18\x01 \x03(\x0b\x32\x19.tether.public.v1.StatRow\"\x8f\x03\n\x07StatRow\x12,\n\x08resource\x18\x01 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12\x13\n\x0bmeshed_pods\x18\x02 \x01(\r\x12\x15\n\rsuccess_count\x18\x03 \x01(\x04\x12\x15\n\rfailure_count\x18\x04 \x01(\x04\x12.\n\x0btime_window\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0elatency_ms_p50\x18\x06 \x01(\x01\x12\x16\n\x0elatency_ms_p95\x18\x07 \x01(\x01\x12\x16\n\x0elatency_ms_p99\x18\x08 \x01(\x01\x12\x1c\n\x14tcp_open_connections\x18\t \x01(\x04\x12\x12\n\ntotal_pods\x18\n \x01(\r\x12\x11\n\ttls_share\x18\x0b \x01(\x01\x12\x14\n\x0crequest_rate\x18\x0c \x01(\x01\x12\x14\n\x0csuccess_rate\x18\r \x01(\x01\x12\x15\n\rrequest_count\x18\x0e \x01(\x04\x12\x13\n\x0bhas_latency\x18\x0f \x01(\x08\"\xe1\x01\n\nTapRequest\x12*\n\x06target\x18\x01 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12,\n\x05match\x18\x02 \x01(\x0b\x32\x1d.tether.telemetry.v1.TapMatch\x12\x14\n\x0cmax_requests\x18\x03 \x01(\r\x12\x1d\n\x15max_events_per_second\x18\x04 \x01(\x01\x12.\n\nexpires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cheader_names\x18\x06 \x03(\t\"8\n\x10\x45ndpointsRequest\x12\x11\n\tauthority\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\"[\n\x11\x45ndpointsResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12\x36\n\tendpoints\x18\x02 \x03(\x0b\x32#.tether.destination.v1.WeightedAddr\"l\n\x0c\x45\x64gesRequest\x12,\n\x08selector\x18\x01 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12.\n\x0btime_window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"6\n\rEdgesResponse\x12%\n\x05\x65\x64ges\x18\x01 \x03(\x0b\x32\x16.tether.public.v1.Edge\"\xbd\x01\n\x04\x45\x64ge\x12\'\n\x03src\x18\x01 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12\'\n\x03\x64st\x18\x02 \x01(\x0b\x32\x1a.tether.public.v1.Resource\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12\x11\n\tserver_id\x18\x04 \x01(\t\x12\x0f\n\x07secured\x18\x05 \x01(\x08\x12\x15\n\rno_tls_reason\x18\x06 \x01(\t\x12\x15\n\rrequest_count\x18\x07 \x01(\x04*r\n\x0b\x43heckStatus\x12\x1c\n\x18\x43HECK_STATUS_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43HECK_STATUS_OK\x10\x01\x12\x18\n\x14\x43HECK_STATUS_WARNING\x10\x02\x12\x16\n\x12\x43HECK_STATUS_ERROR\x10\x03\x32\xc3\x04\n\x03\x41pi\x12N\n\x07Version\x12 .tether.public.v1.VersionRequest\x1a!.tether.public.v1.VersionResponse\x12H\n\x05\x43heck\x12\x1e.tether.public.v1.CheckRequest\x1a\x1f.tether.public.v1.CheckResponse\x12`\n\rListWorkloads\x12&.tether.public.v1.ListWorkloadsRequest\x1a\'.tether.public.v1.ListWorkloadsResponse\x12Z\n\x0bStatSummary\x12$.tether.public.v1.StatSummaryRequest\x1a%.tether.public.v1.StatSummaryResponse\x12\x44\n\x03Tap\x12\x1c.tether.public.v1.TapRequest\x1a\x1d.tether.telemetry.v1.TapEvent0\x01\x12T\n\tEndpoints\x12\".tether.public.v1.EndpointsRequest\x1a#.tether.public.v1.EndpointsResponse\x12H\n\x05\x45\x64ges\x12\x1e.tether.public.v1.EdgesRequest\x1a\x1f.tether.public.v1.EdgesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tether.shared.proto.public.v1.public_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CHECKSTATUS']._serialized_start=2795
+  _globals['_CHECKSTATUS']._serialized_end=2909
   _globals['_VERSIONREQUEST']._serialized_start=233
   _globals['_VERSIONREQUEST']._serialized_end=249
   _globals['_VERSIONRESPONSE']._serialized_start=251
@@ -44,29 +46,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKREQUEST']._serialized_start=482
   _globals['_CHECKREQUEST']._serialized_end=496
   _globals['_CHECKRESPONSE']._serialized_start=498
-  _globals['_CHECKRESPONSE']._serialized_end=573
-  _globals['_CHECKRESULT']._serialized_start=575
-  _globals['_CHECKRESULT']._serialized_end=653
-  _globals['_RESOURCE']._serialized_start=655
-  _globals['_RESOURCE']._serialized_end=712
-  _globals['_LISTWORKLOADSREQUEST']._serialized_start=714
-  _globals['_LISTWORKLOADSREQUEST']._serialized_end=755
-  _globals['_LISTWORKLOADSRESPONSE']._serialized_start=757
-  _globals['_LISTWORKLOADSRESPONSE']._serialized_end=827
-  _globals['_WORKLOAD']._serialized_start=829
-  _globals['_WORKLOAD']._serialized_end=944
-  _globals['_STATSUMMARYREQUEST']._serialized_start=947
-  _globals['_STATSUMMARYREQUEST']._serialized_end=1101
-  _globals['_STATSUMMARYRESPONSE']._serialized_start=1103
-  _globals['_STATSUMMARYRESPONSE']._serialized_end=1165
-  _globals['_STATROW']._serialized_start=1168
-  _globals['_STATROW']._serialized_end=1440
-  _globals['_TAPREQUEST']._serialized_start=1442
-  _globals['_TAPREQUEST']._serialized_end=1566
-  _globals['_ENDPOINTSREQUEST']._serialized_start=1568
-  _globals['_ENDPOINTSREQUEST']._serialized_end=1624
-  _globals['_ENDPOINTSRESPONSE']._serialized_start=1626
-  _globals['_ENDPOINTSRESPONSE']._serialized_end=1717
-  _globals['_API']._serialized_start=1720
-  _globals['_API']._serialized_end=2225
+  _globals['_CHECKRESPONSE']._serialized_end=620
+  _globals['_CHECKRESULT']._serialized_start=622
+  _globals['_CHECKRESULT']._serialized_end=747
+  _globals['_RESOURCE']._serialized_start=749
+  _globals['_RESOURCE']._serialized_end=806
+  _globals['_LISTWORKLOADSREQUEST']._serialized_start=808
+  _globals['_LISTWORKLOADSREQUEST']._serialized_end=849
+  _globals['_LISTWORKLOADSRESPONSE']._serialized_start=851
+  _globals['_LISTWORKLOADSRESPONSE']._serialized_end=921
+  _globals['_WORKLOAD']._serialized_start=924
+  _globals['_WORKLOAD']._serialized_end=1204
+  _globals['_POD']._serialized_start=1207
+  _globals['_POD']._serialized_end=1391
+  _globals['_STATSUMMARYREQUEST']._serialized_start=1394
+  _globals['_STATSUMMARYREQUEST']._serialized_end=1590
+  _globals['_STATSUMMARYRESPONSE']._serialized_start=1592
+  _globals['_STATSUMMARYRESPONSE']._serialized_end=1654
+  _globals['_STATROW']._serialized_start=1657
+  _globals['_STATROW']._serialized_end=2056
+  _globals['_TAPREQUEST']._serialized_start=2059
+  _globals['_TAPREQUEST']._serialized_end=2284
+  _globals['_ENDPOINTSREQUEST']._serialized_start=2286
+  _globals['_ENDPOINTSREQUEST']._serialized_end=2342
+  _globals['_ENDPOINTSRESPONSE']._serialized_start=2344
+  _globals['_ENDPOINTSRESPONSE']._serialized_end=2435
+  _globals['_EDGESREQUEST']._serialized_start=2437
+  _globals['_EDGESREQUEST']._serialized_end=2545
+  _globals['_EDGESRESPONSE']._serialized_start=2547
+  _globals['_EDGESRESPONSE']._serialized_end=2601
+  _globals['_EDGE']._serialized_start=2604
+  _globals['_EDGE']._serialized_end=2793
+  _globals['_API']._serialized_start=2912
+  _globals['_API']._serialized_end=3491
 # @@protoc_insertion_point(module_scope)

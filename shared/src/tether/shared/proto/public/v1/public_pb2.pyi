@@ -5,12 +5,24 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from tether.shared.proto.destination.v1 import destination_pb2 as _destination_pb2
 from tether.shared.proto.telemetry.v1 import telemetry_pb2 as _telemetry_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class CheckStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHECK_STATUS_UNSPECIFIED: _ClassVar[CheckStatus]
+    CHECK_STATUS_OK: _ClassVar[CheckStatus]
+    CHECK_STATUS_WARNING: _ClassVar[CheckStatus]
+    CHECK_STATUS_ERROR: _ClassVar[CheckStatus]
+CHECK_STATUS_UNSPECIFIED: CheckStatus
+CHECK_STATUS_OK: CheckStatus
+CHECK_STATUS_WARNING: CheckStatus
+CHECK_STATUS_ERROR: CheckStatus
 
 class VersionRequest(_message.Message):
     __slots__ = ()
@@ -43,24 +55,28 @@ class CheckRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CheckResponse(_message.Message):
-    __slots__ = ("ok", "results")
+    __slots__ = ("ok", "results", "status")
     OK_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     results: _containers.RepeatedCompositeFieldContainer[CheckResult]
-    def __init__(self, ok: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[CheckResult, _Mapping]]] = ...) -> None: ...
+    status: CheckStatus
+    def __init__(self, ok: _Optional[bool] = ..., results: _Optional[_Iterable[_Union[CheckResult, _Mapping]]] = ..., status: _Optional[_Union[CheckStatus, str]] = ...) -> None: ...
 
 class CheckResult(_message.Message):
-    __slots__ = ("category", "description", "ok", "hint")
+    __slots__ = ("category", "description", "ok", "hint", "status")
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     OK_FIELD_NUMBER: _ClassVar[int]
     HINT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     category: str
     description: str
     ok: bool
     hint: str
-    def __init__(self, category: _Optional[str] = ..., description: _Optional[str] = ..., ok: _Optional[bool] = ..., hint: _Optional[str] = ...) -> None: ...
+    status: CheckStatus
+    def __init__(self, category: _Optional[str] = ..., description: _Optional[str] = ..., ok: _Optional[bool] = ..., hint: _Optional[str] = ..., status: _Optional[_Union[CheckStatus, str]] = ...) -> None: ...
 
 class Resource(_message.Message):
     __slots__ = ("namespace", "kind", "name")
@@ -85,26 +101,51 @@ class ListWorkloadsResponse(_message.Message):
     def __init__(self, workloads: _Optional[_Iterable[_Union[Workload, _Mapping]]] = ...) -> None: ...
 
 class Workload(_message.Message):
-    __slots__ = ("resource", "meshed_pods", "total_pods", "identity")
+    __slots__ = ("resource", "meshed_pods", "total_pods", "identity", "proxy_version", "certificate_expiry", "last_report", "pods")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     MESHED_PODS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_PODS_FIELD_NUMBER: _ClassVar[int]
     IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_EXPIRY_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_FIELD_NUMBER: _ClassVar[int]
+    PODS_FIELD_NUMBER: _ClassVar[int]
     resource: Resource
     meshed_pods: int
     total_pods: int
     identity: str
-    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., meshed_pods: _Optional[int] = ..., total_pods: _Optional[int] = ..., identity: _Optional[str] = ...) -> None: ...
+    proxy_version: str
+    certificate_expiry: _timestamp_pb2.Timestamp
+    last_report: _timestamp_pb2.Timestamp
+    pods: _containers.RepeatedCompositeFieldContainer[Pod]
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., meshed_pods: _Optional[int] = ..., total_pods: _Optional[int] = ..., identity: _Optional[str] = ..., proxy_version: _Optional[str] = ..., certificate_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_report: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., pods: _Optional[_Iterable[_Union[Pod, _Mapping]]] = ...) -> None: ...
+
+class Pod(_message.Message):
+    __slots__ = ("name", "identity", "proxy_version", "certificate_expiry", "last_report", "reporting")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    PROXY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_EXPIRY_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_FIELD_NUMBER: _ClassVar[int]
+    REPORTING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    identity: str
+    proxy_version: str
+    certificate_expiry: _timestamp_pb2.Timestamp
+    last_report: _timestamp_pb2.Timestamp
+    reporting: bool
+    def __init__(self, name: _Optional[str] = ..., identity: _Optional[str] = ..., proxy_version: _Optional[str] = ..., certificate_expiry: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_report: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reporting: _Optional[bool] = ...) -> None: ...
 
 class StatSummaryRequest(_message.Message):
     __slots__ = ("selector", "time_window", "to")
     SELECTOR_FIELD_NUMBER: _ClassVar[int]
     TIME_WINDOW_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
     selector: Resource
     time_window: _duration_pb2.Duration
     to: Resource
-    def __init__(self, selector: _Optional[_Union[Resource, _Mapping]] = ..., time_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., to: _Optional[_Union[Resource, _Mapping]] = ...) -> None: ...
+    def __init__(self, selector: _Optional[_Union[Resource, _Mapping]] = ..., time_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., to: _Optional[_Union[Resource, _Mapping]] = ..., **kwargs) -> None: ...
 
 class StatSummaryResponse(_message.Message):
     __slots__ = ("rows",)
@@ -113,7 +154,7 @@ class StatSummaryResponse(_message.Message):
     def __init__(self, rows: _Optional[_Iterable[_Union[StatRow, _Mapping]]] = ...) -> None: ...
 
 class StatRow(_message.Message):
-    __slots__ = ("resource", "meshed_pods", "success_count", "failure_count", "time_window", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "tcp_open_connections")
+    __slots__ = ("resource", "meshed_pods", "success_count", "failure_count", "time_window", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "tcp_open_connections", "total_pods", "tls_share", "request_rate", "success_rate", "request_count", "has_latency")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     MESHED_PODS_FIELD_NUMBER: _ClassVar[int]
     SUCCESS_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +164,12 @@ class StatRow(_message.Message):
     LATENCY_MS_P95_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_P99_FIELD_NUMBER: _ClassVar[int]
     TCP_OPEN_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_PODS_FIELD_NUMBER: _ClassVar[int]
+    TLS_SHARE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RATE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HAS_LATENCY_FIELD_NUMBER: _ClassVar[int]
     resource: Resource
     meshed_pods: int
     success_count: int
@@ -132,17 +179,29 @@ class StatRow(_message.Message):
     latency_ms_p95: float
     latency_ms_p99: float
     tcp_open_connections: int
-    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., meshed_pods: _Optional[int] = ..., success_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., time_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_ms_p50: _Optional[float] = ..., latency_ms_p95: _Optional[float] = ..., latency_ms_p99: _Optional[float] = ..., tcp_open_connections: _Optional[int] = ...) -> None: ...
+    total_pods: int
+    tls_share: float
+    request_rate: float
+    success_rate: float
+    request_count: int
+    has_latency: bool
+    def __init__(self, resource: _Optional[_Union[Resource, _Mapping]] = ..., meshed_pods: _Optional[int] = ..., success_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., time_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_ms_p50: _Optional[float] = ..., latency_ms_p95: _Optional[float] = ..., latency_ms_p99: _Optional[float] = ..., tcp_open_connections: _Optional[int] = ..., total_pods: _Optional[int] = ..., tls_share: _Optional[float] = ..., request_rate: _Optional[float] = ..., success_rate: _Optional[float] = ..., request_count: _Optional[int] = ..., has_latency: _Optional[bool] = ...) -> None: ...
 
 class TapRequest(_message.Message):
-    __slots__ = ("target", "match", "max_requests")
+    __slots__ = ("target", "match", "max_requests", "max_events_per_second", "expires_at", "header_names")
     TARGET_FIELD_NUMBER: _ClassVar[int]
     MATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    HEADER_NAMES_FIELD_NUMBER: _ClassVar[int]
     target: Resource
     match: _telemetry_pb2.TapMatch
     max_requests: int
-    def __init__(self, target: _Optional[_Union[Resource, _Mapping]] = ..., match: _Optional[_Union[_telemetry_pb2.TapMatch, _Mapping]] = ..., max_requests: _Optional[int] = ...) -> None: ...
+    max_events_per_second: float
+    expires_at: _timestamp_pb2.Timestamp
+    header_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, target: _Optional[_Union[Resource, _Mapping]] = ..., match: _Optional[_Union[_telemetry_pb2.TapMatch, _Mapping]] = ..., max_requests: _Optional[int] = ..., max_events_per_second: _Optional[float] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., header_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EndpointsRequest(_message.Message):
     __slots__ = ("authority", "namespace")
@@ -159,3 +218,35 @@ class EndpointsResponse(_message.Message):
     exists: bool
     endpoints: _containers.RepeatedCompositeFieldContainer[_destination_pb2.WeightedAddr]
     def __init__(self, exists: _Optional[bool] = ..., endpoints: _Optional[_Iterable[_Union[_destination_pb2.WeightedAddr, _Mapping]]] = ...) -> None: ...
+
+class EdgesRequest(_message.Message):
+    __slots__ = ("selector", "time_window")
+    SELECTOR_FIELD_NUMBER: _ClassVar[int]
+    TIME_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    selector: Resource
+    time_window: _duration_pb2.Duration
+    def __init__(self, selector: _Optional[_Union[Resource, _Mapping]] = ..., time_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class EdgesResponse(_message.Message):
+    __slots__ = ("edges",)
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    edges: _containers.RepeatedCompositeFieldContainer[Edge]
+    def __init__(self, edges: _Optional[_Iterable[_Union[Edge, _Mapping]]] = ...) -> None: ...
+
+class Edge(_message.Message):
+    __slots__ = ("src", "dst", "client_id", "server_id", "secured", "no_tls_reason", "request_count")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    SECURED_FIELD_NUMBER: _ClassVar[int]
+    NO_TLS_REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_COUNT_FIELD_NUMBER: _ClassVar[int]
+    src: Resource
+    dst: Resource
+    client_id: str
+    server_id: str
+    secured: bool
+    no_tls_reason: str
+    request_count: int
+    def __init__(self, src: _Optional[_Union[Resource, _Mapping]] = ..., dst: _Optional[_Union[Resource, _Mapping]] = ..., client_id: _Optional[str] = ..., server_id: _Optional[str] = ..., secured: _Optional[bool] = ..., no_tls_reason: _Optional[str] = ..., request_count: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,11 @@ class ApiStub:
                 request_serializer=tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EndpointsRequest.SerializeToString,
                 response_deserializer=tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EndpointsResponse.FromString,
                 _registered_method=True)
+        self.Edges = channel.unary_unary(
+                '/tether.public.v1.Api/Edges',
+                request_serializer=tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EdgesRequest.SerializeToString,
+                response_deserializer=tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EdgesResponse.FromString,
+                _registered_method=True)
 
 
 class ApiServicer:
@@ -114,6 +119,13 @@ class ApiServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Edges(self, request, context):
+        """Who talks to whom: source and destination workloads, their identities and whether the edge is mTLS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ApiServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +158,11 @@ def add_ApiServicer_to_server(servicer, server):
                     servicer.Endpoints,
                     request_deserializer=tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EndpointsRequest.FromString,
                     response_serializer=tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EndpointsResponse.SerializeToString,
+            ),
+            'Edges': grpc.unary_unary_rpc_method_handler(
+                    servicer.Edges,
+                    request_deserializer=tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EdgesRequest.FromString,
+                    response_serializer=tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EdgesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +327,33 @@ class Api:
             '/tether.public.v1.Api/Endpoints',
             tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EndpointsRequest.SerializeToString,
             tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Edges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tether.public.v1.Api/Edges',
+            tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EdgesRequest.SerializeToString,
+            tether_dot_shared_dot_proto_dot_public_dot_v1_dot_public__pb2.EdgesResponse.FromString,
             options,
             channel_credentials,
             insecure,
