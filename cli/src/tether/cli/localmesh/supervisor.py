@@ -158,6 +158,8 @@ class Supervisor:
         self.children = {name: Child(name, config, paths) for name in COMPONENTS}
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        #: Set when a task of ours died of a bug: the mesh stops, loudly, rather than limp on.
+        self.failed = asyncio.Event()
 
     def save(self) -> None:
         write_state(
@@ -262,9 +264,21 @@ class Supervisor:
                 except (OSError, RuntimeError) as exc:
                     log("token_refresh_failed", component=name, error=str(exc))
 
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep ``task`` until stop; one that dies of a bug (not cancelled) is logged and stops the mesh."""
+        self.tasks.append(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        log("supervisor_task_failed", task=task.get_name(), error=f"{type(error).__name__}: {error}")
+        self.failed.set()
+
     def _start(self, *names: str) -> None:
         for name in names:
-            self.tasks.append(asyncio.create_task(self._keep_running(self.children[name])))
+            self._track(asyncio.create_task(self._keep_running(self.children[name]), name=f"keep-{name}"))
 
     async def start(self) -> None:
         self._start(NATS)
@@ -272,7 +286,7 @@ class Supervisor:
         self._start(IDENTITY)
         await self._ready(IDENTITY)
         self._start(DESTINATION, TELEMETRY, PUBLIC_API)
-        self.tasks.append(asyncio.create_task(self._refresh_tokens()))
+        self._track(asyncio.create_task(self._refresh_tokens(), name="refresh-tokens"))
 
     async def _stop_child(self, child: Child) -> None:
         process = child.process
@@ -309,7 +323,9 @@ async def supervise(config: MeshConfig, paths: Paths) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log("supervisor_started", pid=os.getpid(), state_dir=str(paths.root), port_base=config.port_base)
-    starting = asyncio.create_task(supervisor.start())
+    starting = asyncio.create_task(supervisor.start(), name="start")
+    supervisor.failed = stop  # a task's bug stops the mesh as a signal would
+    starting.add_done_callback(supervisor._task_done)
     await stop.wait()
     log("supervisor_stopping")
     starting.cancel()
