@@ -6,6 +6,7 @@ import asyncio
 import sys
 import time
 
+from tether.cli.output import ERROR, OK
 from tether.public_api.config import PublicApiConfig
 from tether.public_api.service import PublicApiService
 from tether.shared.config import config_from
@@ -43,20 +44,28 @@ async def test_version_and_check(nats_server: EmbeddedNats) -> None:
         deadline = time.monotonic() + 10
         while True:
             code, out = await _run_cli("--api-addr", addr, "version")
-            if "telemetry: 9.9.9" in out and "public-api: 9.9.9" in out:
+            rows = [line.split() for line in out.splitlines()]
+            if ["telemetry", "9.9.9", telemetry.instance, "ready"] in rows and [
+                "public-api",
+                "9.9.9",
+                api.instance,
+                "ready",
+            ] in rows:
                 break
             assert time.monotonic() < deadline, out
             await asyncio.sleep(0.1)
         assert code == 0
-        assert f"telemetry: 9.9.9 ({telemetry.instance}, ready)" in out
-        assert f"public-api: 9.9.9 ({api.instance}, ready)" in out
+        assert out.startswith("Client version: 0.1.0\nServer version: 9.9.9\n")
 
         code, out = await _run_cli("--api-addr", addr, "check")
         assert code == 1, "destination and identity are not running, so the check must fail"
-        assert "[FAIL] destination is running and ready (0/0 instances ready)" in out
-        assert "[ok] telemetry is running and ready (1/1 instances ready)" in out
-        assert "[ok] public-api is running and ready (1/1 instances ready)" in out
-        assert "[ok] public API is connected to NATS" in out
+        lines = out.splitlines()
+        assert lines[:2] == ["control-plane", "-------------"]
+        assert f"{ERROR} destination is running and ready (0/0 instances ready)" in lines
+        assert f"{OK} telemetry is running and ready (1/1 instances ready)" in lines
+        assert f"{OK} public-api is running and ready (1/1 instances ready)" in lines
+        assert f"{OK} public API is connected to NATS" in lines
+        assert lines[-1] == f"Status check results are {ERROR}"
     finally:
         await telemetry.stop()
         await api.stop()
@@ -66,6 +75,6 @@ async def test_cli_reports_an_unreachable_api() -> None:
     code, out = await _run_cli("--api-addr", "127.0.0.1:1", "--timeout", "0.5", "version")
     assert code == 1
     *before, line = out.strip().splitlines()
-    assert [b for b in before if not b.startswith("client: ")] == []  # `version` still prints its own
-    assert line.startswith("tether: error: cannot reach the public API at 127.0.0.1:1 (")
-    assert line.endswith("; check --api-addr / TETHER_API_ADDR and that tether-public-api is running")
+    assert before == ["Client version: 0.1.0"]  # `version` still prints its own
+    assert line.startswith("tether: error: cannot reach the public API at 127.0.0.1:1 (from --api-addr; ")
+    assert line.endswith("; start the local mesh with `tether up`, or give --api-addr / TETHER_API_ADDR")

@@ -1,82 +1,125 @@
-"""``tether``: the command-line tool, a client of the public API."""
+"""``tether``: the command-line tool, a client of the public API, and the local mesh's commands."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import os
+import sys
 from collections.abc import Sequence
-
-import grpc
+from typing import Any
 
 from tether.cli import localmesh
+from tether.cli.completion import SHELLS, script
+from tether.cli.config import DEFAULT_API_ADDR, WINDOWS
 from tether.shared.config import TetherArgumentParser
-from tether.shared.errors import FatalError
-from tether.shared.failure import report
-from tether.shared.proto.public.v1 import public_pb2, public_pb2_grpc
-from tether.shared.runtime import env, package_version
 
-DEFAULT_API_ADDR = "127.0.0.1:8085"
+CLIENT_COMMANDS = ("version", "check", "stat", "edges", "tap", "endpoints")
+_WIDE = ("stat", "edges", "endpoints")
+
+
+def _common(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "--api-addr",
+        default=default,
+        help=(
+            "public API address host:port [env TETHER_API_ADDR] (default: the running local mesh's, "
+            f"else {DEFAULT_API_ADDR})"
+        ),
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=default if default is argparse.SUPPRESS else 5.0,
+        help="seconds to wait for the API (default: 5)",
+    )
+
+
+def _namespaces(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-n", "--namespace", default=None, help="namespace of the resources (default: default)"
+    )
+    group.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="resources of every namespace (NAMESPACE column)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = TetherArgumentParser(prog="tether", description="Tether service mesh command-line tool")
-    parser.add_argument(
-        "--api-addr",
-        default=None,
-        help=f"public API address host:port [env TETHER_API_ADDR] (default: {DEFAULT_API_ADDR})",
+    _common(parser, default=None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def client(name: str, text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(name, help=text, description=text)
+        _common(sub, default=argparse.SUPPRESS)
+        choices = ["text", "json", "wide"] if name in _WIDE else ["text", "json"]
+        sub.add_argument(
+            "-o", "--output", choices=choices, default="text", help="output format (default: text)"
+        )
+        sub.add_argument(
+            "--state-dir",
+            default=None,
+            help="the local mesh whose public API to use without --api-addr [env TETHER_MESH_STATE_DIR] "
+            "(default: .tether)",
+        )
+        return sub
+
+    client("version", "print the CLI's and the control plane's versions")
+    client("check", "check that the control plane is healthy; exit 1 on any error")
+    stat = client("stat", "golden metrics of resources: success rate, requests/s, latency, TCP connections")
+    stat.add_argument(
+        "resource",
+        metavar="TYPE[/NAME]",
+        help="deployment, statefulset, daemonset, job, pod, namespace, service or authority "
+        "(Linkerd's short names too)",
     )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the API (default: 5)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("version", help="print the CLI's and the control plane's versions")
-    commands.add_parser("check", help="check that the control plane is healthy")
+    _namespaces(stat)
+    direction = stat.add_mutually_exclusive_group()
+    direction.add_argument(
+        "--from", dest="source", metavar="TYPE/NAME", help="only traffic from this resource"
+    )
+    direction.add_argument("--to", metavar="TYPE/NAME", help="only traffic to this resource")
+    stat.add_argument("--from-namespace", help="namespace of --from (default: the resources')")
+    stat.add_argument("--to-namespace", help="namespace of --to (default: the resources')")
+    stat.add_argument("-t", "--time-window", choices=list(WINDOWS), default="1m", help="window (default: 1m)")
+    edges = client("edges", "who talks to whom, and whether the edge is mTLS")
+    edges.add_argument("resource", metavar="TYPE", help="deployment, statefulset, daemonset, job or pod")
+    _namespaces(edges)
+    edges.add_argument(
+        "-t", "--time-window", choices=list(WINDOWS), default="1m", help="window (default: 1m)"
+    )
+    tap = client("tap", "live requests to and from a resource, one line per event")
+    tap.add_argument("resource", metavar="TYPE/NAME", help="deployment/NAME, pod/NAME, namespace/NAME ...")
+    tap.add_argument("-n", "--namespace", default=None, help="namespace of the resource (default: default)")
+    tap.add_argument("--method", default="", help="only requests with this HTTP method")
+    tap.add_argument("--path", default="", help="only requests whose path starts with this")
+    tap.add_argument("--authority", default="", help="only requests to this authority")
+    tap.add_argument("--max-rps", type=float, default=100.0, help="maximum events per second (default: 100)")
+    tap.add_argument("--max-requests", type=int, default=0, help="stop after this many requests (0: never)")
+    endpoints = client("endpoints", "what the destination service resolves an authority to")
+    endpoints.add_argument("authority", help="host:port, e.g. web.default.svc.cluster.local:80")
+    endpoints.add_argument("-n", "--namespace", default="", help="namespace for short authorities")
     localmesh.register(commands)
+    completion = commands.add_parser(
+        "completion",
+        help="print the shell completion script: source <(tether completion bash)",
+        description="print the shell completion script: source <(tether completion bash) (or zsh)",
+    )
+    completion.add_argument("shell", choices=SHELLS)
     return parser
-
-
-async def _version(stub: public_pb2_grpc.ApiStub, timeout: float) -> int:
-    print(f"client: {package_version('tether-cli')}")
-    response = await stub.Version(public_pb2.VersionRequest(), timeout=timeout)
-    for component in response.components:
-        state = "ready" if component.ready else "not ready"
-        print(f"{component.service}: {component.version} ({component.instance}, {state})")
-    return 0
-
-
-async def _check(stub: public_pb2_grpc.ApiStub, timeout: float) -> int:
-    response = await stub.Check(public_pb2.CheckRequest(), timeout=timeout)
-    for result in response.results:
-        mark = "ok" if result.ok else "FAIL"
-        print(f"[{mark}] {result.description}")
-        if not result.ok and result.hint:
-            print(f"    hint: {result.hint}")
-    print("Status check results are " + ("ok" if response.ok else "FAIL"))
-    return 0 if response.ok else 1
-
-
-async def _run(args: argparse.Namespace, api_addr: str) -> int:
-    async with grpc.aio.insecure_channel(api_addr) as channel:
-        stub = public_pb2_grpc.ApiStub(channel)
-        if args.command == "version":
-            return await _version(stub, args.timeout)
-        return await _check(stub, args.timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        sys.stdout.write(script(parser, args.shell))
+        return 0
     if args.command in localmesh.COMMANDS:
         return localmesh.run(parser, args)
-    api_addr = args.api_addr or env().get("TETHER_API_ADDR", DEFAULT_API_ADDR)
-    try:
-        return asyncio.run(_run(args, api_addr))
-    except grpc.aio.AioRpcError as exc:
-        return report(
-            "tether",
-            FatalError(
-                f"cannot reach the public API at {api_addr} ({exc.code().name}: {exc.details()})",
-                "check --api-addr / TETHER_API_ADDR and that tether-public-api is running",
-            ),
-        )
+    from tether.cli import commands
+
+    return commands.run(parser, args, os.environ)
 
 
 if __name__ == "__main__":
