@@ -19,6 +19,8 @@ SHORT_LIVED = {
     "services/proxy/src/tether/proxy/inbound.py": "one connection being admitted, bounded by its timeouts",
     "cli/src/tether/cli/localmesh/supervisor.py": "the local mesh's own supervisor process: a keeper per"
     " component, awaited at its stop; one that dies of a bug is logged and stops the mesh",
+    "cli/src/tether/cli/localmesh/run.py": "one `tether run`'s registration heartbeat, cancelled and awaited"
+    " when the command exits",
     "cli/src/tether/cli/commands.py": "`tether tap`'s event stream and its Ctrl-C, awaited before it returns",
     "services/public-api/src/tether/public_api/tap.py": "one tap stream's renewals, ended with its call",
     "services/proxy/src/tether/proxy/tcp.py": "one TCP relay's route and connect, bounded by a timeout",

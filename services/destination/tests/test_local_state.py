@@ -26,6 +26,7 @@ class OptionalRegistrationFields(TypedDict, total=False):
     identity: str | None
     labels: dict[str, str]
     deregister: bool
+    service_port: int | None
 
 
 def reg(
@@ -85,6 +86,26 @@ def test_registration_into_an_undeclared_service_declares_it() -> None:
     assert [(p.name, p.port) for p in desired.ports] == [("", 9000)]
     assert state.register(reg("a", "10.0.0.5", service="api", deregister=True), now=1.0) == {"ns.api"}
     assert state.desired("ns.api") is None
+
+
+def test_a_registration_may_give_the_service_it_creates_another_port_than_its_own() -> None:
+    """``tether run``: the service keeps the application's port, its endpoint is the proxy's port; a new
+    leader adopting it from the bucket keeps both."""
+    state = LocalState("cluster.local")
+    state.register(reg("a", "127.0.0.1", service="api", service_port=8000), now=0.0)
+    desired = state.desired("ns.api")
+    assert desired is not None
+    assert [(p.name, p.port) for p in desired.ports] == [("", 8000)]
+    assert [e.ports for e in desired.endpoints] == [{"": 9000}]
+    in_bucket = EndpointSet(
+        namespace="ns", service="api", generation=1, ports=desired.ports, endpoints=desired.endpoints
+    )
+    after = LocalState("cluster.local")
+    assert after.adopt([in_bucket], now=100.0, ttl=10.0) == {"ns.api"}
+    adopted = after.desired("ns.api")
+    assert adopted is not None and adopted.ports == desired.ports and adopted.endpoints == desired.endpoints
+    # The workload's next heartbeat is no change.
+    assert after.register(reg("a", "127.0.0.1", service="api", service_port=8000), now=101.0) == set()
 
 
 VALID_REGISTRATION: dict[str, object] = {

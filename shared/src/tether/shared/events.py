@@ -208,7 +208,7 @@ class WorkloadRegistration(EventData, frozen=True, kw_only=True):
 
     The workload re-sends the same message as a heartbeat; the endpoint leaves the set ``ttl_seconds``
     after the last one, or at once when ``deregister`` is true. Registering into a service the registry
-    file does not declare declares it with a single unnamed port ``port``.
+    file does not declare declares it with a single unnamed port ``service_port`` (default ``port``).
     """
 
     event_type = "io.tether.registry.registration.v1"
@@ -224,6 +224,9 @@ class WorkloadRegistration(EventData, frozen=True, kw_only=True):
     )
     ttl_seconds: Annotated[float, Meta(gt=0.0, le=3600.0)] = 10.0
     deregister: bool = False
+    #: The service's port when the registration creates the service (the file does not declare it);
+    #: None: ``port``. (``tether run``: the application's port, while ``port`` is its proxy's.)
+    service_port: Port | None = None
 
     def __post_init__(self) -> None:
         check_ip_literal(self.address)

@@ -131,6 +131,16 @@ def component_argv(name: str, config: MeshConfig, paths: Paths) -> list[str]:
     raise ValueError(f"unknown component {name!r}")
 
 
+def mint_token_argv(paths: Paths, namespace: str, serviceaccount: str, ttl: int = TOKEN_TTL) -> list[str]:
+    """The command that prints a workload's identity token, signed with the mesh's token-signing key
+    (the control plane's components get theirs so, and ``tether run`` its application's)."""
+    return _python(
+        "tether.identity",
+        *("mint-token", "--namespace", namespace, "--serviceaccount", serviceaccount),
+        *("--key", str(paths.ca / "token-signing.key"), "--ttl", str(ttl)),
+    )
+
+
 def component_env() -> dict[str, str]:
     """The caller's environment without TETHER_* (the flags above are the whole configuration)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
@@ -189,8 +199,7 @@ class Supervisor:
                 return
         self.paths.tokens.mkdir(parents=True, exist_ok=True, mode=0o700)
         process = await asyncio.create_subprocess_exec(
-            *_python("tether.identity", "mint-token", "--namespace", "tether", "--serviceaccount", name),
-            *("--key", str(self.paths.ca / "token-signing.key"), "--ttl", str(TOKEN_TTL)),
+            *mint_token_argv(self.paths, "tether", name),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

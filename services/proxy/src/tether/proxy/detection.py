@@ -18,7 +18,7 @@ from typing import cast
 
 from tether.proxy.core.conninfo import ConnectionInfo
 from tether.proxy.core.detect import Protocol, detect_protocol
-from tether.proxy.tcp import TcpRelays
+from tether.proxy.tcp import ConnectTunnel, TcpRelays
 from tether.proxy.tlsconfig import ALPN_H2, ALPN_HTTP1, ALPN_TCP
 from tether.proxy.transport import DownstreamProtocol, ListenerContext
 
@@ -42,6 +42,7 @@ class Detector:
         opaque_ports: Collection[int],
         opaque_hint: OpaqueHint = lambda _info: False,
         opaque_lookup: OpaqueLookup | None = None,
+        tunnels: bool = False,
     ) -> None:
         self.context = context
         self.relays = relays
@@ -49,6 +50,8 @@ class Detector:
         self.opaque_ports = frozenset(opaque_ports)
         self.opaque_hint = opaque_hint
         self.opaque_lookup = opaque_lookup
+        #: HTTP/1.1 ``CONNECT`` is a tunnel request (the application's outbound proxy), not an exchange.
+        self.tunnels = tunnels
         #: Lookups of opaque hints under way (per-connection tasks, bounded by the detection timeout).
         self.lookups: set[asyncio.Task[None]] = set()
 
@@ -148,6 +151,14 @@ class DetectingProtocol(asyncio.Protocol):
             relay.connection_made(transport)
             if self._eof:
                 relay.eof_received()
+            return
+        if protocol is Protocol.HTTP1 and detector.tunnels and first.startswith(b"CONNECT "):
+            tunnel = ConnectTunnel(detector.relays, info)
+            transport.set_protocol(tunnel)
+            tunnel.connection_made(transport)
+            tunnel.data_received(first)
+            if self._eof:
+                tunnel.eof_received()
             return
         downstream = DownstreamProtocol(detector.context, protocol, info)
         transport.set_protocol(downstream)

@@ -244,6 +244,7 @@ class Proxy:
             opaque_ports=config.opaque_ports,
             opaque_hint=self.outbound_router.opaque_hint,
             opaque_lookup=self.outbound_router.opaque_lookup,
+            tunnels=True,
         )
         inbound_detector = Detector(
             inbound, self.inbound_relays, timeout=config.detect_timeout, opaque_ports=config.opaque_ports

@@ -361,6 +361,8 @@ class OutboundRouter(_BaseRouter):
         balances over its endpoints, a pod's is that endpoint, with mTLS where meshed), else that
         destination itself. A client that dialled the proxy directly has none: refused (no open relay)."""
         original = info.original_dst
+        if info.connect_authority is not None:
+            return await self._tunnel_target(info.connect_authority, original)
         if original is None:
             raise TcpRouteRefused("no_original_destination")
         discovery = self.discovery
@@ -375,6 +377,27 @@ class OutboundRouter(_BaseRouter):
                 load.started()
                 return TcpTarget(load.key, identity, _endpoint_labels(endpoint), load.finished)
         return TcpTarget(original)
+
+    async def _tunnel_target(self, authority: bytes, original: Address | None) -> TcpTarget:
+        """Where an HTTP ``CONNECT host:port`` goes: discovery by that name or address (mTLS where meshed),
+        else only the connection's own original destination, in plaintext. Nothing else (no open relay)."""
+        discovery = self.discovery
+        if discovery is not None:
+            try:
+                resolution = await discovery.wait_usable(authority, self.fail_fast_timeout)
+            except AuthorityLimitError:
+                raise TcpRouteRefused("connect_authority_unknown") from None
+            if resolution is not None and resolution.status is Status.KNOWN:
+                load = resolution.balancer.pick(self.clock())
+                if load is None:
+                    raise TcpRouteRefused("no_endpoints")
+                endpoint = resolution.endpoints.get(load.key)
+                identity = endpoint.tls_identity if endpoint is not None and self.mesh_tls else None
+                load.started()
+                return TcpTarget(load.key, identity, _endpoint_labels(endpoint), load.finished)
+        if original is not None and ip_authority(original) == authority:
+            return TcpTarget(original)
+        raise TcpRouteRefused("connect_authority_unknown")
 
     def opaque_hint(self, info: ConnectionInfo) -> bool | None:
         """Whether discovery says the connection's destination port is opaque (None: not known yet)."""

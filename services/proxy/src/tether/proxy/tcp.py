@@ -4,6 +4,10 @@ Both directions are relayed as they arrive, with back-pressure (a side whose wri
 the other side's reads), half-close (a FIN is passed on; mesh TLS connections are a
 :class:`~tether.proxy.tlsstream.TlsStream`, which sends close_notify for it) and an idle timeout (swept, like
 HTTP clients).
+An HTTP/1.1 ``CONNECT host:port`` the application sends its outbound proxy (``http_proxy``) is a tunnel
+request (:class:`ConnectTunnel`): routed like an opaque connection, by that authority, answered ``200
+Connection Established`` once the upstream is connected (an error status and the close when it is not),
+then relayed as bytes.
 Where a connection goes is its router's decision (:class:`TcpRoute`); the dial is the :class:`Dialer`'s,
 with mTLS to meshed endpoints.
 """
@@ -11,6 +15,8 @@ with mTLS to meshed endpoints.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -180,6 +186,8 @@ class TcpRelay(_Side):
         self._dial: asyncio.Task[None] | None = None
         self._target: TcpTarget | None = None
         self._upstream: _Side | None = None
+        #: An HTTP CONNECT tunnel: the client is answered with a status line before any relayed byte.
+        self.tunnel = info.connect_authority is not None
 
     def _upstream_side(self, tcp: TcpHandle) -> asyncio.Protocol:
         side = self._upstream = _Side(self, tcp)
@@ -237,20 +245,28 @@ class TcpRelay(_Side):
             upstream.tcp.wrote(len(pending))
         if self.eof and upstream.transport is not None and upstream.transport.can_write_eof():
             upstream.transport.write_eof()
+        if self.tunnel and not transport.is_closing():
+            transport.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         if not transport.is_closing():
             transport.resume_reading()
 
     def _fail(self, reason: str, error: str | None) -> None:
         self.relays.count_failure(reason)
+        authority = self.info.connect_authority
         log.info(
             "tcp_relay_failed",
             direction=self.relays.direction,
             reason=reason,
             original_dst=str(self.info.original_dst),
+            **({"authority": authority.decode("ascii", "replace")} if authority is not None else {}),
             **({"error": error} if error else {}),
         )
         if self.transport is not None:
-            self.transport.abort()
+            if self.tunnel:
+                self.transport.write(_refusal(_TUNNEL_STATUS.get(reason, (502, "Bad Gateway")), reason))
+                self.transport.close()
+            else:
+                self.transport.abort()
 
     def eof_received(self) -> bool | None:
         if self.peer is None:
@@ -278,3 +294,76 @@ class TcpRelay(_Side):
         for side in (self, self.peer):
             if side is not None and side.transport is not None:
                 side.transport.abort()
+
+
+#: A refused tunnel's answer, by the relay's failure reason (anything else: 502).
+_TUNNEL_STATUS = {
+    "connect_authority_unknown": (403, "Forbidden"),
+    "no_endpoints": (503, "Service Unavailable"),
+    "connect_timeout": (504, "Gateway Timeout"),
+    "bad_request": (400, "Bad Request"),
+}
+MAX_CONNECT_HEAD = 16 * 1024
+_CONNECT_LINE = re.compile(rb"CONNECT ([^\s/@]+:[0-9]{1,5}) HTTP/1\.[01]\r?\n")
+
+
+def _refusal(status: tuple[int, str], reason: str) -> bytes:
+    code, phrase = status
+    return (
+        f"HTTP/1.1 {code} {phrase}\r\ncontent-length: 0\r\nconnection: close\r\n"
+        f"l5d-proxy-error: {reason}\r\n\r\n"
+    ).encode()
+
+
+class ConnectTunnel(asyncio.Protocol):
+    """The application's ``CONNECT host:port HTTP/1.1`` (and its header fields, ignored): read to the end
+    of its head, then the connection becomes a :class:`TcpRelay` to that authority (bytes after the head
+    go first). A malformed or oversized head is answered 400 and closed."""
+
+    def __init__(self, relays: TcpRelays, info: ConnectionInfo) -> None:
+        self.relays = relays
+        self.info = info
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self._eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buffer) > MAX_CONNECT_HEAD:
+                self._bad()
+            return
+        head, rest = bytes(self.buffer[: end + 4]), bytes(self.buffer[end + 4 :])
+        self.buffer = bytearray()
+        match = _CONNECT_LINE.match(head)
+        if match is None or int(match.group(1).rsplit(b":", 1)[1]) > 65535:
+            self._bad()
+            return
+        info = dataclasses.replace(self.info, connect_authority=match.group(1).lower())
+        relay = self.relays.relay(info, rest)
+        transport.set_protocol(relay)
+        self.transport = None
+        relay.connection_made(transport)
+        if self._eof:
+            relay.eof_received()
+
+    def _bad(self) -> None:
+        self.relays.count_failure("bad_request")
+        if self.transport is not None:
+            self.transport.write(_refusal(_TUNNEL_STATUS["bad_request"], "bad_request"))
+            self.transport.close()
+            self.transport = None
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None

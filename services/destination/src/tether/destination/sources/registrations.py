@@ -29,6 +29,8 @@ class Registered:
     identity: str | None
     labels: dict[str, str]
     expires_at: float
+    #: The port of the service it creates, where the registry file does not declare it.
+    service_port: int
 
 
 def validate_registration(reg: WorkloadRegistration, trust_domain: str) -> None:
@@ -42,6 +44,8 @@ def validate_registration(reg: WorkloadRegistration, trust_domain: str) -> None:
         raise InvalidRegistration(f"address {reg.address!r} is not an IP address") from None
     if not 1 <= reg.port <= 65535:
         raise InvalidRegistration(f"port {reg.port} is not in 1..65535")
+    if reg.service_port is not None and not 1 <= reg.service_port <= 65535:
+        raise InvalidRegistration(f"service_port {reg.service_port} is not in 1..65535")
     if not 0 < reg.ttl_seconds <= 3600:
         raise InvalidRegistration("ttl_seconds must be in (0, 3600]")
     if reg.identity is not None:
@@ -89,7 +93,14 @@ class RegistrationTable:
             return key
         address = str(ipaddress.ip_address(reg.address))
         record = Registered(
-            key, reg.instance, address, reg.port, reg.identity, dict(reg.labels), now + reg.ttl_seconds
+            key,
+            reg.instance,
+            address,
+            reg.port,
+            reg.identity,
+            dict(reg.labels),
+            now + reg.ttl_seconds,
+            reg.service_port or reg.port,
         )
         instances[reg.instance] = record
         if previous is None:
@@ -124,14 +135,18 @@ class RegistrationTable:
                 if endpoint.instance in instances or not endpoint.ports or self._count >= self._max:
                     continue
                 self._count += 1
+                port = next(iter(endpoint.ports.values()))
+                # A service the registrations created has one unnamed port: that is its service port.
+                declared = [p.port for p in endpoint_set.ports if not p.name]
                 instances[endpoint.instance] = Registered(
                     endpoint_set.key,
                     endpoint.instance,
                     endpoint.address,
-                    next(iter(endpoint.ports.values())),
+                    port,
                     endpoint.identity,
                     dict(endpoint.labels),
                     now + ttl,
+                    declared[0] if len(endpoint_set.ports) == 1 and declared else port,
                 )
                 changed.add(endpoint_set.key)
         return changed
@@ -158,8 +173,14 @@ class RegistrationTable:
         records = self._by_key.get(key)
         if not records:
             return None
-        return min(records.values(), key=lambda r: r.instance).port
+        return min(records.values(), key=lambda r: r.instance).service_port
 
 
 def _same_endpoint(a: Registered, b: Registered) -> bool:
-    return (a.address, a.port, a.identity, a.labels) == (b.address, b.port, b.identity, b.labels)
+    return (a.address, a.port, a.identity, a.labels, a.service_port) == (
+        b.address,
+        b.port,
+        b.identity,
+        b.labels,
+        b.service_port,
+    )

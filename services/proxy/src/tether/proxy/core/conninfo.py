@@ -50,6 +50,9 @@ class ConnectionInfo:
     tls: TlsInfo | None = None
     #: Why there is no mesh TLS (see the constants above); "" when there is.
     no_tls_reason: str = NOT_PROVIDED_BY_REMOTE
+    #: The ``host:port`` of an HTTP ``CONNECT`` the application sent its outbound proxy (a tunnel request),
+    #: routed like an opaque connection to that authority; None for every other connection.
+    connect_authority: bytes | None = None
 
     @property
     def client_id(self) -> str | None:
