@@ -9,9 +9,10 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
 PROTO_ROOT := shared/src
 PROTOS := $(shell find $(PROTO_ROOT)/tether/shared/proto -name '*.proto' | sort)
 
-.PHONY: help sync test lint typecheck unit proto clean bench bench-proxy-tools
+.PHONY: help sync test demo lint typecheck unit proto clean bench bench-proxy-tools
 
 help:
+	@echo "make demo    - the local mesh with a demo application and its live golden metrics (tether demo)"
 	@echo "make test    - lint, typecheck and run every test (what CI runs)"
 	@echo "make proto   - regenerate the gRPC code from the .proto files"
 	@echo "make bench-<name> - run bench/<name>/run.py (identity, destination, proxy, telemetry); make bench runs all"
@@ -34,7 +35,7 @@ lint: sync
 # name (pytest runs with --import-mode=importlib). mypy resolves those imports only with the directory on MYPYPATH,
 # which also makes its conftest.py the top-level module `conftest`, colliding with the root conftest.py and with
 # each other; so each such directory gets its own mypy run.
-SIBLING_IMPORT_TEST_DIRS := tests/netns tests/proxy tests/telemetry services/proxy/tests
+SIBLING_IMPORT_TEST_DIRS := tests/netns tests/proxy tests/telemetry services/proxy/tests cli/tests
 # Every other directory holding tests (services/telemetry/tests may be empty, which mypy refuses).
 TEST_DIRS := $(filter-out $(addsuffix /,$(SIBLING_IMPORT_TEST_DIRS)), \
   $(sort $(dir $(wildcard shared/tests/*.py cli/tests/*.py services/*/tests/*.py tests/*/*.py))))
@@ -49,6 +50,9 @@ unit: sync
 	$(UV) run --no-sync pytest
 
 test: lint typecheck unit
+
+demo: sync
+	$(UV) run --no-sync tether demo $(DEMO_ARGS)
 
 proto: sync
 	$(UV) run --no-sync python -m grpc_tools.protoc -I $(PROTO_ROOT) \

@@ -21,6 +21,8 @@ SHORT_LIVED = {
     " component, awaited at its stop; one that dies of a bug is logged and stops the mesh",
     "cli/src/tether/cli/localmesh/run.py": "one `tether run`'s registration heartbeat, cancelled and awaited"
     " when the command exits",
+    "cli/src/tether/cli/demo/app.py": "the demo application's traffic generator: an application the mesh"
+    " carries (its calls and its stop signal), not a part of the mesh",
     "cli/src/tether/cli/commands.py": "`tether tap`'s event stream and its Ctrl-C, awaited before it returns",
     "services/public-api/src/tether/public_api/tap.py": "one tap stream's renewals, ended with its call",
     "services/proxy/src/tether/proxy/tcp.py": "one TCP relay's route and connect, bounded by a timeout",

@@ -14,11 +14,12 @@ from tether.shared.config import add_options, config_or_exit
 from tether.shared.errors import FatalError
 from tether.shared.failure import report
 
-COMMANDS = ("up", "down", "status", "run")
+COMMANDS = ("up", "down", "status", "run", "demo")
 _HELP = {
     "up": "start the local mesh (NATS and the control plane on 127.0.0.1) under a background supervisor",
     "down": "stop the local mesh: every process of it, every port of it",
     "status": "show what of the local mesh runs: component, pid, port, ready",
+    "demo": "run the demo: the local mesh, a meshed gRPC application and its live golden metrics",
     "run": "run an application in the local mesh with its own sidecar proxy: "
     "tether run --name NAME --port APP_PORT -- COMMAND...",
 }
@@ -46,6 +47,13 @@ def register(commands: Any) -> None:
                 "--port", dest="app_port", type=int, required=True, help="the port the application listens on"
             )
             parser.add_argument("command_argv", nargs=argparse.REMAINDER, metavar="-- COMMAND...")
+        if name == "demo":
+            parser.add_argument(
+                "--duration",
+                type=float,
+                default=None,
+                help="seconds to run, then stop (default: until Ctrl-C)",
+            )
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -55,6 +63,15 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     config = config_or_exit(_PARSERS.get(args.command, parser), MeshConfig, SERVICE, flags, os.environ)
     if args.command == "run":
         return _run(_PARSERS["run"], config, args)
+    if args.command == "demo":
+        from tether.cli.demo.command import demo
+
+        if args.duration is not None and not args.duration > 0:
+            _PARSERS["demo"].error(f"--duration {args.duration:g} is not above 0")
+        try:
+            return demo(config, args.duration)
+        except FatalError as exc:
+            return report("tether", exc)
     handler: Callable[[MeshConfig], int] = {
         "up": commands.up,
         "down": commands.down,

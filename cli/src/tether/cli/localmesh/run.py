@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -51,6 +52,7 @@ HEARTBEAT = 3.0
 PROXY_READY_TIMEOUT = 30.0
 PROXY_STOP_GRACE = 5.0
 TOKEN_TTL = 86_400
+REPORT_INTERVAL = 2.0  # an interactive mesh: `tether stat` follows traffic within seconds
 NO_PROXY = "localhost,127.0.0.1,::1"
 
 
@@ -119,8 +121,9 @@ def _mint(paths: Paths, options: RunOptions, token: Path) -> None:
 
 
 def proxy_argv(
-    paths: Paths, state: MeshState, options: RunOptions, ports: ProxyPorts, token: Path
+    paths: Paths, state: MeshState, options: RunOptions, ports: ProxyPorts, token: Path, pod: str = ""
 ) -> list[str]:
+    pod = pod or options.name
     return [
         *(sys.executable, "-m", "tether.proxy", "run"),
         *("--outbound-addr", f"{HOST}:{ports.outbound}", "--inbound-addr", f"{HOST}:{ports.inbound}"),
@@ -130,7 +133,10 @@ def proxy_argv(
         *("--identity-name", identity_name(options.name, options.namespace)),
         *("--identity-addr", f"{HOST}:{_port(state, IDENTITY)}"),
         *("--identity-trust-anchors", str(paths.ca / "ca.crt"), "--identity-token-file", str(token)),
-        *("--log-format", "json"),
+        *("--log-format", "json", "--report-interval", str(REPORT_INTERVAL)),
+        # The workload as telemetry sees it: its pod (this instance) and deployment (its name).
+        *("--pod-namespace", options.namespace, "--pod-name", pod),
+        *("--workload-labels", f"deployment={options.name}"),
     ]
 
 
@@ -157,7 +163,8 @@ class Runner:
         self.paths = paths
         self.state = state
         self.options = options
-        self.instance = f"{options.name}-{socket.gethostname()}-{os.getpid()}"
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())
+        self.instance = f"{options.name}-{host}-{os.getpid()}"
         self.identity = identity_name(options.name, options.namespace)
         self.token = paths.tokens / f"run-{options.namespace}-{options.name}-{os.getpid()}.token"
         self.log = paths.logs / f"run-{options.namespace}-{options.name}-{os.getpid()}.log"
@@ -191,7 +198,7 @@ class Runner:
         try:
             outbound, inbound, admin = pick_ports(self.state)
             self.ports = ProxyPorts(outbound, inbound, admin)
-            argv = proxy_argv(self.paths, self.state, self.options, self.ports, self.token)
+            argv = proxy_argv(self.paths, self.state, self.options, self.ports, self.token, self.instance)
             with open(self.log, "ab") as logfile:  # noqa: ASYNC230 (a local file)
                 self.proxy = await asyncio.create_subprocess_exec(
                     *argv,

@@ -91,6 +91,9 @@ def _python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
+ROLLUP_INTERVAL = 2.0
+
+
 def component_argv(name: str, config: MeshConfig, paths: Paths) -> list[str]:
     ports = config.ports()
     port, admin = ports[name]
@@ -125,7 +128,8 @@ def component_argv(name: str, config: MeshConfig, paths: Paths) -> list[str]:
             *workload,
         )
     if name == TELEMETRY:
-        return _python("tether.telemetry", *common, *workload)
+        # An interactive mesh: rollups every 2 s, so `tether stat` shows traffic seconds after it starts.
+        return _python("tether.telemetry", *common, *workload, "--rollup-interval", str(ROLLUP_INTERVAL))
     if name == PUBLIC_API:
         return _python("tether.public_api", *common)
     raise ValueError(f"unknown component {name!r}")

@@ -59,17 +59,33 @@ class Detector:
         """The protocol for a new connection; ``known`` skips detection."""
         return DetectingProtocol(self, known)
 
+    def inside_tunnel(self, info: ConnectionInfo, first: bytes) -> DetectingProtocol:
+        """For what an answered CONNECT tunnel carries: detected like a new connection, described by the
+        tunnel (its authority); an opaque stream is relayed to that authority."""
+        detecting = DetectingProtocol(self, None, info=info, tunnelled=True)
+        detecting.buffer += first
+        return detecting
+
     def count(self, protocol: Protocol) -> None:
         detected = self.context.detected
         detected[protocol.value] = detected.get(protocol.value, 0) + 1
 
 
 class DetectingProtocol(asyncio.Protocol):
-    def __init__(self, detector: Detector, known: Protocol | None) -> None:
+    def __init__(
+        self,
+        detector: Detector,
+        known: Protocol | None,
+        *,
+        info: ConnectionInfo | None = None,
+        tunnelled: bool = False,
+    ) -> None:
         self.detector = detector
         self.known = known
         self.transport: asyncio.Transport | None = None
-        self.info: ConnectionInfo | None = None
+        self.info: ConnectionInfo | None = info
+        #: Inside an answered CONNECT tunnel: no second CONNECT, no second status line.
+        self._tunnelled = tunnelled
         self.buffer = bytearray()
         self._timer: asyncio.TimerHandle | None = None
         self._eof = False
@@ -78,6 +94,15 @@ class DetectingProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         detector = self.detector
+        if self._tunnelled and self.info is not None:
+            # Inside a tunnel: the first bytes may be here already; its port is the tunnel's authority's.
+            info = self.info
+            verdict = detect_protocol(bytes(self.buffer)) if self.buffer else None
+            if verdict is not None:
+                self._hand_over(verdict)
+            else:
+                self._timer = asyncio.get_running_loop().call_later(detector.timeout, self._timed_out)
+            return
         info = self.info = detector.context.describe(transport)
         known = self.known
         ssl_object = transport.get_extra_info("ssl_object")
@@ -146,14 +171,19 @@ class DetectingProtocol(asyncio.Protocol):
         first = bytes(self.buffer)
         self.buffer = bytearray()
         if protocol is Protocol.OPAQUE:
-            relay = detector.relays.relay(info, first)
+            relay = detector.relays.relay(info, first, answered=self._tunnelled)
             transport.set_protocol(relay)
             relay.connection_made(transport)
             if self._eof:
                 relay.eof_received()
             return
-        if protocol is Protocol.HTTP1 and detector.tunnels and first.startswith(b"CONNECT "):
-            tunnel = ConnectTunnel(detector.relays, info)
+        if (
+            protocol is Protocol.HTTP1
+            and detector.tunnels
+            and not self._tunnelled
+            and first.startswith(b"CONNECT ")
+        ):
+            tunnel = ConnectTunnel(detector.relays, info, detector.inside_tunnel)
             transport.set_protocol(tunnel)
             tunnel.connection_made(transport)
             tunnel.data_received(first)

@@ -272,6 +272,10 @@ class OutboundRouter(_BaseRouter):
 
     def route(self, exchange: Exchange) -> None:
         now = exchange.started_at
+        tunnel = _info(exchange).connect_authority
+        if tunnel is not None:
+            # HTTP inside a CONNECT tunnel goes where the tunnel was opened to, whatever its Host says.
+            exchange.authority = tunnel
         discovery = self.discovery
         status = Status.NOT_IN_MESH
         if discovery is not None and exchange.authority:

@@ -95,10 +95,14 @@ class TcpRelays:
         self.failed: dict[str, int] = {}
         self.idle_closed = 0
 
-    def relay(self, info: ConnectionInfo, first_bytes: bytes = b"") -> TcpRelay:
+    def relay(self, info: ConnectionInfo, first_bytes: bytes = b"", *, answered: bool = False) -> TcpRelay:
         """The protocol for an accepted transport (``transport.set_protocol`` it, then call
-        ``connection_made``); ``first_bytes`` were read already (detection) and go first."""
-        return TcpRelay(self, info, first_bytes)
+        ``connection_made``); ``first_bytes`` were read already (detection) and go first. ``answered``: a
+        CONNECT tunnel's client was answered already (the relay sends no status line)."""
+        relay = TcpRelay(self, info, first_bytes)
+        if answered:
+            relay.tunnel = False
+        return relay
 
     def count_failure(self, reason: str) -> None:
         self.failed[reason] = self.failed.get(reason, 0) + 1
@@ -315,14 +319,25 @@ def _refusal(status: tuple[int, str], reason: str) -> bytes:
     ).encode()
 
 
+#: What a CONNECT tunnel becomes once answered: the protocol for the tunnel's bytes (detection, so that
+#: HTTP inside a tunnel — grpcio's grpc_proxy — is routed and measured as HTTP), given its first bytes.
+TunnelHandover = Callable[[ConnectionInfo, bytes], asyncio.Protocol]
+
+
 class ConnectTunnel(asyncio.Protocol):
     """The application's ``CONNECT host:port HTTP/1.1`` (and its header fields, ignored): read to the end
     of its head, then the connection becomes a :class:`TcpRelay` to that authority (bytes after the head
-    go first). A malformed or oversized head is answered 400 and closed."""
+    go first). A malformed or oversized head is answered 400 and closed. With a ``handover``, the authority
+    is checked first (refused as the relay would refuse it), the client answered 200, and what it sends
+    through the tunnel is detected: HTTP is routed as HTTP, anything else relayed."""
 
-    def __init__(self, relays: TcpRelays, info: ConnectionInfo) -> None:
+    def __init__(
+        self, relays: TcpRelays, info: ConnectionInfo, handover: TunnelHandover | None = None
+    ) -> None:
         self.relays = relays
         self.info = info
+        self._handover = handover
+        self._checking: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self._eof = False
@@ -347,12 +362,49 @@ class ConnectTunnel(asyncio.Protocol):
             self._bad()
             return
         info = dataclasses.replace(self.info, connect_authority=match.group(1).lower())
+        if self._handover is not None:
+            transport.pause_reading()
+            self._checking = asyncio.get_running_loop().create_task(self._check_then_hand_over(info, rest))
+            return
         relay = self.relays.relay(info, rest)
         transport.set_protocol(relay)
         self.transport = None
         relay.connection_made(transport)
         if self._eof:
             relay.eof_received()
+
+    async def _check_then_hand_over(self, info: ConnectionInfo, rest: bytes) -> None:
+        relays = self.relays
+        try:
+            async with asyncio.timeout(relays.connect_timeout * 3):
+                target = await relays.route.tcp_target(info)
+        except TcpRouteRefused as exc:
+            self._refuse(exc.reason)
+            return
+        except TimeoutError:
+            self._refuse("connect_timeout")
+            return
+        if target.finished is not None:
+            target.finished()  # (only a check: the tunnel's own connections pick again)
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._handover is None:
+            return
+        transport.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        protocol = self._handover(info, rest)
+        transport.set_protocol(protocol)
+        self.transport = None
+        protocol.connection_made(transport)
+        transport.resume_reading()
+        if self._eof:
+            protocol.eof_received()
+
+    def _refuse(self, reason: str) -> None:
+        self.relays.count_failure(reason)
+        status = _TUNNEL_STATUS.get(reason, (502, "Bad Gateway"))
+        if self.transport is not None:
+            self.transport.write(_refusal(status, reason))
+            self.transport.close()
+            self.transport = None
 
     def _bad(self) -> None:
         self.relays.count_failure("bad_request")
@@ -367,3 +419,5 @@ class ConnectTunnel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._checking is not None:
+            self._checking.cancel()
