@@ -28,20 +28,17 @@ from tether.destination.config import DestinationConfig
 from tether.destination.service import DestinationService
 from tether.public_api.config import PublicApiConfig
 from tether.public_api.service import PublicApiService
+from tether.public_api.testing import API_ID, WEB_ID, inbound, outbound_to_web, rollup
 from tether.shared import subjects
 from tether.shared.bus import Bus
 from tether.shared.config import config_from
 from tether.shared.events import (
-    RollupResponse,
-    RollupScope,
-    SequenceRange,
     TapAddress,
     TapEvent,
     TapRequest,
     TapRequestInit,
     TapResponseEnd,
     TapResponseInit,
-    TelemetryRollup,
 )
 from tether.shared.natsserver import EmbeddedNats
 from tether.shared.runtime import Runtime
@@ -51,8 +48,6 @@ from tether.telemetry.service import TelemetryService
 
 TETHER = f"{sys.prefix}/bin/tether"
 GOLDEN = Path(__file__).parent / "golden"
-WEB_ID = "web.shop.serviceaccount.identity.cluster.local"
-API_ID = "api.shop.serviceaccount.identity.cluster.local"
 
 
 @dataclass
@@ -104,81 +99,6 @@ def golden(name: str, text: str, instances: tuple[str, ...] = (), *, collapse: b
         GOLDEN.mkdir(exist_ok=True)
         path.write_text(masked)
     assert masked == path.read_text(), f"{name} differs from its golden file:\n{masked}"
-
-
-def buckets(**counts: int) -> tuple[int, ...]:
-    out = [0] * 26
-    for index, count in counts.items():
-        out[int(index[1:])] = count
-    return tuple(out)
-
-
-def rollup(replica: str, name: str, pod: str, identity: str, scopes: list[RollupScope]) -> TelemetryRollup:
-    now = time.time()
-    return TelemetryRollup(
-        replica=replica,
-        namespace="shop",
-        kind="deployment",
-        name=name,
-        interval_start=datetime.fromtimestamp(now - 10, UTC),
-        interval_end=datetime.fromtimestamp(now, UTC),
-        scopes=tuple(scopes),
-        ranges=(SequenceRange(identity=identity, pod=pod, first=1, last=1, instance="i1"),),
-    )
-
-
-def inbound(ok: int, failed: int, *, tls: bool = True) -> RollupScope:
-    return RollupScope(
-        direction="inbound",
-        labels={"authority": "web.shop:80", "tls": "true" if tls else "false", "client_id": API_ID},
-        requests=ok + failed,
-        responses=(
-            RollupResponse(
-                status_code=200,
-                grpc_status=0,
-                success=True,
-                count=ok,
-                latency_buckets=buckets(b2=ok),
-                latency_sum_ms=3.0 * ok,
-            ),
-            RollupResponse(
-                status_code=200,
-                grpc_status=14,
-                success=False,
-                count=failed,
-                latency_buckets=buckets(b11=failed),
-                latency_sum_ms=150.0 * failed,
-            ),
-        ),
-        tcp_opened=3,
-        tcp_closed=1,
-    )
-
-
-def outbound_to_web(requests: int) -> RollupScope:
-    return RollupScope(
-        direction="outbound",
-        labels={
-            "authority": "web.shop:80",
-            "tls": "true",
-            "dst_namespace": "shop",
-            "dst_service": "web",
-            "dst_kind": "deployment",
-            "dst_name": "web",
-            "server_id": WEB_ID,
-        },
-        requests=requests,
-        responses=(
-            RollupResponse(
-                status_code=200,
-                grpc_status=0,
-                success=True,
-                count=requests,
-                latency_buckets=buckets(b3=requests),
-                latency_sum_ms=4.0 * requests,
-            ),
-        ),
-    )
 
 
 @dataclass

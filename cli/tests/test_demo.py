@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-from test_localmesh import _listening, free_base
+from mesh_harness import TETHER, free_base, listening
 
-TETHER = str(Path(sys.executable).with_name("tether"))
 ROW = re.compile(r"^(\S+)\s+(\d+/\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
 
 
@@ -41,4 +39,4 @@ def test_the_demo_shows_real_golden_metrics_and_leaves_nothing_running(tmp_path:
     # Torn down: no mesh runs, none of its ports listens.
     status = subprocess.run([TETHER, "status", "--state-dir", str(state)], capture_output=True, text=True)
     assert status.returncode == 3, status.stdout + status.stderr
-    assert not [port for port in range(base, base + 100) if _listening(port)]
+    assert not [port for port in range(base, base + 100) if listening(port)]

@@ -10,54 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mesh_harness import alive, free_base, listening, mesh_pids, tether
 
-TETHER = f"{sys.prefix}/bin/tether"
 COMPONENTS = ["nats", "identity", "destination", "telemetry", "public-api"]
 OFFSETS = {"nats": (0,), "identity": (10, 11), "destination": (20, 21), "telemetry": (30, 31)}
 OFFSETS["public-api"] = (40, 41)
 DEADLINE = 20.0
-
-
-def tether(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
-    return subprocess.run([TETHER, *args], capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def free_base() -> int:
-    """A base of 100 ports below the ephemeral range, with every port of the mesh free."""
-    while True:
-        base = random.randrange(20000, 30000, 100)
-        if all(_bindable(base + o) for offsets in OFFSETS.values() for o in offsets):
-            return base
 
 
 def eventually(check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
@@ -68,27 +34,6 @@ def eventually(check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
             return result
         assert time.monotonic() < deadline, f"not within {timeout}s: {check}"
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _mesh_pids(state_dir: Path) -> list[int]:
-    """Every process whose command line names the state directory."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if str(state_dir).encode() in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 class Mesh:
@@ -119,7 +64,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         yield running
     finally:
         tether("down", *running.flags)
-        for pid in _mesh_pids(running.state_dir):
+        for pid in mesh_pids(running.state_dir):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -136,7 +81,7 @@ def test_up_starts_every_component_ready(mesh: Mesh) -> None:
     assert files >= {f"{name}.log" for name in [*COMPONENTS, "supervisor"]}
     assert (mesh.state_dir / "ca" / "ca.crt").exists() and (mesh.state_dir / "registry.yaml").exists()
     state = json.loads((mesh.state_dir / "mesh.json").read_text())
-    assert _alive(state["supervisor_pid"])
+    assert alive(state["supervisor_pid"])
     assert {c["name"]: c["port"] for c in state["components"]}["public-api"] == mesh.base + 40
 
 
@@ -189,11 +134,11 @@ def test_each_component_killed_is_restarted(mesh: Mesh) -> None:
 
 
 def test_down_leaves_nothing(mesh: Mesh) -> None:
-    assert _mesh_pids(mesh.state_dir)
+    assert mesh_pids(mesh.state_dir)
     result = tether("down", *mesh.flags)
     assert result.returncode == 0, result.stderr
-    assert _mesh_pids(mesh.state_dir) == []
-    assert [port for port in mesh.ports() if _listening(port)] == []
+    assert mesh_pids(mesh.state_dir) == []
+    assert [port for port in mesh.ports() if listening(port)] == []
     status = tether("status", *mesh.flags)
     assert status.returncode == 3 and "no local mesh runs" in status.stderr
     assert mesh.status()["running"] is False
@@ -213,8 +158,8 @@ def test_taken_port_starts_nothing(tmp_path: Path) -> None:
             "started; stop what listens there, or move the mesh's range with --port-base / "
             "TETHER_MESH_PORT_BASE"
         )
-        assert _mesh_pids(state_dir) == []
-        assert [p for p in range(base, base + 100) if p != base + 30 and _listening(p)] == []
+        assert mesh_pids(state_dir) == []
+        assert [p for p in range(base, base + 100) if p != base + 30 and listening(p)] == []
         assert not (state_dir / "mesh.json").exists()
 
 

@@ -5,7 +5,6 @@ unmodified HTTP server (Python's http.server) meshed as service ``web`` and an u
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import socket
@@ -17,57 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mesh_harness import TETHER, clean_env, free_base, listening, mesh_pids, tether
 
-TETHER = f"{sys.prefix}/bin/tether"
 PROXY_LINE = re.compile(r"inbound 127\.0\.0\.1:(\d+) admin 127\.0\.0\.1:(\d+)")
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
-
-
-def tether(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TETHER, *args], capture_output=True, text=True, timeout=timeout, env=_env())
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def free_base() -> int:
-    """A base of 100 ports below the ephemeral range, every one of them free."""
-    while True:
-        base = random.randrange(20000, 30000, 100)
-        if all(_bindable(base + offset) for offset in range(100)):
-            return base
-
-
-def _mesh_pids(state_dir: Path) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if str(state_dir).encode() in (entry / "cmdline").read_bytes():
-                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                    if stat not in ("Z", "X"):
-                        found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 class Mesh:
@@ -92,7 +43,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         yield running
     finally:
         tether("down", *running.flags)
-        for pid in _mesh_pids(running.state_dir):
+        for pid in mesh_pids(running.state_dir):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -131,7 +82,7 @@ def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=_env(),
+        env=clean_env(),
     )
     try:
         assert server.stderr is not None
@@ -152,7 +103,7 @@ def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: 
                 capture_output=True,
                 text=True,
                 timeout=60,
-                env=_env(),
+                env=clean_env(),
             )
             if client.returncode == 0 or time.monotonic() > deadline:
                 break
@@ -174,7 +125,7 @@ def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: 
         server.send_signal(signal.SIGTERM)  # forwarded to the server; run exits with its code
         code = server.wait(30)
     assert code == 128 + signal.SIGTERM or code == 0, code
-    assert not _listening(inbound) and not _listening(admin)  # the proxy stopped with it
+    assert not listening(inbound) and not listening(admin)  # the proxy stopped with it
     # A command that fails: run exits with its code.
     failed = tether(
         "run", "--state-dir", str(mesh.state_dir), "--name", "job", "--port", "1", "--", "sh", "-c", "exit 7"

@@ -20,105 +20,22 @@ from tether.destination.config import DestinationConfig
 from tether.destination.service import DestinationService
 from tether.public_api.config import PublicApiConfig
 from tether.public_api.service import PublicApiService
+from tether.public_api.testing import API_ID, WEB_ID, inbound, outbound_to_web, rollup
 from tether.shared import subjects
 from tether.shared.bus import Bus
 from tether.shared.config import config_from
 from tether.shared.events import (
-    RollupResponse,
-    RollupScope,
-    SequenceRange,
     TapAddress,
     TapEvent,
     TapRequest,
     TapRequestInit,
     TapResponseEnd,
-    TelemetryRollup,
 )
 from tether.shared.natsserver import EmbeddedNats
 from tether.shared.proto.public.v1 import public_pb2 as pb
 from tether.shared.proto.public.v1 import public_pb2_grpc
 from tether.shared.runtime import Runtime
 from tether.shared.testing import eventually
-
-WEB_ID = "web.shop.serviceaccount.identity.cluster.local"
-API_ID = "api.shop.serviceaccount.identity.cluster.local"
-
-
-def buckets(**counts: int) -> tuple[int, ...]:
-    out = [0] * 26
-    for index, count in counts.items():
-        out[int(index[1:])] = count
-    return tuple(out)
-
-
-def rollup(
-    replica: str, name: str, pod: str, identity: str, first: int, scopes: list[RollupScope]
-) -> TelemetryRollup:
-    now = time.time()
-    return TelemetryRollup(
-        replica=replica,
-        namespace="shop",
-        kind="deployment",
-        name=name,
-        interval_start=datetime.fromtimestamp(now - 10, UTC),
-        interval_end=datetime.fromtimestamp(now, UTC),
-        scopes=tuple(scopes),
-        ranges=(SequenceRange(identity=identity, pod=pod, first=first, last=first, instance="i1"),),
-    )
-
-
-def inbound(ok: int, failed: int, *, tls: bool = True) -> RollupScope:
-    return RollupScope(
-        direction="inbound",
-        labels={"authority": "web.shop:80", "tls": "true" if tls else "false", "client_id": API_ID},
-        requests=ok + failed,
-        responses=(
-            RollupResponse(
-                status_code=200,
-                grpc_status=0,
-                success=True,
-                count=ok,
-                latency_buckets=buckets(b2=ok),
-                latency_sum_ms=3.0 * ok,
-            ),
-            RollupResponse(
-                status_code=200,
-                grpc_status=14,
-                success=False,
-                count=failed,
-                latency_buckets=buckets(b11=failed),
-                latency_sum_ms=150.0 * failed,
-            ),
-        ),
-        tcp_opened=3,
-        tcp_closed=1,
-    )
-
-
-def outbound_to_web(requests: int) -> RollupScope:
-    return RollupScope(
-        direction="outbound",
-        labels={
-            "authority": "web.shop:80",
-            "tls": "true",
-            "dst_namespace": "shop",
-            "dst_service": "web",
-            "dst_kind": "deployment",
-            "dst_name": "web",
-            "server_id": WEB_ID,
-        },
-        requests=requests,
-        responses=(
-            RollupResponse(
-                status_code=200,
-                grpc_status=0,
-                success=True,
-                count=requests,
-                latency_buckets=buckets(b3=requests),
-                latency_sum_ms=4.0 * requests,
-            ),
-        ),
-    )
 
 
 @dataclass
@@ -167,7 +84,7 @@ async def api(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Api]:
     # Before the API starts: it must read these from the stream's start.
     await bus.publish_stored(
         subjects.rollup("shop", "deployment", "web"),
-        rollup("t1", "web", "web-1", WEB_ID, 1, [inbound(90, 10)]),
+        rollup("t1", "web", "web-1", WEB_ID, [inbound(90, 10)]),
     )
     service = PublicApiService(
         config_from(
@@ -200,15 +117,15 @@ async def test_every_method(api: Api) -> None:
     # Live: the same report range again from a second replica (counted once), and new ranges.
     await bus.publish_stored(
         subjects.rollup("shop", "deployment", "web"),
-        rollup("t2", "web", "web-1", WEB_ID, 1, [inbound(90, 10)]),
+        rollup("t2", "web", "web-1", WEB_ID, [inbound(90, 10)]),
     )
     await bus.publish_stored(
         subjects.rollup("shop", "deployment", "web"),
-        rollup("t2", "web", "web-2", WEB_ID, 1, [inbound(10, 0, tls=False)]),
+        rollup("t2", "web", "web-2", WEB_ID, [inbound(10, 0, tls=False)]),
     )
     await bus.publish_stored(
         subjects.rollup("shop", "deployment", "api"),
-        rollup("t1", "api", "api-1", API_ID, 1, [outbound_to_web(50)]),
+        rollup("t1", "api", "api-1", API_ID, [outbound_to_web(50)]),
     )
     minute = Duration(seconds=60)
 
