@@ -33,11 +33,16 @@ STOP_GRACE = 10.0
 _RUN_LINE = re.compile(r"admin 127\.0\.0\.1:(\d+) -> app port (\d+)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _free_port(mesh_ports: range) -> int:
+    """A free port for a demo application, outside the mesh's own range: ``tether run`` takes its
+    sidecars' ports from there, and an application that has not bound its port yet would look free to it
+    (a new user's first ``make demo`` saw the web service lose its port to a sidecar's admin listener)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port: int = sock.getsockname()[1]
+        if port not in mesh_ports:
+            return port
 
 
 def authority(name: str, port: int) -> str:
@@ -55,8 +60,8 @@ class Service:
     extra: list[str] = field(default_factory=list)
 
 
-def services(paths: Paths) -> list[Service]:
-    ports = {name: _free_port() for name in ("emoji", "voting", "web")}
+def services(paths: Paths, mesh_ports: range) -> list[Service]:
+    ports = {name: _free_port(mesh_ports) for name in ("emoji", "voting", "web")}
     app = [sys.executable, "-m", "tether.cli.demo.app"]
     specs = [
         ("emoji", ports["emoji"], [*app, "emoji", "--port", str(ports["emoji"])]),
@@ -205,7 +210,7 @@ def demo(config: MeshConfig, duration: float | None) -> int:
             f"starting the demo application in namespace {NAMESPACE} (logs {paths.logs}/demo-*.log):",
             flush=True,
         )
-        for service in services(paths):
+        for service in services(paths, range(state.port_base, state.port_base + 100)):
             _start(paths, service)
             started.append(service)
         for service in started:
