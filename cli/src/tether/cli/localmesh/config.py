@@ -1,17 +1,19 @@
 """The local mesh's configuration, its port layout and the files of its state directory.
 
-Every listener is on 127.0.0.1, at a fixed offset from ``--port-base`` (47000 by default), so the mesh keeps
-to a range of its own, away from the ports applications use (identity's usual 8080 above all):
+Every listener is on 127.0.0.1, at a fixed offset from ``--port-base`` (4700 by default), so the mesh keeps
+to a range of its own, away from the ports applications use (identity's usual 8080 above all) and below
+Linux's ephemeral range (32768–60999), where an outgoing connection's local port would make a listener's
+bind fail now and then:
 
 =======  =====================  ==============
 offset   default port           what
 =======  =====================  ==============
-+0       47000                  NATS (clients)
-+10/+11  47010 / 47011          identity gRPC (TLS) / admin
-+20/+21  47020 / 47021          destination gRPC / admin
-+30/+31  47030 / 47031          telemetry gRPC / admin
-+40/+41  47040 / 47041          public-api gRPC / admin
-+50..99  47050 - 47099          reserved for the mesh (application proxies)
++0       4700                   NATS (clients)
++10/+11  4710 / 4711            identity gRPC (TLS) / admin
++20/+21  4720 / 4721            destination gRPC / admin
++30/+31  4730 / 4731            telemetry gRPC / admin
++40/+41  4740 / 4741            public-api gRPC / admin
++50..99  4750 - 4799            reserved for the mesh (application proxies)
 =======  =====================  ==============
 """
 
@@ -50,7 +52,7 @@ class MeshConfig(LoggingConfig, frozen=True, kw_only=True):
         Meta(
             ge=1024, le=65536 - RANGE, description="first port of the mesh's range of 100 ports on 127.0.0.1"
         ),
-    ] = 47000
+    ] = 4700
     ready_timeout: Annotated[
         float, Meta(gt=0, le=600, description="seconds `tether up` waits for every component to be ready")
     ] = 60.0
