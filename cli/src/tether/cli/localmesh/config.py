@@ -2,7 +2,7 @@
 
 Every listener is on 127.0.0.1, at a fixed offset from ``--port-base`` (4700 by default), so the mesh keeps
 to a range of its own, away from the ports applications use (identity's usual 8080 above all) and below
-Linux's ephemeral range (32768–60999), where an outgoing connection's local port would make a listener's
+Linux's ephemeral range (32768-60999), where an outgoing connection's local port would make a listener's
 bind fail now and then:
 
 =======  =====================  ==============
