@@ -9,7 +9,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(TOOLS)/bin/uv)
 PROTO_ROOT := shared/src
 PROTOS := $(shell find $(PROTO_ROOT)/tether/shared/proto -name '*.proto' | sort)
 
-.PHONY: help sync test demo lint typecheck unit proto clean bench bench-proxy-tools
+.PHONY: help sync checkov-env test demo lint typecheck unit proto clean bench bench-proxy-tools
 
 help:
 	@echo "make demo    - the local mesh with a demo application and its live golden metrics (tether demo)"
@@ -26,6 +26,14 @@ $(TOOLS)/bin/uv:
 	@touch $@
 
 sync: .venv/.synced
+
+# checkov pins packaging<24, which the workspace's pytest cannot share: it gets its own locked environment.
+CHECKOV_ENV := tools/checkov/.venv/.synced
+$(CHECKOV_ENV): $(UV) tools/checkov/uv.lock tools/checkov/pyproject.toml
+	$(UV) sync --locked --project tools/checkov
+	@touch $@
+
+checkov-env: $(CHECKOV_ENV)
 
 lint: sync
 	$(UV) run --no-sync ruff check .
@@ -46,7 +54,7 @@ typecheck: sync
 	MYPYPATH=tests/netns $(UV) run --no-sync mypy conftest.py $(TEST_DIRS) bench
 	set -e; for dir in $(SIBLING_IMPORT_TEST_DIRS); do MYPYPATH=$$dir $(UV) run --no-sync mypy $$dir; done
 
-unit: sync
+unit: sync checkov-env
 	$(UV) run --no-sync pytest
 
 test: lint typecheck unit
