@@ -1,41 +1,149 @@
 """``tether demo`` as a user runs it (a subprocess): the local mesh, the demo application under ``tether
 run`` (unmodified grpcio services reaching each other through their sidecars by grpc_proxy), live stats from
-the real public API — then everything torn down. Real processes throughout."""
+the real public API — then everything torn down. Real processes throughout.
+
+While it runs, the test reads what a user would: ``tether stat -o json`` against the demo's mesh, and each
+inbound proxy's ``/metrics`` (requests over mTLS from the expected client identity)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import threading
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from mesh_harness import TETHER, free_base, listening
 
 ROW = re.compile(r"^(\S+)\s+(\d+/\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
+ADMIN_LINE = re.compile(r"^\s+(\S+)\s+.*proxy admin 127\.0\.0\.1:(\d+)")
+DURATION = 25
+
+
+def identity(name: str) -> str:
+    return f"{name}.demo.serviceaccount.identity.cluster.local"
+
+
+# Who calls whom in the demo: each server's inbound proxy sees its caller's identity.
+CALLERS = {"web": identity("vote-bot"), "emoji": identity("web"), "voting": identity("web")}
+
+
+class Output:
+    """The demo's stdout, read as it comes (a thread: the demo must never block on a full pipe)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def admin_ports(self) -> dict[str, int]:
+        return {m.group(1): int(m.group(2)) for line in self.lines if (m := ADMIN_LINE.match(line))}
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+
+def inbound_mtls_requests(admin: int, client_id: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if (
+            line.startswith("request_total{")
+            and 'direction="inbound"' in line
+            and 'tls="true"' in line
+            and f'client_id="{client_id}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def stat_json(state: Path) -> dict[str, dict[str, Any]]:
+    done = subprocess.run(
+        [TETHER, "stat", "deploy", "-n", "demo", "-o", "json", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if done.returncode != 0:
+        return {}
+    return {row["name"]: row for row in json.loads(done.stdout)}
+
+
+def stats_complete(rows: dict[str, dict[str, Any]]) -> bool:
+    return all(
+        name in rows and rows[name]["requests"] > 0 and rows[name]["latency_ms_p50"] is not None
+        for name in CALLERS
+    ) and (rows["voting"]["failure"] > 0)
 
 
 def test_the_demo_shows_real_golden_metrics_and_leaves_nothing_running(tmp_path: Path) -> None:
     base = free_base()
     state = tmp_path / "state"
-    done = subprocess.run(
-        [TETHER, "demo", "--duration", "20", "--state-dir", str(state), "--port-base", str(base)],
-        capture_output=True,
+    demo = subprocess.Popen(
+        [TETHER, "demo", "--duration", str(DURATION), "--state-dir", str(state), "--port-base", str(base)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    # The last table printed (not a terminal: one plain table per refresh).
-    tables = done.stdout.split("NAME ")
-    rows = {}
+    output = Output(demo)
+    try:
+        deadline = time.monotonic() + 90
+        while "traffic:" not in output.text():
+            assert demo.poll() is None, output.text()[-2000:]
+            assert time.monotonic() < deadline, output.text()[-2000:]
+            time.sleep(0.2)
+        admins = output.admin_ports()
+        assert set(CALLERS) <= set(admins), admins
+
+        # From the mesh, while the demo runs: the public API's numbers and the inbound proxies' metrics.
+        rows: dict[str, dict[str, Any]] = {}
+        secured: dict[str, float] = {}
+        while not (stats_complete(rows) and all(secured.get(n, 0) > 0 for n in CALLERS)):
+            assert demo.poll() is None, f"the demo ended first: {rows} {secured}\n{output.text()[-2000:]}"
+            rows = stat_json(state)
+            secured = {n: inbound_mtls_requests(admins[n], CALLERS[n]) for n in CALLERS}
+            time.sleep(1)
+        for name in CALLERS:
+            assert rows[name]["meshed"] == 1 and rows[name]["total"] == 1, rows[name]
+            assert rows[name]["rps"] > 0 and rows[name]["latency_ms_p99"] >= rows[name]["latency_ms_p50"]
+            assert rows[name]["tls_share"] == 1.0, rows[name]  # every request between them is mTLS
+        assert rows["voting"]["success_rate"] < 1.0  # one of its methods always fails
+        assert rows["emoji"]["success_rate"] == 1.0
+        # emoji is the slow backend: slower than voting at the median.
+        assert rows["emoji"]["latency_ms_p50"] > rows["voting"]["latency_ms_p50"], rows
+        _, stderr = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    output.join()
+    assert demo.returncode == 0, output.text()[-2000:] + stderr[-2000:]
+
+    # What the user saw: the last table printed (not a terminal: one plain table per refresh).
+    tables = output.text().split("NAME ")
+    printed = {}
     for line in tables[-1].splitlines()[1:]:
         match = ROW.match(line)
         if match:
-            rows[match.group(1)] = match.groups()
-    for service in ("web", "emoji", "voting"):
-        _name, meshed, _success, rps, p50, _p95, p99, _tcp, mtls = rows[service]
-        assert meshed == "1/1" and rps.endswith("rps") and p50.endswith("ms") and p99.endswith("ms"), rows
-        assert mtls == "100.00%", rows  # every request between the demo's services went over mTLS
-    assert float(rows["voting"][2].rstrip("%")) < 100.0  # one of its methods always fails
-    assert float(rows["emoji"][2].rstrip("%")) == 100.0
+            printed[match.group(1)] = match.groups()
+    for service in CALLERS:
+        _name, meshed, _success, rps, p50, _p95, p99, _tcp, mtls = printed[service]
+        assert meshed == "1/1" and rps.endswith("rps") and p50.endswith("ms") and p99.endswith("ms"), printed
+        assert mtls == "100.00%", printed
+    assert float(printed["voting"][2].rstrip("%")) < 100.0
+
     # Torn down: no mesh runs, none of its ports listens.
     status = subprocess.run([TETHER, "status", "--state-dir", str(state)], capture_output=True, text=True)
     assert status.returncode == 3, status.stdout + status.stderr

@@ -4,6 +4,7 @@ unmodified HTTP server (Python's http.server) meshed as service ``web`` and an u
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mesh_harness import TETHER, clean_env, free_base, listening, mesh_pids, tether
@@ -72,6 +74,23 @@ def test_a_bad_argument_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def _stat_rows(mesh: Mesh, *selector: str) -> dict[str, dict[str, Any]]:
+    done = tether("stat", *selector, "-o", "json", "--state-dir", str(mesh.state_dir))
+    return {row["name"]: row for row in json.loads(done.stdout)} if done.returncode == 0 else {}
+
+
+def _await_stat(mesh: Mesh, name: str, requests: int, *selector: str) -> dict[str, Any]:
+    """``tether stat -o json`` once its row for ``name`` counts ``requests``: reports every 2 s, rollups
+    every 10 s, so up to ~15 s."""
+    deadline = time.monotonic() + 40
+    while True:
+        rows = _stat_rows(mesh, *selector)
+        if name in rows and rows[name]["requests"] >= requests:
+            return rows[name]
+        assert time.monotonic() < deadline, f"tether stat never showed {requests} requests of {name}: {rows}"
+        time.sleep(1)
+
+
 def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: Mesh) -> None:
     app_port = _free_port()
     server = subprocess.Popen(
@@ -121,6 +140,9 @@ def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: 
             )
             >= 1
         )
+        # And the user sees it: curl's request in `tether stat`, served over mTLS.
+        web = _await_stat(mesh, "web", 1, "deploy", "-n", "default")
+        assert web["success"] >= 1 and web["tls_share"] == 1.0, web
     finally:
         server.send_signal(signal.SIGTERM)  # forwarded to the server; run exits with its code
         code = server.wait(30)
@@ -131,3 +153,73 @@ def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: 
         "run", "--state-dir", str(mesh.state_dir), "--name", "job", "--port", "1", "--", "sh", "-c", "exit 7"
     )
     assert failed.returncode == 7, failed.stderr
+
+
+GRPC_SERVER = """
+import sys
+from concurrent import futures
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+server = grpc.server(futures.ThreadPoolExecutor(4))
+health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+server.wait_for_termination()
+"""
+
+# A plain grpcio client: it knows nothing of the mesh; grpc_proxy (set by tether run) takes it there.
+GRPC_CLIENT = """
+import sys
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+with grpc.insecure_channel(sys.argv[1]) as channel:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for _ in range(int(sys.argv[2])):
+        answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=10, wait_for_ready=True)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+print("all served")
+"""
+
+
+def test_an_unmodified_grpcio_client_and_server_are_meshed_and_seen_in_stat(mesh: Mesh) -> None:
+    app_port = _free_port()
+    flags = ("--state-dir", str(mesh.state_dir), "--namespace", "grpcdemo")
+    server = subprocess.Popen(
+        [
+            *(TETHER, "run", *flags, "--name", "health", "--port", str(app_port)),
+            *("--", sys.executable, "-c", GRPC_SERVER, str(app_port)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    try:
+        assert server.stderr is not None
+        assert PROXY_LINE.search(server.stderr.readline())
+        target = f"health.grpcdemo.svc.cluster.local:{app_port}"
+        deadline = time.monotonic() + 30
+        while True:
+            client = subprocess.run(
+                [
+                    *(TETHER, "run", *flags, "--name", "prober", "--port", "1"),
+                    *("--", sys.executable, "-c", GRPC_CLIENT, target, "5"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=clean_env(),
+            )
+            if client.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert client.returncode == 0 and "all served" in client.stdout, client.stderr[-2000:]
+        health = _await_stat(mesh, "health", 5, "deploy", "-n", "grpcdemo")
+        assert health["success_rate"] == 1.0 and health["tls_share"] == 1.0, health
+        assert health["latency_ms_p50"] is not None
+        # The client's side: its outbound traffic to the server, with `--to`.
+        prober = _await_stat(mesh, "prober", 5, "deploy", "-n", "grpcdemo", "--to", "deploy/health")
+        assert prober["success"] >= 5, prober
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)

@@ -72,6 +72,35 @@ def test_other_services_variables_are_not_ours() -> None:
     assert config.workers == 4
 
 
+def test_kubernetes_service_links_of_a_service_named_like_us_are_not_options() -> None:
+    """A Service ``tether-demo-db`` in the pod's namespace makes Kubernetes set these (enableServiceLinks)."""
+    links = {
+        "TETHER_DEMO_DB_SERVICE_HOST": "10.96.0.7",
+        "TETHER_DEMO_DB_SERVICE_PORT": "5432",
+        "TETHER_DEMO_DB_SERVICE_PORT_SQL": "5432",
+        "TETHER_DEMO_DB_PORT": "tcp://10.96.0.7:5432",
+        "TETHER_DEMO_DB_PORT_5432_TCP": "tcp://10.96.0.7:5432",
+        "TETHER_DEMO_DB_PORT_5432_TCP_PROTO": "tcp",
+        "TETHER_DEMO_DB_PORT_5432_TCP_PORT": "5432",
+        "TETHER_DEMO_DB_PORT_5432_TCP_ADDR": "10.96.0.7",
+        "TETHER_DEMO_V6_PORT": "tcp://[fd00::7]:80",
+    }
+    assert config_from(DemoConfig, "demo", {}, links).workers == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TETHER_DEMO_GRPC_PORT", "8086x"),
+        ("TETHER_DEMO_DB_SERVICE_HOST", "db.example"),
+        ("TETHER_DEMO_X", "1"),
+    ],
+)
+def test_only_the_exact_shapes_of_service_links_are_ignored(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"unknown environment variable {name}"):
+        config_from(DemoConfig, "demo", {}, {name: value})
+
+
 def test_option_names() -> None:
     specs = {s.field: s for s in option_specs(DemoConfig, "demo")}
     assert specs["nats_url"].env == "TETHER_NATS_URL" and specs["nats_url"].flag == "--nats-url"

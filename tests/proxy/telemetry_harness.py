@@ -78,7 +78,9 @@ class ServiceAddress:
         self._held -= {writer, up_writer}
 
 
-async def reporting_pod(mesh: Mesh, addr: str, app: str | None, serviceaccount: str) -> Pod:
+async def reporting_pod(
+    mesh: Mesh, addr: str, app: str | None, serviceaccount: str, report_interval: float = 1.0
+) -> Pod:
     return await ready_pod(
         mesh,
         app,
@@ -87,6 +89,6 @@ async def reporting_pod(mesh: Mesh, addr: str, app: str | None, serviceaccount: 
         pod_name=f"{serviceaccount}-0",
         telemetry_addr=addr,
         telemetry_server_name=TELEMETRY.dns_name,
-        report_interval=1.0,
+        report_interval=report_interval,
         workload_labels=(f"deployment={serviceaccount}",),
     )

@@ -134,3 +134,45 @@ async def test_a_replica_dying_mid_run_loses_nothing_and_counts_nothing_twice(
     finally:
         await bus.close()
         await address.close()
+
+
+async def test_a_stopping_proxy_reports_what_it_counted_since_its_last_report(
+    meshed: Mesh, replicas: list[Replica]
+) -> None:
+    """A short-lived pod (a Job, a ``tether run`` command) stops before its next report is due: its last
+    requests must still reach telemetry, sent as the proxy shuts down."""
+    first, _ = replicas
+    # Reports every minute: within this test only the final one, on shutdown, can carry the calls.
+    server = await reporting_pod(meshed, first.addr, "echo", "server", report_interval=60.0)
+    client = await reporting_pod(meshed, first.addr, None, "client", report_interval=60.0)
+    await meshed.register("echo", [server])
+    received: list[TelemetryRollup] = []
+    bus = await Bus.connect(meshed.nats.settings(None), name="rollup-consumer")
+
+    async def on_rollup(rollup: TelemetryRollup, _subject: str) -> None:
+        received.append(rollup)
+
+    await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
+    try:
+        await eventually(
+            lambda: client.proxy.reporter is not None and client.proxy.reporter.connected,
+            10.0,
+            "the client's report stream",
+        )
+        async with client.channel(authority("echo")) as channel:
+            call = unary(channel)
+            for _ in range(10):
+                assert await call(b"echo:ok", timeout=5) == b"echo:ok"
+        await client.runtime.stop()
+        await server.runtime.stop()
+        edge = {"dst_name": "echo", "server_id": server.identity or ""}
+        await eventually(
+            lambda: (
+                tally(received, "client", "outbound", **edge)[2] == 10
+                and tally(received, "server", "inbound")[2] == 10
+            ),
+            10.0,
+            "the final reports' calls in the rollups",
+        )
+    finally:
+        await bus.close()

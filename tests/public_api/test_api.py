@@ -20,7 +20,7 @@ from tether.destination.config import DestinationConfig
 from tether.destination.service import DestinationService
 from tether.public_api.config import PublicApiConfig
 from tether.public_api.service import PublicApiService
-from tether.public_api.testing import API_ID, WEB_ID, inbound, outbound_to_web, rollup
+from tether.public_api.testing import API_ID, CERTIFICATE_LEFT, WEB_ID, inbound, outbound_to_web, rollup
 from tether.shared import subjects
 from tether.shared.bus import Bus
 from tether.shared.config import config_from
@@ -154,6 +154,15 @@ async def test_every_method(api: Api) -> None:
     assert row.latency_ms_p50 == pytest.approx(2.0 + 0.5 * 110 / 100)
     assert row.latency_ms_p99 == pytest.approx(100 + 100 * (0.99 * 110 - 100) / 10) and row.has_latency
 
+    # Per pod: each of web's pods its own row, one meshed pod each.
+    answer = await stub.StatSummary(
+        pb.StatSummaryRequest(selector=pb.Resource(namespace="shop", kind="pod"), time_window=minute)
+    )
+    by_pod = {r.resource.name: r for r in answer.rows}
+    assert (by_pod["web-1"].request_count, by_pod["web-1"].success_count) == (100, 90)
+    assert (by_pod["web-2"].request_count, by_pod["web-2"].tls_share) == (10, 0.0)
+    assert by_pod["web-1"].meshed_pods == 1 and by_pod["web-1"].tls_share == 1.0
+    assert set(by_pod) == {"web-1", "web-2", "api-1"}
     answer = await stub.StatSummary(
         pb.StatSummaryRequest(
             selector=pb.Resource(namespace="shop", kind="deployment", name="api"),
@@ -182,6 +191,10 @@ async def test_every_method(api: Api) -> None:
     ]
     web = workloads.workloads[1]
     assert sorted(p.name for p in web.pods) == ["web-1", "web-2"] and all(p.reporting for p in web.pods)
+    assert web.proxy_version == "0.1.0" and {p.proxy_version for p in web.pods} == {"0.1.0"}
+    left = web.certificate_expiry.ToDatetime(tzinfo=UTC).timestamp() - time.time()
+    assert CERTIFICATE_LEFT - 60 < left <= CERTIFICATE_LEFT
+    assert all(p.certificate_expiry.seconds >= web.certificate_expiry.seconds for p in web.pods)
     assert abs(web.last_report.ToDatetime(tzinfo=UTC).timestamp() - time.time()) < 30
 
     async def versions() -> set[tuple[str, str, bool]]:

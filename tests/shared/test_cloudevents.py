@@ -220,12 +220,14 @@ def test_types_table_subjects_are_those_of_the_subjects_module() -> None:
         "io.tether.health.heartbeat.v1": subjects.health("identity", "identity-7c9d-a1b2c3"),
         "io.tether.identity.issued.v1": subjects.IDENTITY_ISSUED,
         "io.tether.identity.rejected.v1": subjects.IDENTITY_REJECTED,
+        "io.tether.identity.issuer.v1": subjects.IDENTITY_ISSUER,
         "io.tether.endpoints.changed.v1": subjects.endpoints("shop", "web"),
         "io.tether.registry.registration.v1": subjects.REGISTRY_REGISTER,
         "io.tether.telemetry.rollup.v1": subjects.rollup("shop", "deployment", "web"),
         "io.tether.tap.request.v1": subjects.TAP_REQUESTS,
         "io.tether.tap.matches.v1": subjects.tap_matches("tap-1"),
         "io.tether.tap.event.v1": subjects.tap_events("tap-1"),
+        "io.tether.audit.tap.v1": subjects.AUDIT_TAP,
     }
     assert set(samples) == set(event_classes()), "a new event type needs a sample subject here"
     for event_type, subject in samples.items():
@@ -658,6 +660,23 @@ async def _capture(workdir: Path) -> Wire:
                 header_names=("x-request-id", "authorization"),
             ),
         )
+        # The public API audits each tap it decides (tests/public_api/test_tap_authz.py runs the real one).
+        await public_api.publish(
+            subjects.AUDIT_TAP,
+            events.TapAudit(
+                tap_id=TAP_ID,
+                decision="allowed",
+                status="OK",
+                authz="kubernetes",
+                username="alice",
+                groups=("system:authenticated",),
+                target=TapTarget(namespace="shop", workload=events.Workload("deployment", "web")),
+                match=TapFilter(method="GET"),
+                max_events_per_second=5.0,
+                replica=PUBLIC_API_INSTANCE,
+                at=datetime.now(UTC),
+            ),
+        )
         await _until(lambda: bool(proxy.subscriptions), "the tap subscription")
         event = telemetry_pb2.TapEvent(
             tap_id=TAP_ID,
@@ -831,6 +850,17 @@ def _check_rejected(message: Received, event: SdkEvent, data: dict[str, Any], wi
     assert ("subject" in message.envelope) == bool(data["identity"])
 
 
+def _check_issuer(message: Received, event: SdkEvent, data: dict[str, Any], wire: Wire) -> None:
+    assert event.get_source() == source_for("identity", data["replica"])
+    assert event.get_subject() == data["replica"]
+    # The capture's identity loads the bootstrap CA: the issuer and its one anchor, with their expiry.
+    assert data["issuer_loaded"] is True and data["load_error"] == ""
+    assert data["issuer"]["not_after"] > data["observed_at"]
+    assert len(data["trust_anchors"]) == 1
+    assert data["trust_anchors"][0]["not_after"] >= data["issuer"]["not_after"]
+    assert b"PRIVATE KEY" not in message.payload
+
+
 def _check_endpoints(message: Received, event: SdkEvent, data: dict[str, Any], wire: Wire) -> None:
     instances = {beat["instance"] for beat in wire.heartbeats("destination")}
     assert event.get_source() in {source_for("destination", instance) for instance in instances}
@@ -888,16 +918,25 @@ def _check_tap_event(message: Received, event: SdkEvent, data: dict[str, Any], w
     assert b"do-not-publish" not in message.payload
 
 
+def _check_tap_audit(message: Received, event: SdkEvent, data: dict[str, Any], wire: Wire) -> None:
+    assert event.get_source() == source_for("public-api", data["replica"])
+    assert message.subject == subjects.AUDIT_TAP
+    assert event.get_subject() == f"shop/{TAP_ID}"
+    assert (data["decision"], data["username"]) == ("allowed", "alice")
+
+
 CHECKS: dict[str, Callable[[Received, SdkEvent, dict[str, Any], Wire], None]] = {
     events.Heartbeat.event_type: _check_heartbeat,
     events.IdentityIssued.event_type: _check_issued,
     events.IdentityRejected.event_type: _check_rejected,
+    events.IssuerStatus.event_type: _check_issuer,
     events.EndpointsChanged.event_type: _check_endpoints,
     events.WorkloadRegistration.event_type: _check_registration,
     events.TelemetryRollup.event_type: _check_rollup,
     events.TapRequest.event_type: _check_tap_request,
     events.TapMatchCount.event_type: _check_tap_matches,
     events.TapEvent.event_type: _check_tap_event,
+    events.TapAudit.event_type: _check_tap_audit,
 }
 
 

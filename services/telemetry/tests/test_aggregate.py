@@ -174,7 +174,10 @@ def test_a_bad_scope_is_dropped_and_counted_and_the_rest_folded(bad: pb.ScopeSta
     assert core.fold(proxy, valid, 1.0).outcome == "folded"
     (rollup,) = core.cut(2.0)
     assert totals([rollup])[:2] == (5, 5)
-    assert list(rollup.contribution) == [(OUT, (("authority", "api.shop:80"), ("dst_namespace", "shop")))]
+    # Kept, labelled with the pod that reported it (from the hello).
+    assert list(rollup.contribution) == [
+        (OUT, (("authority", "api.shop:80"), ("dst_namespace", "shop"), ("pod", "web-1")))
+    ]
 
 
 # --- exact merging and sequence ranges -------------------------------------------------------------------
@@ -397,3 +400,47 @@ def test_a_restart_before_publishing_never_acknowledges_the_old_process_reports_
     assert sorted((r.instance, r.first, r.last) for r in event.ranges) == [("proc-a", 1, 3), ("proc-b", 1, 1)]
     kept, conflicts = merge_rollups([event, event])  # a redelivery counts once
     assert (len(kept), conflicts) == (1, [])
+
+
+def test_the_hellos_version_and_certificate_expiry_reach_the_rollup() -> None:
+    core = Aggregator(0.0)
+    message = hello(instance="i1")
+    message.proxy_version = "0.1.0"
+    message.certificate_expiry.FromSeconds(1_800_000_000)
+    accepted = check_hello(message, WEB_ID)
+    core.open_stream(accepted, 0.0)
+    assert fold(core, accepted.proxy, 1, 1, [ok_scope(3)]) == "folded"
+    (event,) = [to_event(r, "t1") for r in core.cut(10.0)]
+    (span,) = event.ranges
+    assert span.proxy_version == "0.1.0"
+    assert span.certificate_expiry is not None and span.certificate_expiry.timestamp() == 1_800_000_000
+    # A proxy without a certificate yet (or an old one) says nothing: unknown, not a made-up time.
+    quiet = Aggregator(0.0)
+    accepted = check_hello(hello(instance="i2"), WEB_ID)
+    quiet.open_stream(accepted, 0.0)
+    fold(quiet, accepted.proxy, 1, 1, [ok_scope(1)])
+    (event,) = [to_event(r, "t1") for r in quiet.cut(10.0)]
+    assert event.ranges[0].proxy_version == "" and event.ranges[0].certificate_expiry is None
+
+
+def test_an_unprintable_or_oversized_proxy_version_is_refused() -> None:
+    for version in ("0.1\n", "v" * 65):
+        message = hello()
+        message.proxy_version = version
+        with pytest.raises(HelloRefused) as refused:
+            check_hello(message, WEB_ID)
+        assert "proxy_version" in str(refused.value)
+
+
+def test_every_scope_is_labelled_with_the_pod_that_reported_it() -> None:
+    core = Aggregator(0.0)
+    for pod, calls in (("web-1", 3), ("web-2", 2)):
+        accepted = check_hello(hello(pod=pod, instance=pod), WEB_ID)
+        core.open_stream(accepted, 0.0)
+        assert fold(core, accepted.proxy, 1, 1, [ok_scope(calls)]) == "folded"
+    (rollup,) = core.cut(10.0)
+    by_pod = {dict(labels)["pod"]: counts.requests for (_d, labels), counts in rollup.contribution.items()}
+    assert by_pod == {"web-1": 3, "web-2": 2}
+    # The label is telemetry's to set: a proxy cannot speak for another pod.
+    claimed = scope(IN, {"authority": "web.shop:80", "pod": "web-1"}, [(200, 0, True, [3.0])])
+    assert sum(validate_report(_report([claimed])).rejected.values()) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 import sys
 import types
 import typing
@@ -416,6 +417,23 @@ def add_options(parser: argparse.ArgumentParser, cls: type[msgspec.Struct], serv
         parser.epilog = "secrets, from the environment only: " + "; ".join(secrets)
 
 
+_SERVICE_LINK_NAMES = (
+    re.compile(r"[A-Z0-9_]+_SERVICE_HOST"),
+    re.compile(r"[A-Z0-9_]+_SERVICE_PORT(_[A-Z0-9_]+)?"),
+    re.compile(r"[A-Z0-9_]+_PORT"),
+    re.compile(r"[A-Z0-9_]+_PORT_[0-9]+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?"),
+)
+_SERVICE_LINK_VALUE = re.compile(r"((tcp|udp|sctp)://)?[0-9A-Fa-f.:\[\]]+(:[0-9]+)?|tcp|udp|sctp")
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """Whether ``name=value`` is one of the variables Kubernetes injects for every Service of the pod's
+    namespace (``enableServiceLinks``): a Service named ``tether-proxy-x`` gives an injected proxy
+    ``TETHER_PROXY_X_SERVICE_HOST=10.96.0.7``, which must not stop it as an unknown option. Only the exact
+    shapes Kubernetes writes (names and values) are ignored, so a mistyped option is still refused."""
+    return any(p.fullmatch(name) for p in _SERVICE_LINK_NAMES) and bool(_SERVICE_LINK_VALUE.fullmatch(value))
+
+
 def config_from(
     cls: type[ConfigT],
     service: str,
@@ -426,7 +444,11 @@ def config_from(
     specs = {spec.field: spec for spec in option_specs(cls, service)}
     known_env = {spec.env for spec in specs.values()}
     prefix = _env_prefix(service)
-    unknown = sorted(k for k in environ if k.startswith(prefix) and k not in known_env)
+    unknown = sorted(
+        k
+        for k, v in environ.items()
+        if k.startswith(prefix) and k not in known_env and not is_service_link(k, v)
+    )
     if unknown:
         raise ConfigError(
             f"unknown environment variable {unknown[0]}: {service} options are "

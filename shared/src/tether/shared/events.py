@@ -115,6 +115,40 @@ class IdentityRejected(EventData, frozen=True, kw_only=True):
         return self.identity or None
 
 
+class CertificateStatus(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """One CA certificate as identity sees it: who it is, when it expires, which exact certificate."""
+
+    subject: Annotated[str, Meta(max_length=1024)]
+    not_after: datetime
+    fingerprint_sha256: HexDigest
+
+
+MAX_TRUST_ANCHORS = 16
+#: Identity publishes its IssuerStatus this often (seconds), besides on every change.
+ISSUER_STATUS_INTERVAL = 10.0
+
+
+class IssuerStatus(EventData, frozen=True, kw_only=True):
+    """What one identity replica signs with and trusts. Published on ``tether.v1.identity.issuer`` when it
+    changes and every 10 s, so ``tether check`` can warn before the CA expires without reading its files."""
+
+    event_type = "io.tether.identity.issuer.v1"
+
+    replica: SubjectToken
+    # False: no usable issuer is loaded (missing, expired, or not chaining): Certify answers UNAVAILABLE.
+    issuer_loaded: bool
+    # The issuer being served, when one is loaded; it chains to ``trust_anchors`` (verified at load).
+    issuer: CertificateStatus | None = None
+    trust_anchors: Annotated[list[CertificateStatus], Meta(max_length=MAX_TRUST_ANCHORS)] = []
+    # Why the files on disk could not be loaded, if they could not ("" when they loaded): with an issuer
+    # still loaded, the previous one keeps serving.
+    load_error: Annotated[str, Meta(max_length=512)] = ""
+    observed_at: datetime
+
+    def event_subject(self) -> str:
+        return self.replica
+
+
 # --- destination: endpoint sets in the tether_endpoints bucket, their diffs, and local registrations ------
 
 Origin = Literal["kubernetes", "file", "registration"]
@@ -284,6 +318,9 @@ class SequenceRange(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     last: Annotated[int, Meta(ge=1)]
     # The proxy process (its ProxyHello.instance): sequences start again at 1 in a new one.
     instance: Annotated[str, Meta(max_length=128)] = ""
+    # What the proxy said in its latest hello: its version and its certificate's NotAfter (None: unknown).
+    proxy_version: Annotated[str, Meta(max_length=64)] = ""
+    certificate_expiry: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.first > self.last:
@@ -496,6 +533,37 @@ class TapEvent(EventData, frozen=True, kw_only=True):
 
     def event_subject(self) -> str:
         return f"{self.tap_id}/{self.namespace}/{self.pod}"
+
+
+MAX_AUDIT_GROUPS = 64
+
+
+class TapAudit(EventData, frozen=True, kw_only=True):
+    """The audit trail of tap: one event per Tap call the public API decided (allowed or not), naming the
+    caller as the Kubernetes API authenticated them (empty with ``--authz none``), the target and filters.
+    Published by the public API on ``tether.v1.audit.tap`` before the tap starts. Never carries a token."""
+
+    event_type = "io.tether.audit.tap.v1"
+
+    tap_id: TapId
+    decision: Literal["allowed", "denied", "unauthenticated", "unavailable"]
+    status: Annotated[str, Meta(pattern=r"^[A-Z_]+$", max_length=64)]
+    reason: Annotated[str, Meta(max_length=1024)] = ""
+    authz: Literal["none", "kubernetes"]
+    username: ShortText = ""
+    uid: ShortText = ""
+    groups: Annotated[tuple[ShortText, ...], Meta(max_length=MAX_AUDIT_GROUPS)] = ()
+    target: TapTarget
+    match: TapFilter = msgspec.field(default_factory=TapFilter)
+    max_events_per_second: Annotated[float, Meta(gt=0.0, le=MAX_TAP_RATE)]
+    max_requests: Annotated[int, Meta(ge=0, le=MAX_REQUESTS_LIMIT)] = 0
+    header_names: Annotated[tuple[HeaderName, ...], Meta(max_length=MAX_HEADER_NAMES)] = ()
+    peer: Annotated[str, Meta(max_length=64)] = ""
+    replica: ReplicaId
+    at: datetime
+
+    def event_subject(self) -> str:
+        return f"{self.target.namespace}/{self.tap_id}"
 
 
 # --- key-value records ---------------------------------------------------------------------------------

@@ -119,9 +119,19 @@ ROLES: dict[str, Role] = {
         subscribe=(subjects.TAP_REQUESTS, subjects.TAP_MATCHES_ALL),
     ),
     "public-api": Role(
-        "the API behind the CLI: reads heartbeats and rollups, the only publisher of tap requests",
-        publish=(*heartbeats("public-api"), subjects.TAP_REQUESTS, *stream_read(subjects.ROLLUPS_STREAM)),
-        subscribe=(subjects.HEALTH_ALL, subjects.ROLLUP_ALL, subjects.TAP_EVENTS_ALL),
+        "the API behind the CLI: reads heartbeats, issuer status and rollups; the only tap requester",
+        publish=(
+            *heartbeats("public-api"),
+            subjects.TAP_REQUESTS,
+            subjects.AUDIT_TAP,
+            *stream_read(subjects.ROLLUPS_STREAM),
+        ),
+        subscribe=(
+            subjects.HEALTH_ALL,
+            subjects.IDENTITY_ISSUER,
+            subjects.ROLLUP_ALL,
+            subjects.TAP_EVENTS_ALL,
+        ),
     ),
     "registrar": Role(
         "the local mesh's registrar: the only publisher of workload registrations",

@@ -15,6 +15,8 @@ HEALTH_ALL = f"{PREFIX}.health.>"
 # Identity: certificate issuances and rejections (audit trail).
 IDENTITY_ISSUED = f"{PREFIX}.identity.issued"
 IDENTITY_REJECTED = f"{PREFIX}.identity.rejected"
+# Identity: each replica's issuer and trust anchors with their expiry, on change and every 10 s.
+IDENTITY_ISSUER = f"{PREFIX}.identity.issuer"
 IDENTITY_ALL = f"{PREFIX}.identity.>"
 
 # Endpoints: one diff event per change of a service's endpoint set.
@@ -35,6 +37,10 @@ TAP_REQUESTS = f"{PREFIX}.tap.requests"
 TAP_MATCHES_ALL = f"{PREFIX}.tap.matches.>"
 #: Captured request events of one tap, from telemetry.
 TAP_EVENTS_ALL = f"{PREFIX}.tap.events.>"
+
+# Audit: who asked for which tap, and whether it was allowed (from the public API). Not under tap.>: it
+# carries no request data, so the read-only user (security tooling) may read it.
+AUDIT_TAP = f"{PREFIX}.audit.tap"
 
 # JetStream key-value buckets.
 ENDPOINTS_BUCKET = "tether_endpoints"

@@ -146,6 +146,8 @@ class IdentityServer:
         self._serving_generation = 0
         self._serving_renew_at: datetime | None = None
         self._last_report: tuple[Outcome, str | None] | None = None
+        self._load_error = ""
+        self._status_listeners: list[Callable[[], None]] = []
         self._server: grpc.aio.Server | None = None
         self._reloader: SupervisedTask | None = None
         self.port = 0
@@ -157,6 +159,13 @@ class IdentityServer:
     @property
     def authority(self) -> Authority | None:
         return self._state.current
+
+    def issuer_state(self) -> tuple[Authority | None, str]:
+        """The issuer being served (None: none) and why the files last failed to load ("" if they loaded)."""
+        return self._state.current, self._load_error
+
+    def on_issuer_change(self, listener: Callable[[], None]) -> None:
+        self._status_listeners.append(listener)
 
     def ready(self) -> bool:
         return self._server is not None and self._state.current is not None
@@ -211,6 +220,9 @@ class IdentityServer:
         authority = self._state.current
         if outcome is Outcome.UNCHANGED:
             return
+        self._load_error = "" if outcome is Outcome.LOADED else (error or "")
+        for listener in self._status_listeners:
+            listener()
         self._metrics.authority_changed(authority)
         if outcome is not Outcome.LOADED:
             self._metrics.issuer_reload_failures.inc()

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from tether.identity.ca import AuthorityState, Outcome, read_issuer_files
 from tether.identity.config import IdentityConfig
 from tether.identity.errors import ConfigurationError
+from tether.identity.issuer_status import IssuerStatusReporter
 from tether.identity.observe import CertifyReporter, EventPublisher, IdentityMetrics
 from tether.identity.server import IdentityServer
 from tether.identity.tokens import TokenVerifier
@@ -93,6 +94,9 @@ class IdentityService(Service):
             metrics,
         )
         await self._server.start(ctx.spawn)
+        status = IssuerStatusReporter(ctx.instance, self._events, self._server.issuer_state)
+        self._server.on_issuer_change(status.changed)
+        ctx.spawn("issuer-status", status.run)
 
     async def stop(self, grace: float) -> None:
         if self._server is not None:

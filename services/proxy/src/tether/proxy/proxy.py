@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 #: The housekeeping pass's period at most (seconds): it also times out silent handshakes and resets
 #: abandoned upstream streams once old enough, both of which want second-level precision.
 _SWEEP_INTERVAL = 1.0
+#: How long a stopping proxy waits for telemetry to acknowledge its last report (within the shutdown grace).
+FINAL_REPORT_TIMEOUT = 1.0
 
 
 class Proxy:
@@ -491,14 +493,15 @@ class Proxy:
             # TCP streams have no way to be told to go elsewhere: they end with the proxy.
             self.outbound_relays.close_all()
             self.inbound_relays.close_all()
-        await self._release()
+        # The requests just drained are counted: report them before the report stream goes.
+        await self._release(flush_timeout=min(grace, FINAL_REPORT_TIMEOUT))
         log.info("proxy_stopped")
 
-    async def _release(self) -> None:
+    async def _release(self, flush_timeout: float = 0.0) -> None:
         if self._sweeper is not None:
             await self._sweeper.stop()
         if self.reporting is not None:
-            await self.reporting.stop()
+            await self.reporting.stop(flush_timeout)
         if self._built:
             await self.outbound_router.close()
             await self.inbound_router.close()

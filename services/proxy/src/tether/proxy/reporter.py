@@ -9,7 +9,8 @@ the deltas of ``reportstate.ReportState`` -- every interval, **even an empty one
 ``ReportAck(sequence)`` forgets every report up to it. When the stream fails (or the server ends it, or
 acknowledges nothing for ``ack_timeout`` seconds), the connection is dropped so the next one may land on
 another replica; what was not acknowledged is merged into one report, sent right after the next hello.
-Reconnects back off exponentially with jitter, as discovery's streams do. Deltas keep being taken every
+Reconnects back off exponentially with jitter, as discovery's streams do; a stream that worked and that
+telemetry ended with OK (its ``--max-stream-age``) is reopened at once. Deltas keep being taken every
 interval meanwhile, into bounded memory (see ``reportstate``).
 
 Tap: the server's ``TapSubscription`` messages go to ``on_tap`` (none: ignored); ``on_stream_lost`` (if
@@ -132,6 +133,14 @@ class TelemetryReporter:
                 self.channel.reset()  # the next stream may land on another replica
                 if self.on_stream_lost is not None:
                     self.on_stream_lost()
+            if failure[0] == 0 and self._acknowledged:
+                # Telemetry ended a stream that worked, with OK: its maximum age. Again at once, over the
+                # new connection (which may reach another replica), with what was not acknowledged.
+                self._acknowledged = False
+                attempt = 0
+                failing = False
+                log.debug("telemetry_stream_ended", target=self.channel.target)
+                continue
             if self._acknowledged:  # the stream worked: start the backoff over
                 self._acknowledged = False
                 attempt = 0
@@ -161,6 +170,21 @@ class TelemetryReporter:
             if now >= deadline:
                 return
             await asyncio.sleep(max(until, 0.0))
+
+    async def flush(self, timeout: float) -> bool:
+        """On shutdown: send what was counted since the last report and wait up to ``timeout`` seconds for
+        it to be acknowledged, so a short-lived pod (a Job, a ``tether run`` command) is not lost to
+        telemetry. True when everything was acknowledged."""
+        stream = self._stream
+        if stream is None:
+            return not self.state.in_flight
+        self._tick(self._clock())
+        self._report(stream)
+        deadline = self._clock() + timeout
+        # The session task reads the acknowledgements; this only watches them land.
+        while self.state.in_flight and self._stream is stream and self._clock() < deadline:
+            await asyncio.sleep(0.01)
+        return not self.state.in_flight
 
     def _tick(self, now: float) -> None:
         self.state.take([*self.registry.route_handles(), *self.registry.tcp_handles()])

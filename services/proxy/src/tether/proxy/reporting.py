@@ -87,7 +87,9 @@ class Reporting:
             spawn("telemetry-tap-sender", self.send_events, critical=False),
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, flush_timeout: float = 0.0) -> None:
+        if flush_timeout > 0 and not await self.reporter.flush(flush_timeout):
+            log.warning("telemetry_final_report_unacknowledged", timeout=flush_timeout)
         for task in self._tasks:
             await task.stop()
         await self.reporter.channel.close()

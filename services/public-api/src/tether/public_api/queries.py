@@ -81,6 +81,19 @@ def silent_pods(store: RollupStore, now: float, timeout: float) -> list[PodInfo]
     return [p for p in store.pods(now) if now - p.last_report > timeout]
 
 
+def _pod(pod: PodInfo, now: float, report_timeout: float) -> public_pb2.Pod:
+    answer = public_pb2.Pod(
+        name=pod.pod,
+        identity=pod.identity,
+        proxy_version=pod.proxy_version,
+        last_report=_timestamp(pod.last_report),
+        reporting=now - pod.last_report <= report_timeout,
+    )
+    if pod.certificate_expiry:
+        answer.certificate_expiry.CopyFrom(_timestamp(pod.certificate_expiry))
+    return answer
+
+
 def list_workloads(
     store: RollupStore, now: float, namespace: str, report_timeout: float
 ) -> public_pb2.ListWorkloadsResponse:
@@ -91,24 +104,20 @@ def list_workloads(
     workloads = []
     for (ns, kind, name), pods in sorted(grouped.items()):
         identities = sorted({p.identity for p in pods})
-        workloads.append(
-            public_pb2.Workload(
-                resource=public_pb2.Resource(namespace=ns, kind=kind, name=name),
-                meshed_pods=len(pods),
-                total_pods=len(pods),
-                identity=", ".join(identities),
-                last_report=_timestamp(max(p.last_report for p in pods)),
-                pods=[
-                    public_pb2.Pod(
-                        name=p.pod,
-                        identity=p.identity,
-                        last_report=_timestamp(p.last_report),
-                        reporting=now - p.last_report <= report_timeout,
-                    )
-                    for p in pods
-                ],
-            )
+        expiries = [p.certificate_expiry for p in pods if p.certificate_expiry]
+        workload = public_pb2.Workload(
+            resource=public_pb2.Resource(namespace=ns, kind=kind, name=name),
+            meshed_pods=len(pods),
+            total_pods=len(pods),
+            identity=", ".join(identities),
+            # Several during a rollout: all of them, as `kubectl get` shows several images.
+            proxy_version=", ".join(sorted({p.proxy_version for p in pods if p.proxy_version})),
+            last_report=_timestamp(max(p.last_report for p in pods)),
+            pods=[_pod(p, now, report_timeout) for p in pods],
         )
+        if expiries:
+            workload.certificate_expiry.CopyFrom(_timestamp(min(expiries)))
+        workloads.append(workload)
     return public_pb2.ListWorkloadsResponse(workloads=workloads)
 
 
@@ -118,6 +127,8 @@ def _meshed_pods(store: RollupStore, now: float, window: float) -> dict[Key, set
         r = kept.rollup
         names = {span.pod for span in r.ranges}
         pods[(r.namespace, r.kind, r.name)] |= names
+        for name in names:
+            pods[(r.namespace, "pod", name)] |= {name}
         pods[(r.namespace, "namespace", r.namespace)] |= {f"{r.kind}/{r.name}/{n}" for n in names}
     return pods
 

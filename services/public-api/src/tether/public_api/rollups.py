@@ -31,6 +31,9 @@ class PodInfo:
     kind: str
     name: str
     last_report: float
+    proxy_version: str = ""
+    #: NotAfter of its certificate (Unix seconds) as of its latest hello; 0: unknown.
+    certificate_expiry: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,16 @@ class RollupStore:
                 key = (r.namespace, span.pod)
                 seen = latest.get(key)
                 if seen is None or seen.last_report <= kept.end:
-                    latest[key] = PodInfo(r.namespace, span.pod, span.identity, r.kind, r.name, kept.end)
+                    latest[key] = PodInfo(
+                        r.namespace,
+                        span.pod,
+                        span.identity,
+                        r.kind,
+                        r.name,
+                        kept.end,
+                        span.proxy_version,
+                        span.certificate_expiry.timestamp() if span.certificate_expiry else 0.0,
+                    )
         return sorted(latest.values(), key=lambda p: (p.namespace, p.kind, p.name, p.pod))
 
 
@@ -183,6 +195,9 @@ def row_key(rollup: TelemetryRollup, scope: RollupScope, kind: str) -> Key | Non
     if kind == "authority":
         authority = scope.labels.get("authority", "")
         return (rollup.namespace, "authority", authority) if authority else None
+    if kind == "pod":  # telemetry labels every scope with the pod that reported it
+        pod = scope.labels.get("pod", "") or (rollup.name if rollup.kind == "pod" else "")
+        return (rollup.namespace, "pod", pod) if pod else None
     if kind == rollup.kind:
         return (rollup.namespace, rollup.kind, rollup.name)
     return None

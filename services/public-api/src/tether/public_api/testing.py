@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+import msgspec
+
 from tether.shared.events import RollupResponse, RollupScope, SequenceRange, TelemetryRollup
 from tether.shared.telemetry_scopes import HISTOGRAM_LENGTH
 
@@ -21,6 +23,11 @@ def buckets(**counts: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+PROXY_VERSION = "0.1.0"
+#: Seconds left on the certificates of the proxies in :func:`rollup`.
+CERTIFICATE_LEFT = 24 * 3600
+
+
 def rollup(replica: str, name: str, pod: str, identity: str, scopes: list[RollupScope]) -> TelemetryRollup:
     now = time.time()
     return TelemetryRollup(
@@ -30,8 +37,19 @@ def rollup(replica: str, name: str, pod: str, identity: str, scopes: list[Rollup
         name=name,
         interval_start=datetime.fromtimestamp(now - 10, UTC),
         interval_end=datetime.fromtimestamp(now, UTC),
-        scopes=tuple(scopes),
-        ranges=(SequenceRange(identity=identity, pod=pod, first=1, last=1, instance="i1"),),
+        # Labelled with the reporting pod, as telemetry labels every scope.
+        scopes=tuple(msgspec.structs.replace(s, labels={**s.labels, "pod": pod}) for s in scopes),
+        ranges=(
+            SequenceRange(
+                identity=identity,
+                pod=pod,
+                first=1,
+                last=1,
+                instance="i1",
+                proxy_version=PROXY_VERSION,
+                certificate_expiry=datetime.fromtimestamp(now + CERTIFICATE_LEFT, UTC),
+            ),
+        ),
     )
 
 

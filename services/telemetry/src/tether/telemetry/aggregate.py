@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from tether.telemetry.model import (
     Contribution,
     Hello,
+    ProxyAbout,
     ProxyKey,
     ValidReport,
     WorkloadKey,
@@ -79,6 +80,8 @@ class _ProxyState:
     last_seen: float = 0.0
     #: The proxy process's ``ProxyHello.instance`` ("" from proxies that send none).
     instance: str = ""
+    #: Its version and certificate expiry as of its latest hello.
+    about: ProxyAbout = field(default_factory=ProxyAbout)
 
 
 @dataclass(slots=True)
@@ -92,14 +95,20 @@ class PartialRollup:
     ranges: dict[ProxyKey, list[list[int]]] = field(default_factory=dict)
     #: The proxy process (``ProxyHello.instance``) each proxy's ``ranges`` belong to.
     instances: dict[ProxyKey, str] = field(default_factory=dict)
+    #: What each proxy said about itself in its latest hello.
+    abouts: dict[ProxyKey, ProxyAbout] = field(default_factory=dict)
     #: Ranges of proxy processes that have since restarted: published, never acknowledged (the process
     #: that sent them is gone, and its successor counts from 1 again). Keyed by (proxy, instance).
     retired: dict[tuple[ProxyKey, str], list[list[int]]] = field(default_factory=dict)
     dropped_scopes: int = 0
 
-    def add_range(self, proxy: ProxyKey, first: int, last: int, instance: str = "") -> None:
+    def add_range(
+        self, proxy: ProxyKey, first: int, last: int, instance: str = "", about: ProxyAbout | None = None
+    ) -> None:
         ranges = self.ranges.setdefault(proxy, [])
         self.instances[proxy] = instance
+        if about is not None:
+            self.abouts[proxy] = about
         if ranges and ranges[-1][1] + 1 == first:
             ranges[-1][1] = last
         else:
@@ -126,8 +135,24 @@ class PartialRollup:
             mine = self.ranges.get(proxy, [])
             self.ranges[proxy] = sorted([*(list(r) for r in ranges), *mine])
             self.instances[proxy] = instance
+            if proxy in other.abouts:
+                self.abouts.setdefault(proxy, other.abouts[proxy])
         for key, ranges in other.retired.items():
             self.retired[key] = sorted([*self.retired.get(key, []), *ranges])
+
+
+def with_pod(contribution: Contribution, pod: str) -> Contribution:
+    """The contribution with every scope labelled ``pod`` (the reporting proxy's, from its hello): a
+    workload's rollup keeps its pods apart, for per-pod stats, and a proxy cannot speak for another pod."""
+    labelled: Contribution = {}
+    for (direction, labels), counts in contribution.items():
+        key = (direction, tuple(sorted({**dict(labels), "pod": pod}.items())))
+        mine = labelled.get(key)
+        if mine is None:
+            labelled[key] = counts.copy()
+        else:
+            mine.add(counts)
+    return labelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +184,7 @@ class Aggregator:
                     pending.retire(hello.proxy)
             state = _ProxyState(hello.workload, instance=hello.instance)
             self._proxies[hello.proxy] = state
+        state.about = hello.about
         state.new_stream = True
         state.last_seen = now
 
@@ -186,8 +212,8 @@ class Aggregator:
         rollup = self._pending.get(state.workload)
         if rollup is None:
             rollup = self._pending[state.workload] = PartialRollup(state.workload, self._interval_start)
-        add_into(rollup.contribution, delta)
-        rollup.add_range(proxy, first, report.last, state.instance)
+        add_into(rollup.contribution, with_pod(delta, proxy.pod))
+        rollup.add_range(proxy, first, report.last, state.instance, state.about)
         rollup.dropped_scopes += report.dropped_scopes
         return Folded(outcome)
 

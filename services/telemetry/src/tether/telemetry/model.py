@@ -41,6 +41,7 @@ DIRECTIONS: dict[int, str] = {INBOUND: "inbound", OUTBOUND: "outbound"}
 WORKLOAD_KINDS = ("deployment", "statefulset", "daemonset", "job")
 #: The longest ``ProxyHello.instance`` accepted (a random id per proxy process).
 MAX_INSTANCE_LENGTH = 128
+MAX_PROXY_VERSION_LENGTH = 64
 
 #: (direction, sorted label items)
 ScopeKey = tuple[int, tuple[tuple[str, str], ...]]
@@ -165,11 +166,21 @@ class ProxyKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxyAbout:
+    """What a proxy says about itself in its hello, passed on in the rollups for ``ListWorkloads``."""
+
+    proxy_version: str = ""
+    #: NotAfter of its certificate when the stream opened (Unix seconds; 0: none).
+    certificate_expiry: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Hello:
     proxy: ProxyKey
     workload: WorkloadKey
     #: The proxy process's random id (``ProxyHello.instance``); empty from proxies that predate it.
     instance: str = ""
+    about: ProxyAbout = field(default_factory=ProxyAbout)
 
 
 def _subject_token(value: str) -> bool:
@@ -208,6 +219,12 @@ def check_hello(hello: pb.ProxyHello, peer_identity: str | None) -> Hello:
         raise HelloRefused(
             "INVALID_ARGUMENT", "bad_hello", f"instance: at most {MAX_INSTANCE_LENGTH} characters"
         )
+    if len(hello.proxy_version) > MAX_PROXY_VERSION_LENGTH or not hello.proxy_version.isprintable():
+        raise HelloRefused(
+            "INVALID_ARGUMENT",
+            "bad_hello",
+            f"proxy_version: at most {MAX_PROXY_VERSION_LENGTH} printable characters",
+        )
     serviceaccount = hello.labels.get("serviceaccount")
     if serviceaccount is not None and serviceaccount != claimed.serviceaccount:
         raise HelloRefused(
@@ -217,6 +234,10 @@ def check_hello(hello: pb.ProxyHello, peer_identity: str | None) -> Hello:
         ProxyKey(hello.identity, hello.pod),
         workload_of(hello.namespace, hello.pod, dict(hello.labels)),
         hello.instance,
+        ProxyAbout(
+            hello.proxy_version,
+            hello.certificate_expiry.ToNanoseconds() / 1e9 if hello.HasField("certificate_expiry") else 0.0,
+        ),
     )
 
 

@@ -45,8 +45,21 @@ def to_event(rollup: PartialRollup, replica: str) -> TelemetryRollup:
             )
         )
     current = [((proxy, rollup.instances.get(proxy, "")), spans) for proxy, spans in rollup.ranges.items()]
+    abouts = rollup.abouts
     ranges = tuple(
-        SequenceRange(identity=proxy.identity, pod=proxy.pod, instance=instance, first=first, last=last)
+        SequenceRange(
+            identity=proxy.identity,
+            pod=proxy.pod,
+            instance=instance,
+            first=first,
+            last=last,
+            proxy_version=abouts[proxy].proxy_version if proxy in abouts else "",
+            certificate_expiry=(
+                _time(abouts[proxy].certificate_expiry)
+                if proxy in abouts and abouts[proxy].certificate_expiry
+                else None
+            ),
+        )
         for (proxy, instance), spans in sorted(
             [*current, *rollup.retired.items()], key=lambda item: (item[0][0].identity, item[0][0].pod)
         )

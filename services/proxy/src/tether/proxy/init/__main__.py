@@ -4,4 +4,7 @@ import sys
 
 from tether.proxy.init.cli import main
 
-sys.exit(main())
+# Guarded: a tool that imports every module (a test's import walk, pydoc) must never rewrite the host's
+# iptables by importing this one.
+if __name__ == "__main__":
+    sys.exit(main())
