@@ -15,6 +15,8 @@ help:
 	@echo "make demo    - the local mesh with a demo application and its live golden metrics (tether demo)"
 	@echo "make test    - lint, typecheck and run every test (what CI runs)"
 	@echo "make proto   - regenerate the gRPC code from the .proto files"
+	@echo "make images  - build the component images (services/*/Dockerfile) with docker or podman, tagged as"
+	@echo "               $(IMAGES_KUSTOMIZATION) says; without a container engine it says so and exits 0"
 	@echo "make bench-<name> - run bench/<name>/run.py (identity, destination, proxy, telemetry); make bench runs all"
 
 $(TOOLS)/bin/uv:
@@ -66,6 +68,14 @@ proto: sync
 	$(UV) run --no-sync python -m grpc_tools.protoc -I $(PROTO_ROOT) \
 	  --python_out=$(PROTO_ROOT) --pyi_out=$(PROTO_ROOT) --grpc_python_out=$(PROTO_ROOT) $(PROTOS)
 
+# `tether install` prints these: deploy/ rendered once, shipped inside tether-cli (a test fails when they
+# drift from a live render; rerun this after changing deploy/).
+INSTALL_MANIFESTS := cli/src/tether/cli/install/manifests
+.PHONY: manifests
+manifests: sync
+	$(UV) run --no-sync kubectl kustomize deploy > $(INSTALL_MANIFESTS)/default.yaml
+	$(UV) run --no-sync kubectl kustomize deploy/overlays/ha > $(INSTALL_MANIFESTS)/ha.yaml
+
 clean:
 	rm -rf .venv $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
 
@@ -82,3 +92,9 @@ bench-%: sync
 	$(UV) run --no-sync python bench/$*/run.py $(BENCH_ARGS)
 
 bench: $(addprefix bench-,$(BENCHES))
+
+# The component images, tagged as the kustomize images: list says (the one place image names and tags are set).
+IMAGES_KUSTOMIZATION := deploy/components/images/kustomization.yaml
+.PHONY: images
+images:
+	@UV_VERSION=$(UV_VERSION) sh tools/images/build.sh $(IMAGES_KUSTOMIZATION)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from tether.cli import localmesh
+from tether.cli import dashboard, inject, install, kubecreds, localmesh
 from tether.cli.completion import SHELLS, script
 from tether.cli.config import DEFAULT_API_ADDR, WINDOWS
 from tether.shared.config import TetherArgumentParser
@@ -96,10 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     tap.add_argument("--authority", default="", help="only requests to this authority")
     tap.add_argument("--max-rps", type=float, default=100.0, help="maximum events per second (default: 100)")
     tap.add_argument("--max-requests", type=int, default=0, help="stop after this many requests (0: never)")
+    kubecreds.add_flags(tap)
     endpoints = client("endpoints", "what the destination service resolves an authority to")
     endpoints.add_argument("authority", help="host:port, e.g. web.default.svc.cluster.local:80")
     endpoints.add_argument("-n", "--namespace", default="", help="namespace for short authorities")
+    kubecreds.add_flags(endpoints)
     localmesh.register(commands)
+    dashboard.register(commands)
+    inject.register(commands)
+    install.register(commands)
     completion = commands.add_parser(
         "completion",
         help="print the shell completion script: source <(tether completion bash)",
@@ -117,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command in localmesh.COMMANDS:
         return localmesh.run(parser, args)
+    if args.command == dashboard.COMMAND:
+        return dashboard.run(args, os.environ)
+    if args.command in inject.COMMANDS:
+        return inject.run(args)
+    if args.command in install.COMMANDS:
+        return install.run(args)
     from tether.cli import commands
 
     return commands.run(parser, args, os.environ)

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from tether.cli import output
+from tether.cli import kubecreds, output
 from tether.cli.config import (
     WINDOWS,
     WORKLOAD_KINDS,
@@ -208,8 +208,15 @@ async def edges(stub: public_pb2_grpc.ApiStub, config: ApiConfig, args: argparse
     return 0
 
 
-async def endpoints(stub: public_pb2_grpc.ApiStub, config: ApiConfig, args: argparse.Namespace) -> int:
-    response = await stub.Endpoints(endpoints_request(args), timeout=config.timeout)
+async def endpoints(
+    stub: public_pb2_grpc.ApiStub,
+    config: ApiConfig,
+    args: argparse.Namespace,
+    metadata: kubecreds.Metadata = (),
+) -> int:
+    response = await stub.Endpoints(
+        endpoints_request(args), timeout=config.timeout, metadata=metadata or None
+    )
     if config.output == "json":
         _json(output.to_dict(response))
     elif not response.endpoints:
@@ -219,7 +226,12 @@ async def endpoints(stub: public_pb2_grpc.ApiStub, config: ApiConfig, args: argp
     return 0
 
 
-async def tap(stub: public_pb2_grpc.ApiStub, config: ApiConfig, args: argparse.Namespace) -> int:
+async def tap(
+    stub: public_pb2_grpc.ApiStub,
+    config: ApiConfig,
+    args: argparse.Namespace,
+    metadata: kubecreds.Metadata = (),
+) -> int:
     tc = tap_config(args)
     request = public_pb2.TapRequest(
         target=_resource(tc.target),
@@ -227,7 +239,7 @@ async def tap(stub: public_pb2_grpc.ApiStub, config: ApiConfig, args: argparse.N
         max_requests=tc.max_requests,
         max_events_per_second=tc.max_rps,
     )
-    call = stub.Tap(request)
+    call = stub.Tap(request, metadata=metadata or None)
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -262,7 +274,7 @@ async def tap(stub: public_pb2_grpc.ApiStub, config: ApiConfig, args: argparse.N
     return 0
 
 
-async def _run(config: ApiConfig, args: argparse.Namespace) -> int:
+async def _run(config: ApiConfig, args: argparse.Namespace, metadata: kubecreds.Metadata = ()) -> int:
     async with grpc.aio.insecure_channel(config.api_addr) as channel:
         stub = public_pb2_grpc.ApiStub(channel)
         if args.command in ("stat", "edges", "tap", "endpoints"):
@@ -280,8 +292,8 @@ async def _run(config: ApiConfig, args: argparse.Namespace) -> int:
         if args.command == "edges":
             return await edges(stub, config, args)
         if args.command == "tap":
-            return await tap(stub, config, args)
-        return await endpoints(stub, config, args)
+            return await tap(stub, config, args, metadata)
+        return await endpoints(stub, config, args, metadata)
 
 
 class _Unreachable(Exception):
@@ -293,6 +305,13 @@ def _unreachable(config: ApiConfig, why: str) -> FatalError:
         f"cannot reach the public API at {config.api_addr} (from {config.api_addr_source}; {why})",
         "start the local mesh with `tether up`, or give --api-addr / TETHER_API_ADDR",
     )
+
+
+def _answered(exc: grpc.aio.AioRpcError, *, sent_credentials: bool) -> FatalError:
+    cause = f"the public API answered {exc.code().name}: {exc.details()}"
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED and not sent_credentials:
+        return FatalError(cause, "a cluster's public API needs your Kubernetes credentials: add --kube")
+    return FatalError(cause)
 
 
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -314,10 +333,12 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapp
             edges_request(args)
         elif args.command == "endpoints":
             endpoints_request(args)
+        # The caller's Kubernetes credentials, when asked for (tether.cli.kubecreds).
+        metadata = kubecreds.call_metadata(args, environ) if args.command in ("tap", "endpoints") else ()
     except ConfigError as exc:
         exit_with(COMMAND, exc, help_command=help_command)
     try:
-        return asyncio.run(_run(config, args))
+        return asyncio.run(_run(config, args, metadata))
     except ConfigError as exc:
         exit_with(COMMAND, exc, help_command=help_command)
     except _Unreachable as exc:
@@ -325,6 +346,6 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace, environ: Mapp
     except grpc.aio.AioRpcError as exc:
         if exc.code() in _UNREACHABLE:
             return report(COMMAND, _unreachable(config, f"{exc.code().name}: {exc.details()}"))
-        return report(COMMAND, FatalError(f"the public API answered {exc.code().name}: {exc.details()}"))
+        return report(COMMAND, _answered(exc, sent_credentials=bool(metadata)))
     except KeyboardInterrupt:
         return 130

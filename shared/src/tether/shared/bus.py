@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import re
 import ssl
@@ -416,9 +417,16 @@ class Bus:
         return Subscription(sub)
 
     async def kv(
-        self, bucket: str, *, history: int = 1, ttl: float | None = None, create: bool = True
+        self,
+        bucket: str,
+        *,
+        history: int = 1,
+        ttl: float | None = None,
+        create: bool = True,
+        replicas: int = 1,
     ) -> KeyValue:
-        """The key-value bucket ``bucket`` (file-backed), created with ``history``/``ttl`` when missing."""
+        """The key-value bucket ``bucket`` (file-backed), created with ``history``/``ttl``/``replicas`` when
+        missing (an existing bucket's replica count is :meth:`ensure_replicas`' business)."""
         api = f"$JS.API.STREAM.INFO.KV_{bucket}"
         try:
             store = await self._guarded("publish", api, self._js.key_value(bucket))
@@ -426,7 +434,7 @@ class Bus:
             if not create:
                 raise BusError(f"key-value bucket {bucket} does not exist") from None
             config = js_api.KeyValueConfig(
-                bucket=bucket, history=history, ttl=ttl, storage=js_api.StorageType.FILE
+                bucket=bucket, history=history, ttl=ttl, storage=js_api.StorageType.FILE, replicas=replicas
             )
             try:
                 store = await self._guarded(
@@ -437,6 +445,28 @@ class Bus:
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"opening key-value bucket {bucket} failed: {exc}") from exc
         return KeyValue(self, bucket, store)
+
+    async def ensure_replicas(self, stream: str, replicas: int) -> int:
+        """Raise the JetStream stream's replica count to ``replicas`` if it has fewer (a cluster copies its
+        data to the new replicas); the count it had. BusError carries the server's reason when it refuses
+        (a single server asked for more than one replica, fewer JetStream servers than replicas)."""
+        try:
+            info = await self._guarded(
+                "publish", f"$JS.API.STREAM.INFO.{stream}", self._js.stream_info(stream)
+            )
+            current = int(info.config.num_replicas or 1)
+            if current < replicas:
+                config = dataclasses.replace(info.config, num_replicas=replicas)
+                await self._guarded(
+                    "publish", f"$JS.API.STREAM.UPDATE.{stream}", self._js.update_stream(config=config)
+                )
+        except nats.js.errors.APIError as exc:
+            raise BusError(
+                f"setting {replicas} replicas on stream {stream} failed: {exc.description or exc}"
+            ) from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"setting {replicas} replicas on stream {stream} failed: {exc}") from exc
+        return current
 
     async def purge_stream(self, stream: str) -> None:
         """Purge every message of a JetStream stream (``KV_<bucket>`` for a bucket)."""
@@ -451,26 +481,36 @@ class Bus:
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"deleting stream {stream} failed: {exc}") from exc
 
-    async def ensure_stream(self, stream: str, stream_subjects: list[str], *, max_age: float) -> None:
-        """Create the JetStream stream (file-backed) capturing ``stream_subjects``, or update its settings."""
+    async def ensure_stream(
+        self, stream: str, stream_subjects: list[str], *, max_age: float, replicas: int = 1
+    ) -> None:
+        """Create the JetStream stream (file-backed, ``replicas`` copies) capturing ``stream_subjects``, or
+        update its settings (a cluster copies an existing stream's data to added replicas)."""
         config = js_api.StreamConfig(
             name=stream,
             subjects=stream_subjects,
             max_age=max_age,
             storage=js_api.StorageType.FILE,
+            num_replicas=replicas,
         )
         try:
             await self._guarded(
                 "publish", f"$JS.API.STREAM.CREATE.{stream}", self._js.add_stream(config=config)
             )
-        except nats.js.errors.BadRequestError:
+        except nats.js.errors.BadRequestError as exc:
+            if _REPLICA_REFUSALS.search(str(exc.description or "").lower()) and replicas > 1:
+                raise BusError(f"creating stream {stream} failed: {exc.description}") from exc
             # Already there with other settings: bring them in line.
             try:
                 await self._guarded(
                     "publish", f"$JS.API.STREAM.UPDATE.{stream}", self._js.update_stream(config=config)
                 )
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise BusError(f"updating stream {stream} failed: {exc}") from exc
+            except nats.js.errors.APIError as update:
+                raise BusError(f"updating stream {stream} failed: {update.description or update}") from update
+            except (nats.errors.Error, TimeoutError) as update:
+                raise BusError(f"updating stream {stream} failed: {update}") from update
+        except nats.js.errors.APIError as exc:
+            raise BusError(f"creating stream {stream} failed: {exc.description or exc}") from exc
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"creating stream {stream} failed: {exc}") from exc
 
@@ -770,3 +810,21 @@ class KvWatch(Generic[T]):
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self._sub.unsubscribe()
             self._sub = None
+
+
+# How nats-server words a placement it cannot make (err_codes 10074, 10023, 10005): other failures (a
+# timeout, NATS going away) are not the configuration's fault.
+_REPLICA_REFUSALS = re.compile(r"replicas|insufficient resources|no suitable peers|cluster")
+
+
+def replica_refusal(what: str, replicas: int, exc: BusError, option: str) -> SetupError | None:
+    """The configuration error (exit 2, naming ``option``) when NATS refused ``replicas`` copies of
+    ``what``; None when ``exc`` is some other failure."""
+    if replicas <= 1 or not _REPLICA_REFUSALS.search(str(exc).lower()):
+        return None
+    reason = getattr(exc.__cause__, "description", None) or str(exc).rpartition("failed: ")[2] or str(exc)
+    return SetupError(
+        f"NATS refused {replicas} replicas for {what} ({reason})",
+        f"run NATS as a cluster of at least {replicas} JetStream servers, or set {option} to at most the "
+        "number it has (1 for a single server)",
+    )

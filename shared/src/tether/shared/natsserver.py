@@ -127,6 +127,14 @@ def _permissions(role: Role | None) -> dict[str, Any]:
     }
 
 
+def user_permissions(name: str, role: str) -> dict[str, Any]:
+    """The nats-server ``permissions`` of user ``name`` holding ``role`` (its own inbox included).
+
+    Public for :mod:`tether.shared.nats_auth`, which renders the same grants for a cluster's auth.conf.
+    """
+    return _permissions(ROLES[role].for_user(name))
+
+
 def server_config(
     *,
     host: str,

@@ -63,6 +63,24 @@ class DestinationConfig(KubeClientConfig, frozen=True, kw_only=True):
     resync_interval: Annotated[
         float, Meta(gt=0.0, description="seconds between full reconciliations of the bucket by the leader")
     ] = 60.0
+    kv_replicas: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=5,
+            description="JetStream replicas of the endpoint and lease buckets (3 on a 3-node NATS cluster; "
+            "existing buckets with fewer are raised to it)",
+        ),
+    ] = 1
+    max_stream_age: Annotated[
+        float,
+        Meta(
+            ge=0.0,
+            le=86_400.0,
+            description="seconds after which a Get stream ends (jittered by up to ±15 percent) so the "
+            "proxy reconnects, possibly to a new replica (0: never)",
+        ),
+    ] = 300.0
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -18,6 +18,11 @@ class DestinationMetrics:
             ["reason"],
             registry=registry,
         )
+        self.streams_expired = Counter(
+            "tether_destination_streams_expired_total",
+            "Get streams ended (status OK) at --max-stream-age, for the proxy to reconnect anew",
+            registry=registry,
+        )
         self.updates_sent = Counter(
             "tether_destination_updates_sent_total",
             "Update messages sent on Get streams, by kind (add, remove, no_endpoints, keepalive)",

@@ -3,11 +3,18 @@
 Each stream holds at most one pending ``Resolution`` (the latest) plus a wake-up flag, so a stream whose
 client reads slowly coalesces changes instead of queueing them, and never holds up the watch or the other
 streams. Streams that stay idle for ``keepalive_interval`` get an empty ``add``.
+
+``max_stream_age`` (:mod:`tether.shared.streamage`): every stream of one client connection (one peer
+address and port) ends with status OK at that connection's jittered deadline, counted from its first
+stream, so a proxy's streams end together and it reconnects them all on one new connection, which may land
+on another replica. A stream ends only after it sent its first message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +30,7 @@ from tether.destination.view import NOT_IN_MESH, Resolution, StreamCore
 from tether.shared.aio import wait_event
 from tether.shared.proto.destination.v1 import destination_pb2 as pb
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
+from tether.shared.streamage import stream_deadline
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +74,16 @@ def peer_host(peer: str) -> str:
     return peer
 
 
+class _ConnectionAge:
+    """The streams of one client connection and when they all end."""
+
+    __slots__ = ("deadline", "streams")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.streams = 0
+
+
 class DestinationServicer(destination_pb2_grpc.DestinationServicer):
     def __init__(
         self,
@@ -76,6 +94,8 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         max_streams_per_peer: int,
         cluster_domain: str = "cluster.local",
         sync_wait: float = 5.0,
+        max_stream_age: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         self._registry = registry
         self._metrics = metrics
@@ -87,6 +107,9 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         self._streams_by_peer: dict[str, int] = {}
         self._open: set[_Pending] = set()
         self._draining = False
+        self._max_age = max_stream_age
+        self._rng = rng or random.Random()
+        self._connections: dict[str, _ConnectionAge] = {}
 
     @property
     def open_streams(self) -> int:
@@ -126,10 +149,20 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         pending = _Pending()
         self._open.add(pending)
         self._metrics.streams_open.inc()
+        connection_key = context.peer()
+        connection = self._connections.get(connection_key)
+        if connection is None:
+            loop_now = asyncio.get_running_loop().time()
+            connection = _ConnectionAge(stream_deadline(loop_now, self._max_age, self._rng))
+            self._connections[connection_key] = connection
+        connection.streams += 1
         try:
-            async for update in self._serve(authority, pending):
+            async for update in self._serve(authority, pending, connection.deadline):
                 yield update
         finally:
+            connection.streams -= 1
+            if connection.streams <= 0 and self._connections.get(connection_key) is connection:
+                del self._connections[connection_key]
             self._open.discard(pending)
             self._metrics.streams_open.dec()
             remaining = self._streams_by_peer.get(peer, 1) - 1
@@ -140,7 +173,9 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_MESSAGE)
 
-    async def _serve(self, authority: Authority | None, pending: _Pending) -> AsyncIterator[pb.Update]:
+    async def _serve(
+        self, authority: Authority | None, pending: _Pending, deadline: float = math.inf
+    ) -> AsyncIterator[pb.Update]:
         core = StreamCore()
         if isinstance(authority, ServiceAuthority):
             pending.offer(self._registry.subscribe(authority.key, authority.port, pending.offer))
@@ -149,10 +184,23 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
         else:
             pending.offer(NOT_IN_MESH)
         updates_sent = self._metrics.updates_sent
+        loop = asyncio.get_running_loop()
+        sent_first = False
+        idle_since = loop.time()
         try:
             while not self._draining:
-                if not await wait_event(pending.wake, self._keepalive):
+                now = loop.time()
+                if sent_first and now >= deadline:
+                    # The client reconnects at once, on a new connection (see the module docstring).
+                    self._metrics.streams_expired.inc()
+                    return
+                keepalive_at = idle_since + self._keepalive
+                until = min(keepalive_at, deadline) if sent_first else keepalive_at
+                if not await wait_event(pending.wake, max(0.0, until - now)):
+                    if loop.time() < keepalive_at:
+                        continue  # woken for the deadline
                     updates_sent.labels("keepalive").inc()
+                    idle_since = loop.time()
                     yield wire.KEEPALIVE
                     continue
                 if self._draining:
@@ -163,6 +211,8 @@ class DestinationServicer(destination_pb2_grpc.DestinationServicer):
                 for frame in core.frames(resolution):
                     updates_sent.labels(wire.frame_kind(frame)).inc()
                     yield wire.to_update(frame)
+                    sent_first = True
+                    idle_since = loop.time()
         finally:
             if isinstance(authority, ServiceAuthority):
                 self._registry.unsubscribe(authority.key, authority.port, pending.offer)

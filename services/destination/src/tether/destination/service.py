@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry
 
+from tether.destination.buckets import open_buckets
 from tether.destination.config import DestinationConfig
 from tether.destination.lease_keeper import LeaseKeeper
 from tether.destination.metrics import DestinationMetrics
@@ -16,7 +17,6 @@ from tether.destination.sources.local import LocalSource, check_registry_file
 from tether.destination.state import EndpointStore, SubscriptionRegistry
 from tether.destination.watcher import EndpointWatcher
 from tether.destination.writer import Writer
-from tether.shared import subjects
 from tether.shared.bus import Bus
 from tether.shared.grpcserver import start_grpc_server
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
@@ -106,8 +106,7 @@ class DestinationService(Service):
             await self.prepare()  # in-process users may start without the runtime's prepare step
         source = self._build_source(bus)
         self._source = source
-        kv = await bus.kv(subjects.ENDPOINTS_BUCKET)
-        lease_kv = await bus.kv(subjects.LEASES_BUCKET)
+        kv, lease_kv = await open_buckets(bus, config.kv_replicas, ctx.log)
 
         watcher = EndpointWatcher(kv, self.store, self.registry, self.metrics)
         self._watcher = watcher
@@ -137,6 +136,7 @@ class DestinationService(Service):
             keepalive_interval=config.keepalive_interval,
             max_streams_per_peer=config.max_streams_per_peer,
             cluster_domain=config.cluster_domain,
+            max_stream_age=config.max_stream_age,
         )
         servicer = self._servicer
 

@@ -3,6 +3,7 @@
 tether-identity [serve] [--grpc-addr ...]          run the service (the default without a subcommand)
 tether-identity bootstrap --out DIR [--trust-domain D]
 tether-identity mint-token --namespace N --serviceaccount S --key FILE [--ttl SECONDS]
+tether-identity kube-bootstrap [--namespace tether] ...  create the cluster's issuer and NATS credentials
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ SUBCOMMANDS = {
     "serve": "run the certificate authority (the default when no subcommand is given)",
     "bootstrap": "generate a trust anchor, an issuer and a token-signing key into a directory",
     "mint-token": "print a signed `local` token for a ServiceAccount (for meshes outside Kubernetes)",
+    "kube-bootstrap": "create the cluster's issuer, trust roots and NATS credentials if absent (the Job)",
 }
 USAGE = (
     f"usage: {COMMAND} [{{{','.join(SUBCOMMANDS)}}}] [options]\n\n"
     "The Tether certificate authority.\n\ncommands:\n"
-    + "".join(f"  {name:<11} {text}\n" for name, text in SUBCOMMANDS.items())
+    + "".join(f"  {name:<15} {text}\n" for name, text in SUBCOMMANDS.items())
     + f"\n'{COMMAND} <command> --help' lists a command's options.\n"
 )
 
@@ -104,6 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _bootstrap(args[1:])
     if args and args[0] == "mint-token":
         return _mint_token(args[1:])
+    if args and args[0] == "kube-bootstrap":
+        from tether.identity.kube_bootstrap.cli import main as kube_bootstrap
+
+        return kube_bootstrap(args[1:])
     if args and args[0] == "serve":
         args = args[1:]
     elif args and not args[0].startswith("-"):

@@ -3,7 +3,9 @@
 Every request for an authority uses the same :class:`Resolution`. While the
 destination service is unreachable the last known endpoints stay in use; the
 stream is reopened with jittered backoff, and the first message on a reopened
-stream replaces what was known (the server sends the full set first).
+stream replaces what was known (the server sends the full set first). A stream
+the service ended cleanly after serving it (its maximum age) is reopened at once,
+the last known endpoints in use meanwhile.
 """
 
 from __future__ import annotations
@@ -141,11 +143,13 @@ class DestinationClient:
         resolution = watch.resolution
         while True:
             resolution.stream_restarted()
+            served = False
             try:
                 async with contextlib.aclosing(self._open_stream(watch.authority)) as updates:
                     async for update in updates:
                         removed = resolution.apply(update, self._clock())
                         attempt = 0
+                        served = True
                         if failing:
                             failing = False
                             log.info("destination_stream_recovered", authority=watch.authority)
@@ -153,6 +157,10 @@ class DestinationClient:
                         watch.changed.clear()
                         if removed:
                             self._on_removed(removed)
+                if served:
+                    # Ended by the service after serving it (its maximum age): again at once.
+                    log.debug("destination_stream_ended", authority=watch.authority)
+                    continue
             except asyncio.CancelledError:
                 raise
             except GrpcCallError as exc:

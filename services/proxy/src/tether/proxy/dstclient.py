@@ -27,11 +27,14 @@ class DestinationStreams:
         self._context_token = context_token
 
     async def open(self, authority: str) -> AsyncGenerator[Update, None]:
-        """Updates of one Get stream; raises GrpcCallError when it fails."""
+        """Updates of one Get stream; raises GrpcCallError when it fails.
+
+        A stream the service ends with OK reached its maximum age (``--max-stream-age``): the connection is
+        retired, so that the streams reopened next go over a new one, which may reach another replica."""
         request = destination_pb2.GetDestination(
             authority=authority, context_token=self._context_token
         ).SerializeToString()
-        async for message in self.channel.stream(GET_PATH, request):
+        async for message in self.channel.stream(GET_PATH, request, retire_on_end=True):
             try:
                 decoded = destination_pb2.Update.FromString(message)
             except DecodeError:

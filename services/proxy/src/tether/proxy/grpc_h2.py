@@ -122,6 +122,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, _Call] = {}
         self.usable = True
+        #: No new calls; closed once its last call is over (``GrpcChannel.retire``).
+        self.retired = False
         self._tls = tls
         self._keepalive = keepalive
         self._last_read = time.monotonic()
@@ -207,6 +209,17 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(ProtocolError):
                 self.h2.reset_stream(call.stream_id, ErrorCodes.CANCEL)
             self._flush()
+        self._close_if_retired()
+
+    def retire(self) -> None:
+        """Take no new calls; the calls in progress go on, and the connection closes after the last."""
+        self.usable = False
+        self.retired = True
+        self._close_if_retired()
+
+    def _close_if_retired(self) -> None:
+        if self.retired and not self.calls:
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         self._last_read = time.monotonic()
@@ -248,6 +261,7 @@ class _Connection(asyncio.Protocol):
             if call.outbox and not call.finished:
                 self._pump(call)  # windows may have opened (WINDOW_UPDATE, SETTINGS)
         self._flush()
+        self._close_if_retired()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -351,13 +365,19 @@ class GrpcChannel:
             connection.close()
             raise GrpcCallError(UNAVAILABLE, f"cannot open a stream to {self.target}: {exc}") from None
 
-    async def stream(self, path: bytes, request: bytes) -> AsyncGenerator[bytes, None]:
-        """A server-streaming call: each response message's bytes; raises GrpcCallError when it fails."""
+    async def stream(
+        self, path: bytes, request: bytes, *, retire_on_end: bool = False
+    ) -> AsyncGenerator[bytes, None]:
+        """A server-streaming call: each response message's bytes; raises GrpcCallError when it fails.
+
+        ``retire_on_end``: when the server ends the call with OK, retire its connection (see ``_retire``)."""
         connection, call = await self._open(path, request, None)
         try:
             while True:
                 item = await call.queue.get()
                 if item is _END:
+                    if retire_on_end:
+                        self._retire(connection)
                     return
                 if isinstance(item, GrpcCallError):
                     raise item
@@ -393,6 +413,13 @@ class GrpcChannel:
         """A bidirectional-streaming call (also fits client streaming); ``cancel()`` it when done."""
         connection, call = await self._open(path, None, None)
         return BidiStream(connection, call)
+
+    def _retire(self, connection: _Connection) -> None:
+        """Calls after this one open a new connection (which may reach another server behind the same
+        address); the calls still on ``connection`` go on until they end, then it closes."""
+        connection.retire()
+        if self._connection is connection:
+            self._connection = None
 
     def reset(self) -> None:
         """Drop the connection (new TLS configuration, say): the next call connects again."""

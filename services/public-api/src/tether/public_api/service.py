@@ -20,13 +20,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tether.public_api import queries
+from tether.public_api.access import Access
+from tether.public_api.authz import Authorizer, build_authorizer
+from tether.public_api.ca_health import IssuerTable
 from tether.public_api.components import CheckOutcome, ComponentTable
 from tether.public_api.config import PublicApiConfig
+from tether.public_api.dashboard.app import Dashboard, start_dashboard
 from tether.public_api.follower import RollupFollower
 from tether.public_api.rollups import RollupStore
 from tether.public_api.tap import run_tap, validate_tap
 from tether.shared import subjects
-from tether.shared.events import Heartbeat
+from tether.shared.events import ISSUER_STATUS_INTERVAL, Heartbeat, IssuerStatus
 from tether.shared.grpcserver import start_grpc_server
 from tether.shared.grpctls import grpc_channel_credentials
 from tether.shared.proto.destination.v1 import destination_pb2, destination_pb2_grpc
@@ -65,13 +69,17 @@ class ApiServicer(public_pb2_grpc.ApiServicer):
         bus_connected: BusProbe,
         store: RollupStore,
         follower: RollupFollower,
+        issuers: IssuerTable,
     ) -> None:
         self._config = config
         self._table = table
+        self._issuers = issuers
         self._bus_connected = bus_connected
         self._store = store
         self._follower = follower
         self._destination: grpc.aio.Channel | None = None
+        # Who may Tap and ask Endpoints (--authz), set when the service starts.
+        self.access: Access | None = None
 
     async def close(self) -> None:
         if self._destination is not None:
@@ -97,6 +105,7 @@ class ApiServicer(public_pb2_grpc.ApiServicer):
     ) -> public_pb2.CheckResponse:
         now = time.time()
         outcomes = self._table.check(now, self._bus_connected())
+        outcomes.extend(self._issuers.check(now))
         outcomes.append(
             CheckOutcome(
                 "telemetry",
@@ -166,6 +175,8 @@ class ApiServicer(public_pb2_grpc.ApiServicer):
     ) -> AsyncIterator[telemetry_pb2.TapEvent]:
         assert self._bus_connected.ctx is not None
         tap = await validate_tap(request, context)
+        assert self.access is not None
+        await self.access.admit_tap(tap, context)
         async for event in run_tap(self._bus_connected.ctx.bus, tap, request):
             yield event
 
@@ -192,6 +203,8 @@ class ApiServicer(public_pb2_grpc.ApiServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "authority: longer than 512 characters")
         if request.namespace:
             await queries.check_label(context, "namespace", request.namespace)
+        assert self.access is not None
+        await self.access.admit_endpoints(request.authority, request.namespace, context)
         token = f'{{"ns":"{request.namespace}"}}' if request.namespace else ""
         try:
             channel = self._destination_channel()
@@ -230,6 +243,8 @@ class PublicApiService(Service):
     def __init__(self, config: PublicApiConfig) -> None:
         self.config = config
         self.table = ComponentTable(config.heartbeat_timeout)
+        # Identity publishes every STATUS_INTERVAL seconds: three missed ones mean it is gone.
+        self.issuers = IssuerTable(max(3 * ISSUER_STATUS_INTERVAL, config.heartbeat_timeout))
         self.store = RollupStore()
         self.follower = RollupFollower(self.store)
         self._probe = BusProbe()
@@ -237,6 +252,16 @@ class PublicApiService(Service):
         self._servicer: ApiServicer | None = None
         self._health = health.aio.HealthServicer()
         self.port = 0
+        self.dashboard: Dashboard | None = None
+        self._authorizer: Authorizer | None = None
+
+    async def prepare(self) -> None:
+        """With --authz kubernetes: the Kubernetes client, once the API answers (before NATS)."""
+        from tether.shared.kube import KubeSettings
+
+        self._authorizer = await build_authorizer(
+            self.config.authz, KubeSettings.from_config(self.config), timeout=self.config.authz_timeout
+        )
 
     async def start(self, ctx: Context) -> None:
         self._probe.ctx = ctx
@@ -245,14 +270,23 @@ class PublicApiService(Service):
             self.table.observe(beat, time.time())
 
         await ctx.bus.subscribe(subjects.HEALTH_ALL, Heartbeat, on_heartbeat)
+
+        async def on_issuer_status(status: IssuerStatus, _subject: str) -> None:
+            self.issuers.observe(status, time.time())
+
+        await ctx.bus.subscribe(subjects.IDENTITY_ISSUER, IssuerStatus, on_issuer_status)
         bus = ctx.bus
 
         async def follow() -> None:
             await self.follower.run(bus)
 
         ctx.spawn("rollups", follow)
-        servicer = ApiServicer(self.config, self.table, self._probe, self.store, self.follower)
+        servicer = ApiServicer(self.config, self.table, self._probe, self.store, self.follower, self.issuers)
         self._servicer = servicer
+        if self._authorizer is None:
+            await self.prepare()
+        assert self._authorizer is not None
+        servicer.access = Access(self._authorizer, ctx.bus.publish, ctx.instance)
         health_servicer = self._health
 
         def register(server: grpc.aio.Server) -> None:
@@ -273,14 +307,19 @@ class PublicApiService(Service):
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         ctx.log.info("public_api_listening", grpc_port=self.port)
+        self.dashboard = await start_dashboard(ctx, self.config, self.port)
 
     async def stop(self, grace: float) -> None:
+        if self.dashboard is not None:
+            await self.dashboard.close()  # its taps end before the gRPC server they call
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace)
         if self._servicer is not None:
             await self._servicer.close()
+        if self._authorizer is not None:
+            await self._authorizer.close()
 
     def ready(self) -> bool:
         return self._server is not None

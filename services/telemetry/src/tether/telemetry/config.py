@@ -36,6 +36,24 @@ class TelemetryConfig(CommonConfig, frozen=True, kw_only=True):
     rollup_max_age: Annotated[
         float, Meta(gt=0.0, le=30 * 86400.0, description="seconds the tether_rollups stream keeps rollups")
     ] = 3600.0
+    stream_replicas: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=5,
+            description="JetStream replicas of the tether_rollups stream (3 on a 3-node NATS cluster); an "
+            "existing stream is moved to this count",
+        ),
+    ] = 1
+    max_stream_age: Annotated[
+        float,
+        Meta(
+            ge=0.0,
+            le=86_400.0,
+            description="seconds after which a Report stream ends (jittered by up to ±15 percent), once "
+            "what it folded is acknowledged, so the proxy reconnects, possibly to a new replica (0: never)",
+        ),
+    ] = 300.0
     identity: IdentityClientConfig = msgspec.field(
         default_factory=lambda: IdentityClientConfig(name=DEFAULT_IDENTITY)
     )

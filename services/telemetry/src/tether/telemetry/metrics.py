@@ -50,6 +50,17 @@ class TelemetryMetrics:
             "Report streams ended because the same proxy opened a newer one",
             registry=registry,
         )
+        self.streams_expired = Counter(
+            "tether_telemetry_streams_expired_total",
+            "Report streams ended (status OK) at --max-stream-age, once what they folded was acknowledged",
+            registry=registry,
+        )
+        self.reports_deferred = Counter(
+            "tether_telemetry_reports_deferred_total",
+            "Reports left unfolded and unacknowledged on a stream past its maximum age (the proxy resends "
+            "them on its next stream)",
+            registry=registry,
+        )
         self.streams_open = Gauge(
             "tether_telemetry_streams_open", "Report streams currently open", registry=registry
         )

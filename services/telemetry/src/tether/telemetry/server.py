@@ -9,6 +9,11 @@
 * Reports are validated and folded; a report refused as a whole ends the stream with INVALID_ARGUMENT.
   Refusals and dropped scopes are logged once per stream per rollup interval.
 * Acknowledgements go out only after the publisher published the rollup that holds the report.
+* ``max_stream_age`` (:mod:`tether.shared.streamage`): past its jittered age a stream stops folding reports
+  (those that arrive are left unacknowledged: the proxy resends them on its next stream), waits until
+  everything it folded is published and acknowledged (the next rollup interval at most), then ends with
+  status OK. The proxy reconnects at once on a new connection, perhaps to another replica, and nothing is
+  lost or counted twice: no range this replica folded is left unacknowledged when the proxy moves.
 * Tap (:mod:`tether.telemetry.taprelay`): a stream's opening and end are told to the tap relay, the
   subscriptions it sends go down the stream (the latest per tap, ahead of acknowledgements), and the
   ``TapEvent`` messages the proxy sends are handed to it to check and publish.
@@ -18,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -28,6 +35,7 @@ import structlog
 from tether.shared.identity_names import InvalidIdentityName, parse_identity
 from tether.shared.proto.telemetry.v1 import telemetry_pb2 as pb
 from tether.shared.proto.telemetry.v1 import telemetry_pb2_grpc
+from tether.shared.streamage import stream_deadline
 from tether.telemetry.aggregate import Aggregator
 from tether.telemetry.errors import HelloRefused, ReportRefused
 from tether.telemetry.metrics import TelemetryMetrics
@@ -55,11 +63,28 @@ def peer_identity(context: Any) -> str | None:
 class Session:
     """One open stream: the latest acknowledgement to send, and whether it must end."""
 
-    __slots__ = ("ack", "ended", "hello", "log", "logged_at", "subscriptions", "suppressed", "wake")
+    __slots__ = (
+        "ack",
+        "closing",
+        "deadline",
+        "ended",
+        "folded",
+        "hello",
+        "log",
+        "logged_at",
+        "subscriptions",
+        "suppressed",
+        "wake",
+    )
 
-    def __init__(self, hello: Hello) -> None:
+    def __init__(self, hello: Hello, deadline: float = math.inf) -> None:
         self.hello = hello
         self.ack = 0
+        #: The highest sequence this stream folded (its acknowledgement may still be to come).
+        self.folded = 0
+        #: When the stream reaches its maximum age (event loop time), and whether it is past it.
+        self.deadline = deadline
+        self.closing = False
         #: Tap subscriptions to send, the latest per tap id (a newer one replaces one not sent yet).
         self.subscriptions: dict[str, pb.TapSubscription] = {}
         self.ended: tuple[grpc.StatusCode, str] | None = None
@@ -94,6 +119,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         log_interval: float,
         clock: Any = time.time,
         taps: TapRelay | None = None,
+        max_stream_age: float = 0.0,
+        rng: random.Random | None = None,
     ) -> None:
         self._core = core
         self.taps = taps
@@ -104,6 +131,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         self._clock = clock
         self.sessions: dict[ProxyKey, Session] = {}
         self._draining = False
+        self._max_age = max_stream_age
+        self._rng = rng or random.Random()
 
     def acknowledge(self, acks: dict[ProxyKey, int]) -> None:
         for proxy, sequence in acks.items():
@@ -161,7 +190,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         except HelloRefused as exc:
             await self._refuse(context, getattr(grpc.StatusCode, exc.code), exc.reason, exc.detail)
             return
-        session = Session(hello)
+        session = Session(hello, stream_deadline(asyncio.get_running_loop().time(), self._max_age, self._rng))
         previous = self.sessions.get(hello.proxy)
         if previous is not None:
             self._metrics.streams_replaced.inc()
@@ -181,13 +210,31 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                 if self.taps is not None:
                     await self.taps.proxy_disconnected(hello.proxy)
 
+    def _expired(self, session: Session, sent: int) -> bool:
+        """Whether the stream is past its age and everything it folded was acknowledged: it ends."""
+        if session.closing and sent >= session.folded:
+            self._metrics.streams_expired.inc()
+            session.log.debug("report_stream_expired", acknowledged=sent)
+            return True
+        return False
+
     async def _serve(self, session: Session, context: Any) -> None:
         sent = 0
+        loop = asyncio.get_running_loop()
         reading: asyncio.Future[Any] = asyncio.ensure_future(context.read())
         waking: asyncio.Future[Any] = asyncio.ensure_future(session.wake.wait())
         try:
             while True:
-                await asyncio.wait({reading, waking}, return_when=asyncio.FIRST_COMPLETED)
+                timeout = None
+                if not session.closing:
+                    remaining = session.deadline - loop.time()
+                    if remaining <= 0:
+                        session.closing = True
+                        if self._expired(session, sent):
+                            return
+                    elif not math.isinf(remaining):
+                        timeout = remaining
+                await asyncio.wait({reading, waking}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if waking.done():
                     session.wake.clear()
                     waking = asyncio.ensure_future(session.wake.wait())
@@ -202,6 +249,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
                         sent = session.ack
                         await context.write(pb.ReportResponse(ack=pb.ReportAck(sequence=sent)))
                         self._metrics.acks_sent.inc()
+                    if self._expired(session, sent):
+                        return
                 if reading.done():
                     message = reading.result()
                     if message is grpc.aio.EOF:
@@ -232,6 +281,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
             self._note(session, "report_refused", reason=exc.reason, detail=exc.detail[:200])
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
+        if session.closing:
+            # Past its age: folded here, this report's acknowledgement could be lost with the stream; it is
+            # resent (merged) on the proxy's next stream instead.
+            self._metrics.reports_deferred.inc()
+            return
         for reason, count in report.rejected.items():
             self._metrics.scopes_dropped.labels(reason).inc(count)
         if report.rejected:
@@ -244,6 +298,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
             self._metrics.reports_ignored.inc()
         else:
             self._metrics.reports_accepted.inc()
+        if folded.outcome != "overlap":
+            session.folded = max(session.folded, report.last)
         if folded.ack is not None:
             session.acknowledge(folded.ack)
 

@@ -21,6 +21,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from tether.shared import subjects
+from tether.shared.bus import replica_refusal
 from tether.shared.errors import BusError
 from tether.shared.grpcserver import start_grpc_server
 from tether.shared.proto.telemetry.v1 import telemetry_pb2_grpc
@@ -77,9 +78,19 @@ class TelemetryService(Service):
         config = self.config
         self._ctx = ctx
         self.instance = ctx.instance
-        await ctx.bus.ensure_stream(
-            subjects.ROLLUPS_STREAM, [subjects.ROLLUP_ALL], max_age=config.rollup_max_age
-        )
+        try:
+            await ctx.bus.ensure_stream(
+                subjects.ROLLUPS_STREAM,
+                [subjects.ROLLUP_ALL],
+                max_age=config.rollup_max_age,
+                replicas=config.stream_replicas,
+            )
+        except BusError as exc:
+            what = f"the stream {subjects.ROLLUPS_STREAM}"
+            refusal = replica_refusal(what, config.stream_replicas, exc, "--stream-replicas")
+            if refusal is not None:
+                raise refusal from None
+            raise
         self._stream_ready = True
         self._servicer = TelemetryServicer(
             self.core,
@@ -87,6 +98,7 @@ class TelemetryService(Service):
             mtls=self.serving_identity is not None,
             hello_timeout=config.hello_timeout,
             log_interval=config.rollup_interval,
+            max_stream_age=config.max_stream_age,
         )
         servicer = self._servicer
         self.taps = TapRelay(TapRegistry(self.instance), ctx.bus, self.metrics, servicer)

@@ -1,9 +1,11 @@
 """What the Kubernetes source reads from annotations and address fields, each value on its own.
 
-``tether.io/opaque-ports`` lists ports that carry an opaque (non-HTTP) protocol, so proxies skip protocol
-detection for them: comma-separated port numbers or inclusive ranges, ``"25,3306,4000-4100"``. On a
-Service the numbers are its service ports (the port in the authority); on a Pod, the pod's own ports. A
-value that does not parse is the caller's to report: it is ignored as a whole, never half-applied.
+``config.tether.io/opaque-ports`` (the name ``tether inject`` reads too, as Linkerd's
+``config.linkerd.io/opaque-ports``; the earlier ``tether.io/opaque-ports`` is still read where the new one
+is absent) lists ports that carry an opaque (non-HTTP) protocol, so proxies skip protocol detection for
+them: comma-separated port numbers or inclusive ranges, ``"25,3306,4000-4100"``. On a Service the numbers
+are its service ports (the port in the authority); on a Pod, the pod's own ports. A value that does not
+parse is the caller's to report: it is ignored as a whole, never half-applied.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from collections.abc import Iterable
 
 from tether.shared.events import MAX_PORT_RANGES, MAX_SERVICE_ADDRESSES, PortRange
 
-OPAQUE_PORTS_ANNOTATION = "tether.io/opaque-ports"
+OPAQUE_PORTS_ANNOTATION = "config.tether.io/opaque-ports"
+LEGACY_OPAQUE_PORTS_ANNOTATION = "tether.io/opaque-ports"
+#: Read in this order: the first one an object carries is its value.
+OPAQUE_PORTS_ANNOTATIONS = (OPAQUE_PORTS_ANNOTATION, LEGACY_OPAQUE_PORTS_ANNOTATION)
 MAX_ANNOTATION_LENGTH = 4096
 
 

@@ -6,7 +6,8 @@ ready; ``terminating`` endpoints are left out; not-ready ones stay in the set wi
 A pod is meshed when it runs the ``tether-proxy`` container: only meshed pods get a TLS identity
 (``<sa>.<ns>.serviceaccount.identity.<trust-domain>``) and the h2 protocol hint. A Service's virtual
 addresses come from ``spec.clusterIPs`` (or ``spec.clusterIP``); opaque ports from the
-``tether.io/opaque-ports`` annotation of the Service (its service ports) and of the Pod (its own ports).
+``config.tether.io/opaque-ports`` annotation (else ``tether.io/opaque-ports``) of the Service (its service
+ports) and of the Pod (its own ports).
 An annotation that does not parse is ignored and reported once per object and value (``take_warnings``).
 """
 
@@ -20,7 +21,7 @@ from typing import Any, Literal
 from tether.destination.model import Endpoint, ServicePort, Workload, service_key
 from tether.destination.reconcile import DesiredService, normalise
 from tether.destination.sources.kube_annotations import (
-    OPAQUE_PORTS_ANNOTATION,
+    OPAQUE_PORTS_ANNOTATIONS,
     InvalidAnnotation,
     cluster_addresses,
     parse_opaque_ports,
@@ -121,13 +122,15 @@ def parse_service(obj: Mapping[str, Any]) -> ServiceInfo | None:
 def _opaque_ports(
     annotations: Mapping[str, str] | None,
 ) -> tuple[tuple[PortRange, ...], BadAnnotation | None]:
-    value = (annotations or {}).get(OPAQUE_PORTS_ANNOTATION)
-    if value is None:
+    present = annotations or {}
+    name = next((name for name in OPAQUE_PORTS_ANNOTATIONS if name in present), None)
+    if name is None:
         return (), None
+    value = present[name]
     try:
         return parse_opaque_ports(value), None
     except InvalidAnnotation as exc:
-        return (), BadAnnotation(OPAQUE_PORTS_ANNOTATION, value, str(exc))
+        return (), BadAnnotation(name, value, str(exc))
 
 
 def parse_slice(obj: Mapping[str, Any]) -> SliceInfo | None:

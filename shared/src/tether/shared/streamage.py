@@ -1,0 +1,23 @@
+"""The maximum age of a long-lived stream (``--max-stream-age``): destination's Get streams and telemetry's
+Report streams end cleanly (status OK) after it, so that the proxies reconnect, each on a new connection,
+which a Kubernetes Service may send to a replica added since: scaling a component out needs nothing else.
+
+The age is jittered, ±:data:`JITTER` around the configured one, so that proxies that connected together
+(after a rollout, say) do not all reconnect together.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+JITTER = 0.15
+
+
+def stream_deadline(now: float, max_age: float, rng: random.Random | None = None) -> float:
+    """When a stream (or connection) opened at ``now`` ends: ``now`` plus ``max_age`` jittered by
+    ±:data:`JITTER`; infinity when ``max_age`` is 0 (streams never end on their own)."""
+    if max_age <= 0:
+        return math.inf
+    jitter = (rng or random).uniform(-JITTER, JITTER)
+    return now + max_age * (1.0 + jitter)
