@@ -13,6 +13,7 @@ offset   default port           what
 +20/+21  4720 / 4721            destination gRPC / admin
 +30/+31  4730 / 4731            telemetry gRPC / admin
 +40/+41  4740 / 4741            public-api gRPC / admin
++42      4742                   public-api web dashboard (HTTP; ``tether dashboard`` opens it)
 +50..99  4750 - 4799            reserved for the mesh (application proxies)
 =======  =====================  ==============
 """
@@ -39,6 +40,7 @@ PUBLIC_API = "public-api"
 COMPONENTS = (NATS, IDENTITY, DESTINATION, TELEMETRY, PUBLIC_API)
 OFFSETS = {NATS: 0, IDENTITY: 10, DESTINATION: 20, TELEMETRY: 30, PUBLIC_API: 40}
 RANGE = 100
+DASHBOARD_OFFSET = 42  # public-api's web dashboard
 
 
 class MeshConfig(LoggingConfig, frozen=True, kw_only=True):
@@ -77,7 +79,12 @@ class MeshConfig(LoggingConfig, frozen=True, kw_only=True):
             found.append((name, "client" if name == NATS else "gRPC", port))
             if admin:
                 found.append((name, "admin", admin))
+        found.append((PUBLIC_API, "web", self.dashboard_port))
         return found
+
+    @property
+    def dashboard_port(self) -> int:
+        return self.port_base + DASHBOARD_OFFSET
 
 
 class Paths:

@@ -131,7 +131,7 @@ def component_argv(name: str, config: MeshConfig, paths: Paths) -> list[str]:
         # An interactive mesh: rollups every 2 s, so `tether stat` shows traffic seconds after it starts.
         return _python("tether.telemetry", *common, *workload, "--rollup-interval", str(ROLLUP_INTERVAL))
     if name == PUBLIC_API:
-        return _python("tether.public_api", *common)
+        return _python("tether.public_api", *common, "--dashboard-addr", f"{HOST}:{config.dashboard_port}")
     raise ValueError(f"unknown component {name!r}")
 
 
