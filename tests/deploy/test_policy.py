@@ -149,7 +149,8 @@ PORTS = {
     "tether-destination": {"grpc": 8086, "admin-http": 9996},
     "tether-identity": {"grpc": 8080, "admin-http": 9990},
     "tether-telemetry": {"grpc": 8087, "admin-http": 9997},
-    "tether-public-api": {"grpc": 8085, "admin-http": 9995},
+    # The dashboard's port is named for `kubectl port-forward`; it listens on loopback (checked below).
+    "tether-public-api": {"grpc": 8085, "admin-http": 9995, "dashboard": 8084},
 }
 
 
@@ -264,3 +265,12 @@ def test_nothing_generated_is_committed() -> None:
         for doc in yaml.safe_load_all(path.read_text()):
             assert not doc or doc.get("kind") != "Secret", path
     assert not any(Path(p).name.endswith((".key", ".crt", ".seed")) for p in DEPLOY.rglob("*"))
+
+
+def test_the_dashboard_is_reachable_through_port_forward_only(manifests: Manifests) -> None:
+    """Loopback inside the pod (port-forward dials localhost there), and no NetworkPolicy opens it."""
+    config = manifests.get("ConfigMap", "tether-public-api-config")["data"]
+    assert config["TETHER_PUBLIC_API_DASHBOARD_ADDR"] == "127.0.0.1:8084"
+    policy = manifests.get("NetworkPolicy", "tether-public-api")["spec"]
+    opened = {port.get("port") for rule in policy.get("ingress", []) for port in rule.get("ports", [])}
+    assert opened and not opened & {8084, "dashboard"}, opened
