@@ -158,7 +158,8 @@ async def api(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Api]:
             "public-api",
             {
                 **common,
-                "heartbeat_timeout": "2",
+                # Heartbeats come every 2 s: 5 s is never borderline, and a stopped component goes soon.
+                "heartbeat_timeout": "5",
                 "destination_addr": f"127.0.0.1:{destination_service.grpc_port}",
                 "destination_trust_anchors": "",
             },
@@ -180,12 +181,13 @@ async def api(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Api]:
 
     async def heard() -> bool:
         result = await tether("--api-addr", addr, "version")
-        return "public-api" in result.out and "telemetry" in result.out and "not ready" not in result.out
+        seen = all(name in result.out for name in ("destination", "public-api", "telemetry"))
+        return seen and "not ready" not in result.out
 
     try:
         await eventually(merged, what="web's merged row in tether stat")
         await eventually(heard, what="the heartbeats in tether version")
-        yield Api(addr, bus, telemetry, (runtime.instance, telemetry.instance))
+        yield Api(addr, bus, telemetry, (runtime.instance, telemetry.instance, destination.instance))
     finally:
         await telemetry.stop()
         await runtime.stop()
@@ -252,7 +254,9 @@ async def test_version_table_and_json(api: Api) -> None:
     result = await tether("--api-addr", api.addr, "version", "-o", "json")
     body = json.loads(result.out)
     body["components"].sort(key=lambda c: c["service"])
-    body["components"] = [c for c in body["components"] if c["service"] in ("public-api", "telemetry")]
+    body["components"] = [
+        c for c in body["components"] if c["service"] in ("destination", "public-api", "telemetry")
+    ]
     golden("version.json", json.dumps(body, indent=2), api.instances)
     assert body["client_version"] == "0.1.0" and body["server_version"] == "9.9.9"
     assert {c["service"] for c in body["components"]} >= {"public-api", "telemetry"}
@@ -260,7 +264,7 @@ async def test_version_table_and_json(api: Api) -> None:
 
 async def test_check_reports_a_stopped_component_and_exits_non_zero(api: Api) -> None:
     result = await tether("--api-addr", api.addr, "check")
-    assert result.code == 1, "destination and identity send no heartbeat here: the check fails"
+    assert result.code == 1, "identity sends no heartbeat here: the check fails"
     assert f"{OK} telemetry is running and ready (1/1 instances ready)" in result.out.splitlines()
     golden("check.txt", result.out)
     result = await tether("--api-addr", api.addr, "check", "-o", "json")

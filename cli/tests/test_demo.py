@@ -91,10 +91,11 @@ def stats_complete(rows: dict[str, dict[str, Any]]) -> bool:
 def test_the_demo_shows_real_golden_metrics_and_leaves_nothing_running(tmp_path: Path) -> None:
     base = free_base()
     state = tmp_path / "state"
+    errors = (tmp_path / "demo.stderr").open("w")
     demo = subprocess.Popen(
         [TETHER, "demo", "--duration", str(DURATION), "--state-dir", str(state), "--port-base", str(base)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=errors,
         text=True,
     )
     output = Output(demo)
@@ -123,12 +124,15 @@ def test_the_demo_shows_real_golden_metrics_and_leaves_nothing_running(tmp_path:
         assert rows["emoji"]["success_rate"] == 1.0
         # emoji is the slow backend: slower than voting at the median.
         assert rows["emoji"]["latency_ms_p50"] > rows["voting"]["latency_ms_p50"], rows
-        _, stderr = demo.communicate(timeout=120)
+        # Only the reader thread reads stdout (communicate() would race it for the last table).
+        demo.wait(timeout=120)
     finally:
         if demo.poll() is None:
             demo.kill()
             demo.wait()
+        errors.close()
     output.join()
+    stderr = (tmp_path / "demo.stderr").read_text()
     assert demo.returncode == 0, output.text()[-2000:] + stderr[-2000:]
 
     # What the user saw: the last table printed (not a terminal: one plain table per refresh).

@@ -288,6 +288,8 @@ class Component:
             "json",
             "--shutdown-grace",
             "0.5",
+            # Several public-api processes run at once here: each its own dashboard port, not 8084.
+            *(("--dashboard-addr", f"127.0.0.1:{free_port()}") if service == "public-api" else ()),
             *extra,
         ]
         self.process: subprocess.Popen[bytes] | None = None

@@ -44,6 +44,7 @@ class FakeReporter:
         self.sent: list[pb.TapEvent] = []
         self.tap_events_sent = 0
         self.connected = True
+        self.flushed: float | None = None
 
     def send_tap_event(self, event: pb.TapEvent) -> bool:
         if not self.connected:
@@ -54,6 +55,11 @@ class FakeReporter:
 
     def render_metrics(self) -> str:
         return ""
+
+    async def flush(self, timeout: float) -> bool:
+        """The final report on shutdown: nothing is pending here."""
+        self.flushed = timeout
+        return True
 
 
 async def _app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -65,11 +65,12 @@ class ComponentTable:
         for service in CONTROL_PLANE:
             instances = [c for c in alive if c.service == service]
             ready = [c for c in instances if c.ready]
-            hint = (
-                f"{len(instances)} {service} instance(s) running, none ready: check its logs and /ready"
-                if instances
-                else f"no {service} instance sent a heartbeat in the last {self.timeout:g}s: is it running?"
-            )
+            if ready:
+                hint = ""
+            elif instances:
+                hint = f"{len(instances)} {service} instance(s) running, none ready: check its logs, /ready"
+            else:
+                hint = f"no {service} instance sent a heartbeat in the last {self.timeout:g}s: is it running?"
             outcomes.append(
                 CheckOutcome(
                     "control-plane",
@@ -84,7 +85,7 @@ class ComponentTable:
                 "control-plane",
                 "control-plane components run the same version",
                 len(versions) <= 1,
-                "versions seen: " + ", ".join(sorted(versions)),
+                "" if len(versions) <= 1 else "versions seen: " + ", ".join(sorted(versions)),
             )
         )
         return outcomes
