@@ -13,14 +13,13 @@ ServiceAccount whose bearer token it carries: `401 Unauthorized` for an unknown 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tether.shared.kube_testing import Answer, EmulatedApiServer, Request, Watch, status
 
 from .rbac import ApiRequest, Grant, allowed
 
@@ -36,18 +35,6 @@ REVIEWS = {
     ("authentication.k8s.io", "tokenreviews"),
     ("authorization.k8s.io", "subjectaccessreviews"),
 }
-
-
-def status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
 
 
 @dataclass(frozen=True)
@@ -74,31 +61,27 @@ class KubeEmulator:
         with self._lock:
             self.recorded.append(Recorded(user, request, code))
 
-    def handle(self, handler: BaseHTTPRequestHandler) -> None:
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = json.loads(handler.rfile.read(length)) if length else None
-        request = ApiRequest.from_http(handler.command, handler.path)
-        auth = handler.headers.get("Authorization", "")
+    def handle(self, http: Request) -> Answer:
+        body = http.json()
+        request = ApiRequest.from_http(http.method, http.target)
+        auth = http.headers.get("authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""
         if token not in self.users:
             self._record("", request, 401)
-            return _send(handler, 401, status(401, "Unauthorized", "Unauthorized"))
+            return 401, status(401, "Unauthorized", "Unauthorized")
         user, grants = self.users[token]
         if not allowed(grants, request):
             self._record(user, request, 403)
             what = (
                 f'{request.resource} "{request.name}"' if request.name else request.resource or request.path
             )
-            return _send(
-                handler,
-                403,
-                status(403, "Forbidden", f'{what} is forbidden: User "{user}" cannot {request.verb} it'),
-            )
+            message = f'{what} is forbidden: User "{user}" cannot {request.verb} it'
+            return 403, status(403, "Forbidden", message)
         code, answer = self._answer(request, body)
         self._record(user, request, code)
         if code == 0:
-            return self._watch(handler, request, handler.path)
-        return _send(handler, code, answer)
+            return Watch(self._idle_watch(float(http.query.get("timeoutSeconds") or 300)))
+        return code, answer
 
     def _answer(self, request: ApiRequest, body: Any) -> tuple[int, Any]:
         if request.path == "/version":
@@ -136,55 +119,17 @@ class KubeEmulator:
             }
         return 404, status(404, "NotFound", f"{request} is not emulated")
 
-    def _watch(self, handler: BaseHTTPRequestHandler, request: ApiRequest, target: str) -> None:
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Transfer-Encoding", "chunked")
-        handler.send_header("Connection", "close")
-        handler.end_headers()
-        handler.wfile.flush()
-        timeout = 300.0
-        for part in target.partition("?")[2].split("&"):
-            if part.startswith("timeoutSeconds="):
-                timeout = float(part.split("=", 1)[1])
+    def _idle_watch(self, timeout: float) -> Iterator[dict[str, Any]]:
+        """A watch on which nothing happens: open until its timeoutSeconds, or until the server stops."""
         self._stopping.wait(timeout)
-        with contextlib.suppress(OSError):  # the client may have gone first
-            handler.wfile.write(b"0\r\n\r\n")
-        handler.close_connection = True
+        yield from ()
 
     @contextmanager
     def serving(self) -> Iterator[KubeEmulator]:
-        emulator = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:
-                emulator.handle(self)
-
-            do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
+        server = EmulatedApiServer(self.handle)  # keep-alive, as the API server serves a client's pool
+        self.url = server.start()
         try:
             yield self
         finally:
             self._stopping.set()
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
-
-
-def _send(handler: BaseHTTPRequestHandler, code: int, payload: Any) -> None:
-    data = json.dumps(payload).encode()
-    handler.send_response(code)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
+            server.stop()

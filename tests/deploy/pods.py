@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-import msgspec
-
 from tether.shared.config import load_config, option_specs
 
 from .manifests import Container, Manifests, pod_template
@@ -188,15 +186,15 @@ def parse(manifests: Manifests, container: Container) -> Parsed:
     return Parsed(service, config, flags, env, frozenset(set_fields))
 
 
-def option_values(config: Any, prefix: str = "") -> dict[str, Any]:
-    """Every option of a parsed configuration by its flat name (groups flattened: identity_trust_anchors)."""
+def option_values(config: Any) -> dict[str, Any]:
+    """Every option of a parsed configuration by its flat name (groups flattened: identity_trust_anchors,
+    and kube.kubeconfig as its option names it: kubeconfig)."""
     values: dict[str, Any] = {}
-    for name in config.__struct_fields__:
-        value = getattr(config, name)
-        if isinstance(value, msgspec.Struct):
-            values.update(option_values(value, f"{prefix}{name}_"))
-        else:
-            values[f"{prefix}{name}"] = value
+    for spec in option_specs(type(config), "any"):  # the service only scopes environment names
+        value = config
+        for name in spec.path:
+            value = getattr(value, name)
+        values[spec.field] = value
     return values
 
 

@@ -33,7 +33,7 @@ def _config(manifests: Manifests, component: str, api: KubeEmulator) -> Any:
     """The component's configuration as rendered, but for the emulated API's address: with no
     --kube-api-url it would look for the in-cluster one, which presents the pod's ServiceAccount token."""
     config = parse(manifests, manifests.container_of(component)).config
-    return msgspec.structs.replace(config, kube_api_url=api.url)
+    return msgspec.structs.replace(config, kube=msgspec.structs.replace(config.kube, api_url=api.url))
 
 
 def _as(api: KubeEmulator, manifests: Manifests, account: str) -> str:
@@ -52,7 +52,7 @@ async def destination_source(manifests: Manifests, api: KubeEmulator) -> list[Ap
 
     user = _as(api, manifests, "tether-destination")
     config = _config(manifests, "destination", api)
-    settings = KubeSettings.from_config(config)
+    settings = KubeSettings.from_config(config.kube)
     client = api_client(settings, remedy="")
     await wait_reachable(client, settings.connect_timeout, what_to_check="")
     source = KubernetesSource(
@@ -106,7 +106,7 @@ async def public_api_tap_authorisation(manifests: Manifests, api: KubeEmulator) 
     user = _as(api, manifests, "tether-public-api")
     config = _config(manifests, "public-api", api)
     authorizer = await build_authorizer(
-        config.authz, KubeSettings.from_config(config), timeout=config.authz_timeout
+        config.authz, KubeSettings.from_config(config.kube), timeout=config.authz_timeout
     )
     try:
         caller = await authorizer.authenticate([("authorization", "Bearer a-users-kubeconfig-token")])

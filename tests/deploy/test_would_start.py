@@ -39,7 +39,7 @@ def test_configuration_parses_as_meant(manifests: Manifests, component: str) -> 
     assert config.nats_servers == ["tls://tether-nats.tether.svc.cluster.local:4222"]
     assert config.nats_nkey and config.nats_tls_ca and not config.nats_creds
     if component in ("destination", "identity", "public-api"):
-        assert config.kube_api_url == "" and config.kubeconfig == ""  # in-cluster: the pod's own token
+        assert config.kube.api_url == "" and config.kube.kubeconfig == ""  # in-cluster: the pod's own token
     if component == "destination":
         assert config.source == "kubernetes" and not config.identity.disabled
         # HA: its buckets keep one replica on each of the three NATS servers (the default: one).
@@ -65,7 +65,7 @@ def test_bootstrap_job_configuration_parses(manifests: Manifests) -> None:
     assert container.spec["image"] == manifests.container_of("identity").spec["image"]
     config = parse(manifests, container).config
     assert config.namespace == container.namespace  # its Role's namespace, from the downward API
-    assert config.kube_api_url == "" and config.kubeconfig == "" and not config.skip_issuer
+    assert config.kube.api_url == "" and config.kube.kubeconfig == "" and not config.skip_issuer
     assert set(config.nats_roles) == {"destination", "identity", "telemetry", "public-api", "reader"}
 
 

@@ -5,8 +5,9 @@ collections the source reads (``/api/v1/services``, ``/apis/discovery.k8s.io/v1/
 ``/api/v1/pods``): JSON list responses with ``metadata.resourceVersion`` (and ``limit``/``continue``
 paging), chunked watch streams of ``ADDED``/``MODIFIED``/``DELETED``/``BOOKMARK``/``ERROR`` events resumed
 from ``resourceVersion`` and ended after ``timeoutSeconds``, ``ERROR`` events with a ``410 Expired`` Status
-when a watch's version was compacted away, and ``Status`` bodies for injected HTTP errors. The replica is a
-real process using the real kubernetes client; the bucket is read from a real nats-server.
+when a watch's version was compacted away, and ``Status`` bodies (:func:`tether.shared.kube_testing.status`)
+for injected HTTP errors. The replica is a real process using the real kubernetes client; the bucket is read
+from a real nats-server.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pytest
 from tether.destination.model import EndpointSet
 from tether.shared import subjects
 from tether.shared.bus import Bus, KeyValue
+from tether.shared.kube_testing import status
 from tether.shared.testing import eventually
 
 from .conftest import Mesh
@@ -39,18 +41,6 @@ COLLECTIONS = {
     ),
     "/api/v1/pods": ("pods", "PodList", "v1"),
 }
-
-
-def status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
 
 
 class FakeKubeApi:

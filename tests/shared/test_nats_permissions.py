@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import hashlib
 import io
-import ipaddress
 import json
 import os
 import re
@@ -43,12 +42,12 @@ import pytest_asyncio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from nats.js import api as js_api
 from prometheus_client import REGISTRY
 
 from tether.identity.bootstrap import bootstrap
 from tether.identity.tokens.local import load_token_key, mint_token
+from tether.shared import nats_auth
 from tether.shared.bus import Bus, KeyValue, KvEntry, NatsRefused, Synced
 from tether.shared.cloudevents import EventData
 from tether.shared.errors import PermissionDenied
@@ -1064,75 +1063,21 @@ async def test_a_client_without_credentials_or_with_an_unknown_key_cannot_connec
 # --- 5. TLS ----------------------------------------------------------------------------------------------
 
 
-def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, certificate
-
-
 def write_tls_material(directory: Path) -> tuple[ServerTls, Path, Path]:
-    """A test CA, a server certificate it signs for 127.0.0.1/localhost, and another CA's bundle."""
+    """A CA and a server certificate it signs for 127.0.0.1/localhost, made as the bootstrap Job makes
+    them (:func:`tether.shared.nats_auth.generate_server_tls`), and another CA's bundle."""
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca = _ca("tether test nats CA")
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca.subject)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    now, lifetime = datetime.now(UTC), timedelta(hours=1)
+    tls = nats_auth.generate_server_tls(
+        ["localhost"], now, lifetime, ip_addresses=["127.0.0.1"], ca_name="tether test nats CA"
     )
-    pem = serialization.Encoding.PEM
+    other = nats_auth.generate_server_tls(["localhost"], now, lifetime, ca_name="some other CA")
     ca_file, other_ca_file = directory / "ca.crt", directory / "other-ca.crt"
     cert_file, key_file = directory / "server.crt", directory / "server.key"
-    ca_file.write_bytes(ca.public_bytes(pem))
-    other_ca_file.write_bytes(_ca("some other CA")[1].public_bytes(pem))
-    cert_file.write_bytes(server.public_bytes(pem))
-    key_file.write_bytes(
-        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    ca_file.write_bytes(tls.ca_certificate)
+    other_ca_file.write_bytes(other.ca_certificate)
+    cert_file.write_bytes(tls.certificate)
+    key_file.write_bytes(tls.key)
     key_file.chmod(0o600)
     return ServerTls(str(cert_file), str(key_file)), ca_file, other_ca_file
 

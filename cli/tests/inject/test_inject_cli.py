@@ -9,15 +9,14 @@ JSON, or a ``Status`` 404), reached through a kubeconfig with a bearer token, as
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from inject.kit import ANCHORS, CORPUS, VERSION, inject, injected_pods, tether
 
 from tether.cli.inject.config import quantity
+from tether.shared.kube_testing import EmulatedApiServer, Request, status
 
 CONFIGMAP_PATH = "/api/v1/namespaces/tether/configmaps/tether-trust-roots"
 
@@ -25,56 +24,26 @@ CONFIGMAP_PATH = "/api/v1/namespaces/tether/configmaps/tether-trust-roots"
 class FakeCluster:
     def __init__(self) -> None:
         self.configmap: dict[str, str] | None = {"ca-bundle.crt": ANCHORS.read_text()}
-        self.requests: list[tuple[str, str]] = []  # (path, Authorization header)
-        cluster = self
+        self.server = EmulatedApiServer(self._answer, keep_alive=False, poll_interval=0.02)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                cluster.requests.append((self.path.split("?")[0], self.headers.get("Authorization", "")))
-                if self.path.split("?")[0] == CONFIGMAP_PATH and cluster.configmap is not None:
-                    body = {
-                        "kind": "ConfigMap",
-                        "apiVersion": "v1",
-                        "metadata": {
-                            "name": "tether-trust-roots",
-                            "namespace": "tether",
-                            "resourceVersion": "7",
-                        },
-                        "data": cluster.configmap,
-                    }
-                    self._send(200, body)
-                    return
-                self._send(
-                    404,
-                    {
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "status": "Failure",
-                        "message": 'configmaps "tether-trust-roots" not found',
-                        "reason": "NotFound",
-                        "code": 404,
-                    },
-                )
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """(path, Authorization header) of each request received."""
+        return [(r.path, r.headers.get("authorization", "")) for r in self.server.requests]
 
-            def _send(self, code: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *_args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
+    def _answer(self, request: Request) -> tuple[int, object]:
+        if request.path == CONFIGMAP_PATH and self.configmap is not None:
+            return 200, {
+                "kind": "ConfigMap",
+                "apiVersion": "v1",
+                "metadata": {"name": "tether-trust-roots", "namespace": "tether", "resourceVersion": "7"},
+                "data": self.configmap,
+            }
+        return 404, status(404, "NotFound", 'configmaps "tether-trust-roots" not found')
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.server.url
 
     def kubeconfig(self, path: Path) -> Path:
         path.write_text(
@@ -95,10 +64,8 @@ class FakeCluster:
 @pytest.fixture
 def cluster() -> Iterator[FakeCluster]:
     fake = FakeCluster()
-    fake.thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
+    with fake.server:
+        yield fake
 
 
 def test_trust_anchors_come_from_the_clusters_configmap(cluster: FakeCluster, tmp_path: Path) -> None:

@@ -6,11 +6,9 @@ here; this emulates its wire protocol, as seen by the official kubernetes client
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
@@ -20,6 +18,7 @@ from tether.identity.errors import IssuerUnavailable, Unauthenticated
 from tether.identity.tokens.kubernetes import AUDIENCE, KubernetesTokenVerifier
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.kube import KubeSettings, api_client
+from tether.shared.kube_testing import EmulatedApiServer, Request, status
 
 WEB = WorkloadIdentity("web", "shop", "cluster.local")
 SERVICE_TOKEN = "identity-service-own-sa-token"
@@ -62,60 +61,26 @@ class FakeApiServer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
 
+    def answer(self, request: Request) -> tuple[int, dict[str, Any]]:
+        body = json.loads(request.body)
+        self.requests.append({"path": request.target, "headers": dict(request.headers), "body": body})
+        if (
+            request.target != TOKEN_REVIEW_PATH
+            or request.headers.get("authorization") != f"Bearer {SERVICE_TOKEN}"
+        ):
+            return 401, status(401, "Unauthorized", "Unauthorized")
+        code, review = self.tokens.get(
+            body["spec"]["token"], (201, {"user": {}, "error": "invalid bearer token"})
+        )
+        return (201, _review(body["spec"], review)) if code == 201 else (code, review)
+
 
 @pytest.fixture
 def api_server() -> Iterator[FakeApiServer]:
     fake = FakeApiServer()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length))
-            fake.requests.append({"path": self.path, "headers": dict(self.headers.items()), "body": body})
-            if (
-                self.path != TOKEN_REVIEW_PATH
-                or self.headers.get("Authorization") != f"Bearer {SERVICE_TOKEN}"
-            ):
-                self._send(
-                    401,
-                    {
-                        "kind": "Status",
-                        "apiVersion": "v1",
-                        "metadata": {},
-                        "status": "Failure",
-                        "message": "Unauthorized",
-                        "reason": "Unauthorized",
-                        "code": 401,
-                    },
-                )
-                return
-            code, status = fake.tokens.get(
-                body["spec"]["token"], (201, {"user": {}, "error": "invalid bearer token"})
-            )
-            if code == 201:
-                self._send(201, _review(body["spec"], status))
-            else:
-                self._send(code, status)
-
-        def _send(self, code: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with EmulatedApiServer(fake.answer, keep_alive=False, poll_interval=0.01) as server:
+        fake.url = server.url
+        yield fake
 
 
 def _verifier(url: str) -> KubernetesTokenVerifier:
@@ -182,17 +147,13 @@ async def test_forbidden_review_is_unavailable_and_logs_no_token(
     secrets.add("sa-token-forbidden")
     api_server.tokens["sa-token-forbidden"] = (
         403,
-        {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": "tokenreviews.authentication.k8s.io is forbidden: User "
+        status(
+            403,
+            "Forbidden",
+            "tokenreviews.authentication.k8s.io is forbidden: User "
             '"system:serviceaccount:tether:identity" cannot create resource "tokenreviews"',
-            "reason": "Forbidden",
-            "details": {"group": "authentication.k8s.io", "kind": "tokenreviews"},
-            "code": 403,
-        },
+            {"group": "authentication.k8s.io", "kind": "tokenreviews"},
+        ),
     )
     verifier = _verifier(api_server.url)
     try:

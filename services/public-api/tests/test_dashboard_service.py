@@ -15,7 +15,6 @@ from google.protobuf.duration_pb2 import Duration
 
 from tether.public_api.config import PublicApiConfig
 from tether.public_api.dashboard.testing import fetch
-from tether.public_api.dashboard.views import stat_row
 from tether.public_api.service import PublicApiService
 from tether.public_api.testing import API_ID, WEB_ID, inbound, outbound_to_web, rollup
 from tether.shared import subjects
@@ -26,6 +25,7 @@ from tether.shared.natsserver import EmbeddedNats
 from tether.shared.proto.public.v1 import public_pb2 as pb
 from tether.shared.proto.public.v1 import public_pb2_grpc
 from tether.shared.runtime import Runtime
+from tether.shared.stat_rows import stat_row
 from tether.shared.testing import eventually
 
 

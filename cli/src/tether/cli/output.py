@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 from tether.shared.proto.net.v1 import net_pb2
 from tether.shared.proto.public.v1 import public_pb2
 from tether.shared.proto.telemetry.v1 import telemetry_pb2
+from tether.shared.stat_rows import stat_row
 
 MISSING = "-"
 OK, WARNING, ERROR = "\u221a", "\u203c", "\u00d7"  # Linkerd's marks: square root, double exclamation, times
@@ -78,30 +79,7 @@ def stat_table(rows: Sequence[public_pb2.StatRow], *, all_namespaces: bool, wide
 
 
 def stat_json(rows: Sequence[public_pb2.StatRow]) -> list[dict[str, Any]]:
-    out = []
-    for row in rows:
-        responses = row.success_count + row.failure_count
-        out.append(
-            {
-                "namespace": row.resource.namespace,
-                "kind": row.resource.kind,
-                "name": row.resource.name,
-                "meshed": row.meshed_pods,
-                "total": row.total_pods,
-                "window_seconds": row.time_window.seconds,
-                "requests": row.request_count,
-                "success": row.success_count,
-                "failure": row.failure_count,
-                "success_rate": row.success_rate if responses else None,
-                "rps": row.request_rate,
-                "latency_ms_p50": row.latency_ms_p50 if row.has_latency else None,
-                "latency_ms_p95": row.latency_ms_p95 if row.has_latency else None,
-                "latency_ms_p99": row.latency_ms_p99 if row.has_latency else None,
-                "tcp_open_connections": row.tcp_open_connections,
-                "tls_share": row.tls_share if row.request_count else None,
-            }
-        )
-    return out
+    return [stat_row(row) for row in rows]
 
 
 # --- edges ----------------------------------------------------------------------------------------------

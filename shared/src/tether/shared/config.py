@@ -167,28 +167,42 @@ class CommonConfig(ProcessConfig, frozen=True, kw_only=True):
         )
 
 
-class KubeClientConfig(CommonConfig, frozen=True, kw_only=True):
-    """The options of every component that talks to the Kubernetes API (one client factory reads them)."""
+class KubeOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """How a component reaches the Kubernetes API: a group of options (a component's field ``kube``).
 
-    kube_api_url: Annotated[
+    The options keep the names every component has always given them (``--kube-api-url``, ``--kubeconfig``),
+    scoped per component (``TETHER_DESTINATION_KUBE_API_URL``), since two components on one host may well
+    talk to different clusters. :meth:`tether.shared.kube.KubeSettings.from_config` reads them.
+    """
+
+    api_url: Annotated[
         str,
         Meta(
             description="Kubernetes API server URL (empty: in-cluster config, else KUBECONFIG/~/.kube/config)"
         ),
     ] = ""
     kubeconfig: Annotated[
-        str, Meta(description="kubeconfig file (empty: KUBECONFIG, else ~/.kube/config); outside a cluster")
+        str,
+        Meta(
+            description="kubeconfig file (empty: KUBECONFIG, else ~/.kube/config); outside a cluster",
+            extra={"option": "kubeconfig"},  # not --kube-kubeconfig
+        ),
     ] = ""
-    kube_context: Annotated[str, Meta(description="kubeconfig context (empty: its current context)")] = ""
-    kube_connect_timeout: Annotated[
+    context: Annotated[str, Meta(description="kubeconfig context (empty: its current context)")] = ""
+    connect_timeout: Annotated[
         float,
         Meta(ge=0.0, le=3600.0, description="seconds to wait for the Kubernetes API at start (0: forever)"),
     ] = 60.0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.kube_api_url and not self.kube_api_url.startswith(("http://", "https://")):
-            raise ValueError(f"kube_api_url: expected http(s)://host[:port], got {self.kube_api_url!r}")
+        if self.api_url and not self.api_url.startswith(("http://", "https://")):
+            raise ValueError(f"api_url: expected http(s)://host[:port], got {self.api_url!r}")
+
+
+class KubeClientConfig(CommonConfig, frozen=True, kw_only=True):
+    """The options of every control-plane service that talks to the Kubernetes API: NATS, and the API's."""
+
+    kube: KubeOptions = msgspec.field(default_factory=KubeOptions)
 
 
 class IdentityClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -236,8 +250,6 @@ class IdentityClientConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
 
 
 COMMON_FIELDS = frozenset(CommonConfig.__struct_fields__)
-# Shared by every Kubernetes client, yet scoped per component (TETHER_DESTINATION_KUBE_API_URL ...), since
-# two components on one host may well talk to different clusters.
 
 ConfigT = TypeVar("ConfigT", bound=LoggingConfig)
 
@@ -253,6 +265,8 @@ class OptionSpec(msgspec.Struct, frozen=True):
     env_only: bool = False
     # Where the value goes: (field,) or, for an option of a group (a nested Struct), (group, field).
     path: tuple[str, ...] = ()
+    # A group member's option name when it is not <group>_<field> (Meta extra "option").
+    grouped_as: str = ""
 
 
 def _env_prefix(service: str) -> str:
@@ -267,7 +281,8 @@ def option_specs(cls: type[msgspec.Struct], service: str) -> list[OptionSpec]:
     """Every option of ``cls``: its flag, environment variable, default and help text.
 
     A field whose type is itself a Struct is a group of options, flattened with its name as prefix:
-    field ``identity: IdentityClientConfig`` gives ``--identity-addr`` / ``TETHER_<SERVICE>_IDENTITY_ADDR``.
+    field ``identity: IdentityClientConfig`` gives ``--identity-addr`` / ``TETHER_<SERVICE>_IDENTITY_ADDR``
+    (a member's Meta extra ``option`` names it otherwise: ``kube.kubeconfig`` is ``--kubeconfig``).
     """
     hints = get_type_hints(cls, include_extras=True)
     defaults = dict(zip(cls.__struct_fields__, _struct_defaults(cls), strict=True))
@@ -277,15 +292,17 @@ def option_specs(cls: type[msgspec.Struct], service: str) -> list[OptionSpec]:
         description = ""
         kind = hint
         env_only = False
+        grouped_as = ""
         if get_origin(hint) is Annotated:
             kind, *extras = get_args(hint)
             metas = [m for m in extras if isinstance(m, Meta)]
             description = " ".join(m.description for m in metas if m.description)
             env_only = any((m.extra or {}).get("env_only") for m in metas)
+            grouped_as = next((str(m.extra["option"]) for m in metas if m.extra and "option" in m.extra), "")
         if _is_group(kind):
             group_default = defaults[name]
             for inner in option_specs(kind, service):
-                flat = f"{name}_{inner.field}"
+                flat = inner.grouped_as or f"{name}_{inner.field}"
                 default = getattr(group_default, inner.field, inner.default)
                 specs.append(
                     msgspec.structs.replace(
@@ -309,6 +326,7 @@ def option_specs(cls: type[msgspec.Struct], service: str) -> list[OptionSpec]:
                 kind=kind,
                 env_only=env_only,
                 path=(name,),
+                grouped_as=grouped_as,
             )
         )
     return specs
@@ -492,12 +510,14 @@ def _explain(
     field = None
     expected = True
     if "- at `$." in message:
-        field = message.rsplit("- at `$.", 1)[1].rstrip("`").split("[")[0].replace(".", "_")
+        path = tuple(message.rsplit("- at `$.", 1)[1].rstrip("`").split("[")[0].split("."))
+        by_path = {spec.path: name for name, spec in specs.items()}
+        field = by_path.get(path, "_".join(path))
         message = message.rsplit(" - at ", 1)[0]
         inner = message.split(": ", 1)[0] if ": " in message else ""
-        if field not in specs and f"{field}_{inner}" in specs:
+        if field not in specs and (*path, inner) in by_path:
             # A group's own check (its __post_init__) names its field, as top-level checks do.
-            field, message = f"{field}_{inner}", message.split(": ", 1)[1]
+            field, message = by_path[(*path, inner)], message.split(": ", 1)[1]
             expected = False
     elif ": " in message and message.split(": ", 1)[0] in specs:
         field, message = message.split(": ", 1)

@@ -1,10 +1,10 @@
 """The one Kubernetes API client factory, for every component that talks to the API server.
 
-Configuration comes from :class:`tether.shared.config.KubeClientConfig`: an explicit ``--kube-api-url``,
-else the in-cluster ServiceAccount (token refreshed as it rotates), else a kubeconfig (``--kubeconfig``,
-``KUBECONFIG``, ``~/.kube/config``). Missing configuration is a :class:`SetupError` whose remedy each
-component words for its own options; an API server that does not answer within
-``--kube-connect-timeout`` is a :class:`FatalError`.
+Configuration comes from :class:`tether.shared.config.KubeOptions` (a component's ``kube`` options): an
+explicit ``--kube-api-url``, else the in-cluster ServiceAccount (token refreshed as it rotates), else a
+kubeconfig (``--kubeconfig``, ``KUBECONFIG``, ``~/.kube/config``). Missing configuration is a
+:class:`SetupError` whose remedy each component words for its own options; an API server that does not
+answer within ``--kube-connect-timeout`` is a :class:`FatalError`.
 
 The ``kubernetes`` package is imported lazily: it costs about half a second, and processes that never talk
 to Kubernetes (the local mesh) never pay it.
@@ -21,7 +21,7 @@ import structlog
 
 from tether.shared.aio import in_daemon_thread
 from tether.shared.backoff import Backoff
-from tether.shared.config import KubeClientConfig
+from tether.shared.config import KubeOptions
 from tether.shared.errors import FatalError, SetupError
 
 log = structlog.get_logger(__name__)
@@ -36,12 +36,12 @@ class KubeSettings(msgspec.Struct, frozen=True, kw_only=True):
     bearer_token: str = ""
 
     @classmethod
-    def from_config(cls, config: KubeClientConfig) -> KubeSettings:
+    def from_config(cls, options: KubeOptions) -> KubeSettings:
         return cls(
-            api_url=config.kube_api_url,
-            kubeconfig=config.kubeconfig,
-            context=config.kube_context,
-            connect_timeout=config.kube_connect_timeout or None,
+            api_url=options.api_url,
+            kubeconfig=options.kubeconfig,
+            context=options.context,
+            connect_timeout=options.connect_timeout or None,
         )
 
     def __repr__(self) -> str:

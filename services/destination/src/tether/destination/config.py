@@ -9,6 +9,7 @@ from msgspec import Meta
 
 from tether.shared.config import AdminAddr, IdentityClientConfig, KubeClientConfig, check_addr
 from tether.shared.identity_names import InvalidIdentityName, validate_trust_domain
+from tether.shared.streamage import DEFAULT_MAX_STREAM_AGE, MaxStreamAge, max_stream_age_help
 
 #: The identity destination presents to the proxies (its ServiceAccount in the control-plane namespace).
 DEFAULT_IDENTITY = "destination.tether.serviceaccount.identity.cluster.local"
@@ -72,15 +73,9 @@ class DestinationConfig(KubeClientConfig, frozen=True, kw_only=True):
             "existing buckets with fewer are raised to it)",
         ),
     ] = 1
-    max_stream_age: Annotated[
-        float,
-        Meta(
-            ge=0.0,
-            le=86_400.0,
-            description="seconds after which a Get stream ends (jittered by up to ±15 percent) so the "
-            "proxy reconnects, possibly to a new replica (0: never)",
-        ),
-    ] = 300.0
+    max_stream_age: Annotated[MaxStreamAge, Meta(description=max_stream_age_help("a Get stream"))] = (
+        DEFAULT_MAX_STREAM_AGE
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -66,7 +66,7 @@ class DestinationService(Service):
         # Imported here: the kubernetes client takes half a second to import and local meshes never need it.
         from tether.shared.kube import KubeSettings, api_client, wait_reachable
 
-        settings = KubeSettings.from_config(config)
+        settings = KubeSettings.from_config(config.kube)
         self._kube_client = api_client(
             settings, remedy="run inside a cluster, set KUBECONFIG, or use --source local"
         )

@@ -42,7 +42,7 @@ async def build_verifier(config: IdentityConfig) -> TokenVerifier:
     from tether.identity.tokens.kubernetes import KubernetesTokenVerifier
     from tether.shared.kube import KubeSettings, api_client, wait_reachable
 
-    settings = KubeSettings.from_config(config)
+    settings = KubeSettings.from_config(config.kube)
     client = api_client(
         settings,
         remedy="run inside a cluster, set KUBECONFIG or --kube-api-url, or use --token-verifier local",

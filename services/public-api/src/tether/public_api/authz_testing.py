@@ -22,11 +22,11 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from tether.public_api.authz import TAP_CLUSTER_ROLE, TAP_GROUP, TAP_RESOURCE, TAP_VERB, KubeRequest
+from tether.shared.kube_testing import EmulatedApiServer, Request, status
 
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
 ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
@@ -56,21 +56,6 @@ class Grant:
     namespace: str = ""
 
 
-def _status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-    if details is not None:
-        body["details"] = details
-    return body
-
-
 @dataclass
 class EmulatedAuthApi:
     """Answers reviews for the client presenting ``service_token`` (the public API's ServiceAccount)."""
@@ -84,8 +69,7 @@ class EmulatedAuthApi:
     forbidden: set[str] = field(default_factory=set)
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
-    _server: ThreadingHTTPServer | None = None
-    _thread: threading.Thread | None = None
+    _server: EmulatedApiServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- what the cluster's administrator does ---
@@ -144,7 +128,8 @@ class EmulatedAuthApi:
             )
         return False, ""
 
-    def _answer(self, method: str, path: str, headers: Any, body: Any) -> tuple[int, dict[str, Any]]:
+    def _answer(self, request: Request) -> tuple[int, dict[str, Any]]:
+        method, path, body = request.method, request.target, request.json()
         if method == "GET" and path.split("?", 1)[0].rstrip("/") == "/version":
             with self._lock:
                 self.requests.append(Recorded("get", "", "/version", ""))
@@ -170,10 +155,10 @@ class EmulatedAuthApi:
         verb = {"POST": "create", "GET": "get", "PUT": "update", "DELETE": "delete"}.get(method, method)
         with self._lock:
             self.requests.append(Recorded(verb, group, resource, namespace, body))
-        if headers.get("Authorization") != f"Bearer {self.service_token}":
-            return 401, _status(401, "Unauthorized", "Unauthorized")
+        if request.headers.get("authorization") != f"Bearer {self.service_token}":
+            return 401, status(401, "Unauthorized", "Unauthorized")
         if resource in self.forbidden or path not in (TOKEN_REVIEWS, ACCESS_REVIEWS) or method != "POST":
-            return 403, _status(
+            return 403, status(
                 403,
                 "Forbidden",
                 f'{resource}.{group} is forbidden: User "{self.service_account}" cannot {verb} resource '
@@ -184,10 +169,10 @@ class EmulatedAuthApi:
         if path == TOKEN_REVIEWS:
             found = self.users.get(str(spec.get("token", "")))
             if found is None:
-                status: dict[str, Any] = {"user": {}, "error": "[invalid bearer token, unknown]"}
+                review: dict[str, Any] = {"user": {}, "error": "[invalid bearer token, unknown]"}
             else:
                 username, uid, groups = found
-                status = {
+                review = {
                     "authenticated": True,
                     "user": {"username": username, "uid": uid, "groups": list(groups)},
                     "audiences": ["https://kubernetes.default.svc.cluster.local"],
@@ -195,45 +180,21 @@ class EmulatedAuthApi:
             kind, api_version = "TokenReview", "authentication.k8s.io/v1"
         else:
             allowed, reason = self._allowed(spec)
-            status = {"allowed": True, "reason": reason} if allowed else {"allowed": False}
+            review = {"allowed": True, "reason": reason} if allowed else {"allowed": False}
             kind, api_version = "SubjectAccessReview", "authorization.k8s.io/v1"
         return 201, {
             "kind": kind,
             "apiVersion": api_version,
             "metadata": {"creationTimestamp": None},
             "spec": spec,
-            "status": status,
+            "status": review,
         }
 
     def start(self) -> None:
-        emulator = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length", "0") or 0)
-                raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else None
-                code, payload = emulator._answer(self.command, self.path, self.headers, body)
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
-        self._thread.start()
+        # One request a connection (HTTP/1.0): once stopped, the emulated API answers nothing more.
+        self._server = EmulatedApiServer(self._answer, keep_alive=False, poll_interval=0.01)
+        self.url = self._server.start()
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+            self._server.stop()

@@ -260,7 +260,7 @@ class PublicApiService(Service):
         from tether.shared.kube import KubeSettings
 
         self._authorizer = await build_authorizer(
-            self.config.authz, KubeSettings.from_config(self.config), timeout=self.config.authz_timeout
+            self.config.authz, KubeSettings.from_config(self.config.kube), timeout=self.config.authz_timeout
         )
 
     async def start(self, ctx: Context) -> None:

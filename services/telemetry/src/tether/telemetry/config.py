@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from tether.shared.config import AdminAddr, CommonConfig, IdentityClientConfig, check_addr
+from tether.shared.streamage import DEFAULT_MAX_STREAM_AGE, MaxStreamAge, max_stream_age_help
 
 #: The identity telemetry presents to the proxies (its ServiceAccount in the control-plane namespace).
 DEFAULT_IDENTITY = "telemetry.tether.serviceaccount.identity.cluster.local"
@@ -46,14 +47,9 @@ class TelemetryConfig(CommonConfig, frozen=True, kw_only=True):
         ),
     ] = 1
     max_stream_age: Annotated[
-        float,
-        Meta(
-            ge=0.0,
-            le=86_400.0,
-            description="seconds after which a Report stream ends (jittered by up to ±15 percent), once "
-            "what it folded is acknowledged, so the proxy reconnects, possibly to a new replica (0: never)",
-        ),
-    ] = 300.0
+        MaxStreamAge,
+        Meta(description=max_stream_age_help("a Report stream", ", once what it folded is acknowledged,")),
+    ] = DEFAULT_MAX_STREAM_AGE
     identity: IdentityClientConfig = msgspec.field(
         default_factory=lambda: IdentityClientConfig(name=DEFAULT_IDENTITY)
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
+import msgspec
 from msgspec import Meta
 
-from tether.shared.config import LoggingConfig
+from tether.shared.config import KubeOptions, LoggingConfig
 from tether.shared.identity_names import DEFAULT_TRUST_DOMAIN, is_dns1123_label, validate_trust_domain
 from tether.shared.kube import KubeSettings
 from tether.shared.permissions import ROLES
@@ -58,20 +59,7 @@ class KubeBootstrapConfig(LoggingConfig, frozen=True, kw_only=True):
         ),
     ] = 10.0
     # The Kubernetes client options, as every component that talks to the API names them.
-    kube_api_url: Annotated[
-        str,
-        Meta(
-            description="Kubernetes API server URL (empty: in-cluster config, else KUBECONFIG/~/.kube/config)"
-        ),
-    ] = ""
-    kubeconfig: Annotated[
-        str, Meta(description="kubeconfig file (empty: KUBECONFIG, else ~/.kube/config); outside a cluster")
-    ] = ""
-    kube_context: Annotated[str, Meta(description="kubeconfig context (empty: its current context)")] = ""
-    kube_connect_timeout: Annotated[
-        float,
-        Meta(ge=0.0, le=3600.0, description="seconds to wait for the Kubernetes API at start (0: forever)"),
-    ] = 60.0
+    kube: KubeOptions = msgspec.field(default_factory=KubeOptions)
 
     def __post_init__(self) -> None:
         if not is_dns1123_label(self.namespace):
@@ -88,8 +76,6 @@ class KubeBootstrapConfig(LoggingConfig, frozen=True, kw_only=True):
                 raise ValueError(f"nats_roles: unknown role {role!r}; one of {', '.join(ROLES)}")
         if len(set(self.nats_roles)) != len(self.nats_roles):
             raise ValueError("nats_roles: each role once")
-        if self.kube_api_url and not self.kube_api_url.startswith(("http://", "https://")):
-            raise ValueError(f"kube_api_url: expected http(s)://host[:port], got {self.kube_api_url!r}")
 
     @property
     def anchor_lifetime(self) -> timedelta:
@@ -104,9 +90,4 @@ class KubeBootstrapConfig(LoggingConfig, frozen=True, kw_only=True):
         return timedelta(seconds=self.nats_tls_lifetime_days * _DAY)
 
     def kube_settings(self) -> KubeSettings:
-        return KubeSettings(
-            api_url=self.kube_api_url,
-            kubeconfig=self.kubeconfig,
-            context=self.kube_context,
-            connect_timeout=self.kube_connect_timeout or None,
-        )
+        return KubeSettings.from_config(self.kube)

@@ -27,9 +27,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tether.shared.kube_testing import EmulatedApiServer, status
 
 _LIFETIME = timedelta(days=30)
 BOOTSTRAP_USER = "system:serviceaccount:tether:tether-bootstrap"
@@ -79,21 +80,6 @@ class Rule:
         if request.verb not in self.verbs or request.resource not in self.resources:
             return False
         return not self.resource_names or request.name in self.resource_names
-
-
-def status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-    if details is not None:
-        body["details"] = details
-    return body
 
 
 @dataclass
@@ -266,41 +252,10 @@ class FakeKubeApi:
 
     @contextmanager
     def serving(self) -> Iterator[FakeKubeApi]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as the API server serves the client's pool
-            # Head and body go out in two writes: without this, each response waits out a delayed ACK.
-            disable_nagle_algorithm = True
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {key.lower(): value for key, value in self.headers.items()}
-                code, payload = fake.handle(self.command, self.path, headers, body)
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-        thread.start()
-        try:
+        # Keep-alive, as the API server serves the client's pool.
+        with EmulatedApiServer(lambda r: self.handle(r.method, r.target, dict(r.headers), r.body)) as server:
+            self.url = server.url
             yield self
-        finally:
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
 
 
 def _run_job(fake: FakeKubeApi, *argv: str) -> None:

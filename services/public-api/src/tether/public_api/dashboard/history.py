@@ -17,8 +17,9 @@ import grpc
 import structlog
 from google.protobuf.duration_pb2 import Duration
 
-from tether.public_api.dashboard.views import WORKLOAD_KINDS, Json, stat_row
+from tether.public_api.dashboard.views import WORKLOAD_KINDS, Json
 from tether.shared.proto.public.v1 import public_pb2, public_pb2_grpc
+from tether.shared.stat_rows import stat_row
 
 INTERVAL = 10.0
 SAMPLES = 60

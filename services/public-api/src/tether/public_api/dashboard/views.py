@@ -1,8 +1,9 @@
 """The public API's answers as the JSON the dashboard's pages read, and the API calls behind each page.
 
-A stat row has exactly the fields and values of ``tether stat -o json`` (same names, ``null`` where the CLI
-prints ``-``): the page must show what the CLI shows. A call that fails is not an error page: its part of the
-answer stays empty and ``problems`` says what failed, so the page keeps its last numbers under a banner.
+A stat row has exactly the fields and values of ``tether stat -o json`` (both are
+:func:`tether.shared.stat_rows.stat_row`): the page must show what the CLI shows. A call that fails is not an
+error page: its part of the answer stays empty and ``problems`` says what failed, so the page keeps its last
+numbers under a banner.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tether.shared.proto.net.v1 import net_pb2
 from tether.shared.proto.public.v1 import public_pb2, public_pb2_grpc
+from tether.shared.stat_rows import stat_row
 
 WINDOWS = {"10s": 10, "1m": 60, "10m": 600, "1h": 3600}
 DEFAULT_WINDOW = "1m"
@@ -31,29 +33,6 @@ _STATUS = {
 }
 T = TypeVar("T")
 Json = dict[str, Any]
-
-
-def stat_row(row: public_pb2.StatRow) -> Json:
-    """One row as ``tether stat -o json`` prints it (tether.cli.output.stat_json)."""
-    responses = row.success_count + row.failure_count
-    return {
-        "namespace": row.resource.namespace,
-        "kind": row.resource.kind,
-        "name": row.resource.name,
-        "meshed": row.meshed_pods,
-        "total": row.total_pods,
-        "window_seconds": row.time_window.seconds,
-        "requests": row.request_count,
-        "success": row.success_count,
-        "failure": row.failure_count,
-        "success_rate": row.success_rate if responses else None,
-        "rps": row.request_rate,
-        "latency_ms_p50": row.latency_ms_p50 if row.has_latency else None,
-        "latency_ms_p95": row.latency_ms_p95 if row.has_latency else None,
-        "latency_ms_p99": row.latency_ms_p99 if row.has_latency else None,
-        "tcp_open_connections": row.tcp_open_connections,
-        "tls_share": row.tls_share if row.request_count else None,
-    }
 
 
 def health(row: Json | None) -> str:
