@@ -30,6 +30,8 @@ from mesh_pods import (
     Pod,
     authority,
     inside,
+    open_socket,
+    read_until_closed,
     sample,
 )
 from netns_harness import OUTBOUND_PORT
@@ -52,7 +54,11 @@ def mesh(netns_supported: None) -> Iterator[MeshPods]:
     with MeshPods.open() as mesh:
         server = mesh.pod("server")
         mesh.pod("client")
-        strict = mesh.pod("strict", "--inbound-policy", "all-authenticated", "--probe-ports", str(PROBE_PORT))
+        strict = mesh.pod(
+            "strict",
+            *("--inbound-policy", "all-authenticated", "--probe-ports", str(PROBE_PORT)),
+            *("--probe-paths", f"{PROBE_PORT}:/healthz"),
+        )
         outside = mesh.outside()
         mesh.h1_app(server, "web", WEB_PORT)
         mesh.app(server, "ws", [sys.executable, str(H1_APP), "ws", "--port", str(WS_PORT)])
@@ -127,6 +133,29 @@ def test_probe_port_stays_plaintext_under_all_authenticated(mesh: MeshPods) -> N
     refused = other.returncode != 0 or (len(other.exchanges) == 1 and other.exchanges[0].status == 403)
     assert refused, other.explain()
     assert [r for r in app.records()[seen_before:] if r.get("port") == OTHER_PORT] == []
+
+
+def test_plaintext_on_a_probe_port_may_only_probe(mesh: MeshPods) -> None:
+    """With ``--probe-paths 8080:/healthz`` the probe port is no way around all-authenticated: plaintext may
+    GET or HEAD /healthz (query ignored) and nothing else; the rest is 403 and never reaches the app."""
+    mesh.require("tether-proxy --probe-paths")
+    outside, strict = mesh.pods["outside"], mesh.pods["strict"]
+    (app,) = strict.apps
+    base = f"http://{strict.ip}:{PROBE_PORT}"
+    assert mesh.curl(outside, "--head", urls=[f"{base}/healthz?verbose=1"]).only().status == 200
+    seen_before = len(app.records())
+    for args, path in (((), "/private"), (("-X", "POST", "-d", "x"), "/healthz"), ((), "/healthz/../admin")):
+        answer = mesh.curl(outside, *args, urls=[base + path])
+        assert answer.only().status == 403, answer.explain()
+        reason = dict(answer.only().headers).get("tether-proxy-error", "")
+        assert "only for the kubelet's probes" in reason, answer.explain()
+    # Nor a raw stream: bytes that are not HTTP are not relayed to the application.
+    with open_socket(outside.namespace, strict.ip, PROBE_PORT) as raw:
+        raw.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        received, _closed = read_until_closed(raw)
+    assert b"HTTP/1.1 200" not in received
+    assert [r for r in app.records()[seen_before:] if r.get("port") == PROBE_PORT] == []
+    assert sample(strict.metrics(), "proxy_inbound_not_a_probe_refused_total") >= 3
 
 
 def test_get_and_head_through_the_pair_equal_direct(mesh: MeshPods) -> None:

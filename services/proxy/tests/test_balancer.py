@@ -99,3 +99,35 @@ def test_simulated_traffic_avoids_the_slow_endpoint() -> None:
         served[endpoint.key] += 1
     assert served["slow"] < 0.05 * 1000
     assert served["a"] > 400 and served["b"] > 400
+
+
+def test_an_endpoint_added_to_fast_ones_is_picked_at_once() -> None:
+    """Regression (issue 15, scale out): warm endpoints at 3 ms, a new one started at the 30 ms default RTT
+    and lost every pick for some 20 s; it starts at the others' median now, and takes its share at once."""
+    rng = random.Random(1)
+    balancer: Balancer[str] = Balancer(rng)
+    balancer.set_endpoints([("a", 0), ("b", 0)], now=0.0)
+    now = 0.0
+    for _ in range(750):  # 30 s at 25 requests/s
+        now += 0.04
+        endpoint = balancer.pick(now)
+        assert endpoint is not None
+        endpoint.observe(0.003 * rng.uniform(0.8, 1.3), now)
+    balancer.set_endpoints([("a", 0), ("b", 0), ("new", 0)], now)
+    served: Counter[str] = Counter()
+    for _ in range(50):  # the next 2 s
+        now += 0.04
+        endpoint = balancer.pick(now)
+        assert endpoint is not None
+        endpoint.observe(0.003 * rng.uniform(0.8, 1.3), now)
+        served[endpoint.key] += 1
+    assert served["new"] >= 5, served
+    new = balancer.get("new")
+    assert new is not None and new.estimate(now) < DEFAULT_RTT
+
+
+def test_the_first_endpoints_start_at_the_default_rtt() -> None:
+    balancer: Balancer[str] = Balancer(random.Random(1))
+    balancer.set_endpoints([("a", 0)], now=0.0)
+    first = balancer.get("a")
+    assert first is not None and first.cost == DEFAULT_RTT

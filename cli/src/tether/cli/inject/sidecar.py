@@ -115,7 +115,11 @@ def _field(path: str) -> dict[str, Any]:
 
 
 def proxy_env(
-    config: InjectConfig, overrides: Overrides, probe_ports: tuple[int, ...], workload_label: str
+    config: InjectConfig,
+    overrides: Overrides,
+    probe_ports: tuple[int, ...],
+    workload_label: str,
+    probe_paths: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     # Kubernetes expands $(NAME) from variables defined earlier in the list: the identity is the pod's
     # ServiceAccount in the pod's namespace, known only once the pod exists.
@@ -140,6 +144,9 @@ def proxy_env(
     ]
     if probe_ports:
         env.append({"name": "TETHER_PROXY_PROBE_PORTS", "value": ",".join(map(str, probe_ports))})
+    if probe_paths:
+        # Under all-authenticated, plaintext on an HTTP-probed port may only GET or HEAD these paths.
+        env.append({"name": "TETHER_PROXY_PROBE_PATHS", "value": ",".join(probe_paths)})
     if overrides.opaque_ports is not None:
         env.append({"name": "TETHER_PROXY_OPAQUE_PORTS", "value": ",".join(map(str, overrides.opaque_ports))})
     if workload_label:
@@ -161,6 +168,7 @@ def proxy_container(
     overrides: Overrides,
     probe_ports: tuple[int, ...],
     workload_label: str,
+    probe_paths: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     container: dict[str, Any] = {"name": PROXY_NAME, "image": config.proxy_image}
     container["imagePullPolicy"] = config.image_pull_policy
@@ -173,7 +181,7 @@ def proxy_container(
     container |= {
         "command": ["tether-proxy"],
         "args": ["run"],
-        "env": proxy_env(config, overrides, probe_ports, workload_label),
+        "env": proxy_env(config, overrides, probe_ports, workload_label, probe_paths),
         "ports": [
             {"name": INBOUND_PORT_NAME, "containerPort": INBOUND_PORT, "protocol": "TCP"},
             {"name": ADMIN_PORT_NAME, "containerPort": ADMIN_PORT, "protocol": "TCP"},

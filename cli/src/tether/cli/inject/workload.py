@@ -106,7 +106,23 @@ def is_injected(pod: Mapping[str, Any]) -> bool:
 def probe_ports(pod: Mapping[str, Any]) -> tuple[int, ...]:
     """The ports the kubelet probes the application on (named ports resolved): the proxy lets plaintext
     through on them whatever the inbound policy."""
-    found: set[int] = set()
+    return tuple(sorted({port for _kind, port, _path in _probes(pod)}))
+
+
+def probe_paths(pod: Mapping[str, Any]) -> tuple[str, ...]:
+    """``PORT:/PATH`` of the HTTP probes, for the ports probed by HTTP and TCP-connect probes only: there,
+    under ``all-authenticated``, plaintext may only GET or HEAD these paths."""
+    probes = list(_probes(pod))
+    # A gRPC probe's POST cannot be told from any other call, and a path holding a comma cannot be listed
+    # in the proxy's option: such ports stay open to plaintext.
+    unlimited = {port for kind, port, path in probes if kind == "grpc" or "," in path}
+    http = {f"{port}:{path}" for kind, port, path in probes if kind == "httpGet" and port not in unlimited}
+    return tuple(sorted(http, key=lambda entry: (int(entry.partition(":")[0]), entry)))
+
+
+def _probes(pod: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+    """(handler kind, port, path) of every probe of this pod's application (paths without query)."""
+    found: list[tuple[str, int, str]] = []
     containers = _containers(pod, "containers") + [
         c for c in _containers(pod, "initContainers") if c.get("restartPolicy") == "Always"
     ]
@@ -125,8 +141,9 @@ def probe_ports(pod: Mapping[str, Any]) -> tuple[int, ...]:
                 if isinstance(port, str) and port.isdigit():
                     port = int(port)
                 if isinstance(port, int) and 1 <= port <= 65535:
-                    found.add(port)
-    return tuple(sorted(found))
+                    path = str(handler.get("path") or "/").split("?", 1)[0]
+                    found.append((handler_key, port, path if path.startswith("/") else "/" + path))
+    return found
 
 
 def _declared_ports(pod: Mapping[str, Any]) -> list[tuple[int, str]]:
@@ -233,7 +250,7 @@ def _inject(
         pod_annotations = _insert(own_meta, "annotations", {})
     elif not pod_annotations:
         kept_empty.append("metadata.annotations")
-    proxy = sidecar.proxy_container(config, settings, ports, workload_label)
+    proxy = sidecar.proxy_container(config, settings, ports, workload_label, probe_paths(spec))
     init = sidecar.init_container(config, settings)
     init_containers = _list(spec, "initContainers", kept_empty, before="containers")
     init_containers[:0] = [init, proxy] if config.sidecar_mode == "native" else [init]

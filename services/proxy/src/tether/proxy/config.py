@@ -20,6 +20,8 @@ PROXY_ADMIN_PORT = 4191
 DEFAULT_OPAQUE_PORTS = (25, 587, 3306, 4444, 5432, 6379, 9300, 11211)
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
+#: ``PORT:/PATH`` (``--probe-paths``): an HTTP probe's port and path, the path without query.
+ProbePath = Annotated[str, Meta(pattern=r"^[1-9][0-9]{0,4}:/[!-~]*$", max_length=2048)]
 #: An HTTP field name (RFC 9110 token), any case: ``--tap-sensitive-headers`` values.
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -149,6 +151,13 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
             "and readiness probes)"
         ),
     ] = ()
+    probe_paths: Annotated[
+        tuple[ProbePath, ...],
+        Meta(
+            description="PORT:/PATH of the kubelet's HTTP probes (e.g. 8080:/healthz): on a probe port that "
+            "the policy would refuse plaintext on, plaintext may only GET or HEAD these paths"
+        ),
+    ] = ()
     opaque_ports: Annotated[
         tuple[Port, ...],
         Meta(
@@ -221,6 +230,9 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
         for name in self.tap_sensitive_headers:
             if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"tap_sensitive_headers: not a header name: {name!r}")
+        for port, _path in self.probe_path_pairs():
+            if port > 65535:
+                raise ValueError(f"probe_paths: port {port} is not 1..65535")
         self.identity.required()
         if not self.identity.disabled:
             for name in ("destination_server_name", "telemetry_server_name"):
@@ -228,6 +240,14 @@ class ProxyConfig(ProcessConfig, frozen=True, kw_only=True):
                     parse_identity(getattr(self, name))
                 except InvalidIdentityName as exc:
                     raise ValueError(f"{name}: {exc}") from None
+
+    def probe_path_pairs(self) -> list[tuple[int, bytes]]:
+        """``--probe-paths`` as (port, path) pairs."""
+        pairs = []
+        for entry in self.probe_paths:
+            port, _, path = entry.partition(":")
+            pairs.append((int(port), path.encode()))
+        return pairs
 
     @property
     def context_token(self) -> str:

@@ -51,19 +51,42 @@ ServerContext = Callable[[], ssl.SSLContext | None]
 
 
 class InboundPolicy:
-    """Which plaintext connections are refused: all of them, or those to the listed ports."""
+    """Which plaintext connections are refused: all of them, or those to the listed ports.
+
+    The kubelet's probes are plaintext: a probe port accepts plaintext whatever the policy. Where the
+    probes are HTTP and their paths are known (``--probe-paths``), that is all plaintext may do there:
+    :meth:`probe_only_paths` names them for the inbound router, which refuses any other request, so a
+    probed application port does not become open to every unauthenticated client.
+    """
 
     def __init__(
-        self, *, require_identity: bool, ports: Collection[int] = (), probe_ports: Collection[int] = ()
+        self,
+        *,
+        require_identity: bool,
+        ports: Collection[int] = (),
+        probe_ports: Collection[int] = (),
+        probe_paths: Collection[tuple[int, bytes]] = (),
     ) -> None:
         self.require_identity = require_identity
         self.ports = frozenset(ports)
-        self.probe_ports = frozenset(probe_ports)
+        paths: dict[int, set[bytes]] = {}
+        for port, path in probe_paths:
+            paths.setdefault(port, set()).add(path)
+        self._probe_paths = {port: frozenset(found) for port, found in paths.items()}
+        self.probe_ports = frozenset(probe_ports) | frozenset(self._probe_paths)
+
+    def _refuses_plaintext(self, port: int) -> bool:
+        return self.require_identity or port in self.ports
 
     def allows_plaintext(self, port: int) -> bool:
-        if port in self.probe_ports:
-            return True
-        return not self.require_identity and port not in self.ports
+        return port in self.probe_ports or not self._refuses_plaintext(port)
+
+    def probe_only_paths(self, port: int) -> frozenset[bytes] | None:
+        """The only paths plaintext may GET or HEAD on ``port``; None when plaintext is not limited
+        there (the policy allows it, or the port's probes are not HTTP probes with known paths)."""
+        if not self._refuses_plaintext(port):
+            return None
+        return self._probe_paths.get(port)
 
 
 class InboundAcceptor:

@@ -176,6 +176,12 @@ class Proxy:
             self.outbound_router.discovery = self.discovery
         outbound_host, outbound_port = parse_hostport(config.outbound_addr)
         inbound_host, inbound_port = parse_hostport(config.inbound_addr)
+        self.inbound_policy = InboundPolicy(
+            require_identity=config.inbound_policy == "all-authenticated",
+            ports=config.require_identity_ports,
+            probe_ports=config.probe_ports,
+            probe_paths=config.probe_path_pairs(),
+        )
         self.inbound_router = InboundRouter(
             pools=self.inbound_pools,
             registry=self.registry,
@@ -184,6 +190,7 @@ class Proxy:
             proxy_ports=self._own_ports(),
             app_host=config.inbound_app_host,
             app_port=config.inbound_app_port,
+            probe_only_paths=self.inbound_policy.probe_only_paths,
         )
         h2 = config.h2
         limits = ClientLimits(
@@ -273,11 +280,7 @@ class Proxy:
             spawn=self.supervisor.spawn,
             local_identity=identity.identity.dns_name if identity is not None else None,
             server_context=identity.server_context if identity is not None else lambda: None,
-            policy=InboundPolicy(
-                require_identity=config.inbound_policy == "all-authenticated",
-                ports=config.require_identity_ports,
-                probe_ports=config.probe_ports,
-            ),
+            policy=self.inbound_policy,
             original_port=original_port,
             detector=inbound_detector,
             detect_timeout=config.detect_timeout,
@@ -415,6 +418,10 @@ class Proxy:
             " the proxy itself.",
             "# TYPE proxy_inbound_proxy_port_refused_total counter",
             f"proxy_inbound_proxy_port_refused_total {self.inbound_router.refused_proxy_port}",
+            "# HELP proxy_inbound_not_a_probe_refused_total Plaintext refused on a probe-only port: not a"
+            " GET or HEAD of a probe's path.",
+            "# TYPE proxy_inbound_not_a_probe_refused_total counter",
+            f"proxy_inbound_not_a_probe_refused_total {self.inbound_router.refused_not_probe}",
         ]
         if self._grpc_streams is not None:
             mismatches = self._grpc_streams.channel.identity_mismatches

@@ -8,7 +8,9 @@ the deltas of ``reportstate.ReportState`` -- every interval, **even an empty one
 
 ``ReportAck(sequence)`` forgets every report up to it. When the stream fails (or the server ends it, or
 acknowledges nothing for ``ack_timeout`` seconds), the connection is dropped so the next one may land on
-another replica; what was not acknowledged is merged into one report, sent right after the next hello.
+another replica; what was not acknowledged is resent as one merged report once the next stream's first
+message, a ``ReportAck`` of what telemetry already published of it (an acknowledgement can be lost after
+the publish), said where to resume (``resume_timeout`` without one: everything is resent).
 Reconnects back off exponentially with jitter, as discovery's streams do; a stream that worked and that
 telemetry ended with OK (its ``--max-stream-age``) is reopened at once. Deltas keep being taken every
 interval meanwhile, into bounded memory (see ``reportstate``).
@@ -50,6 +52,8 @@ TapCallback = Callable[[telemetry_pb2.TapSubscription], None]
 #: tap events are refused (the deltas wait in the report state instead).
 MAX_BUFFERED_BYTES = 4 * 1024 * 1024
 _CERTIFICATE_POLL = 0.1
+#: How long a new stream waits for the server's first acknowledgement (where to resume) before resending.
+RESUME_TIMEOUT = 10.0
 
 
 class TelemetryReporter:
@@ -200,6 +204,8 @@ class TelemetryReporter:
             if self.streams_opened > 1:
                 self.reconnects += 1
             log.info("telemetry_stream_opened", target=self.channel.target, reconnects=self.reconnects)
+            if self.state.resuming and not await self._resume(stream):
+                return
             if self.state.carrying:
                 self._report(stream)  # what the last stream left unacknowledged, at once
             while True:
@@ -220,6 +226,25 @@ class TelemetryReporter:
         finally:
             stream.cancel()
 
+    async def _resume(self, stream: BidiStream) -> bool:
+        """Wait for the new stream's first acknowledgement and resume after it; False if the stream ended."""
+        resumed = 0
+        try:
+            async with asyncio.timeout(RESUME_TIMEOUT):
+                while self.state.resuming:
+                    message = await stream.receive()
+                    if message is None:
+                        return False
+                    response = self._decode(message)
+                    if response.WhichOneof("message") == "ack":
+                        resumed = response.ack.sequence
+                        break
+                    self._handle(message)
+        except TimeoutError:
+            log.warning("telemetry_resume_unknown", target=self.channel.target, timeout=RESUME_TIMEOUT)
+        self.state.resume(resumed)
+        return True
+
     def _report(self, stream: BidiStream) -> None:
         if stream.buffered > 0:
             return  # the server is not reading what we sent: the deltas wait, merged
@@ -232,11 +257,15 @@ class TelemetryReporter:
         if oldest is not None and self._wall() - oldest > self.ack_timeout:
             raise GrpcCallError(INTERNAL, f"no acknowledgement for {self.ack_timeout:g}s")
 
-    def _handle(self, message: bytes) -> None:
+    @staticmethod
+    def _decode(message: bytes) -> telemetry_pb2.ReportResponse:
         try:
-            response = telemetry_pb2.ReportResponse.FromString(message)
+            return telemetry_pb2.ReportResponse.FromString(message)
         except DecodeError:
             raise GrpcCallError(INTERNAL, "telemetry sent an undecodable message") from None
+
+    def _handle(self, message: bytes) -> None:
+        response = self._decode(message)
         kind = response.WhichOneof("message")
         if kind == "ack":
             if self.state.acknowledge(response.ack.sequence):

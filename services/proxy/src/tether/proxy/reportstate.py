@@ -18,8 +18,10 @@ Prometheus view and the reports always agree.
 * **Acknowledgements**: deltas are taken into ``fresh`` (one merged set, however many intervals pass while
   telemetry is unreachable). ``build`` turns them into the next report (sequence numbers per proxy process,
   from 1, so they stay meaningful to whichever replica a reconnect lands on) and keeps it until
-  ``acknowledge``. Reports on one stream never overlap. When a stream is lost, every unacknowledged report
-  is merged back into ``fresh``: the next report carries them all, as ``[first_sequence, sequence]``.
+  ``acknowledge``. Reports on one stream never overlap. When a stream is lost, the unacknowledged reports
+  are kept until the next stream's first acknowledgement (``resume``: what a replica published of them
+  although the acknowledgement never came), then what remains is merged back into ``fresh``: the next
+  report carries it all, as ``[first_sequence, sequence]``.
 * **Bounds**: at most ``max_scopes`` scope deltas are held (fresh plus unacknowledged); a new scope beyond
   that is dropped and counted (``dropped_scopes`` in the next report, and ``dropped_total``), as is a
   response kind beyond ``MAX_RESPONSES_PER_SCOPE`` in one scope. At most ``max_in_flight`` reports wait for
@@ -242,6 +244,9 @@ class ReportState:
         self._fresh_start = now
         self._fresh_dropped = 0
         self._carried_first: int | None = None
+        #: A stream was lost with reports unacknowledged: the next stream's first message says which of them
+        #: were published after all, before the rest is sent again.
+        self.resuming = False
         self._taken: dict[RouteHandle | TcpHandle, _Taken] = {}
         self._gone: dict[ScopeKey, None] = {}
         #: Totals for the proxy's own metrics.
@@ -253,8 +258,8 @@ class ReportState:
 
     @property
     def carrying(self) -> bool:
-        """Whether reports a lost stream did not acknowledge wait in ``fresh`` to be sent again."""
-        return self._carried_first is not None
+        """Whether reports a lost stream did not acknowledge wait to be sent again."""
+        return self._carried_first is not None or self.resuming
 
     @property
     def held_scopes(self) -> int:
@@ -300,6 +305,8 @@ class ReportState:
     def build(self, now: float) -> Report | None:
         """The next report (everything fresh, possibly empty), kept until acknowledged; None while
         ``max_in_flight`` reports wait for their acknowledgement."""
+        if self.resuming:
+            self.resume(0)  # nobody said where to resume: everything unacknowledged is sent again
         if len(self.in_flight) >= self.max_in_flight:
             return None
         self.sequence += 1
@@ -322,7 +329,16 @@ class ReportState:
         return forgotten
 
     def stream_lost(self) -> None:
-        """The stream ended: what it did not acknowledge goes into the next report, merged."""
+        """The stream ended: what it did not acknowledge stays as it was sent, until the next stream says
+        where to resume (:meth:`resume`): a replica may have published some of it before the stream broke."""
+        self.resuming = bool(self.in_flight) or self.resuming
+
+    def resume(self, sequence: int) -> None:
+        """A new stream's first acknowledgement (``sequence``: what telemetry already published, 0: nothing,
+        also when the server says nothing): forget what it covers; the rest goes into the next report,
+        merged."""
+        self.resuming = False
+        self.acknowledge(sequence)
         if not self.in_flight:
             return
         merged: dict[ScopeKey, ScopeCounts] = {}

@@ -17,6 +17,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 
 from tether.proxy.core.balancer import EndpointLoad
+from tether.proxy.core.connection import UpstreamConnection
 from tether.proxy.core.conninfo import NOT_PROVIDED_BY_DISCOVERY, ConnectionInfo, tls_labels
 from tether.proxy.core.detect import Protocol
 from tether.proxy.core.exchange import Exchange
@@ -100,8 +101,20 @@ class _BaseRouter:
         state = cast(_RouteState, exchange.route_state)
         if state.tap:
             self._tap_finished(exchange, state, now)
-        if state.load is not None:
-            state.load.finished()
+        load = state.load
+        if load is not None:
+            if not exchange.response_started:
+                # Ended with no response (the client's deadline, a reset, the connection lost): the endpoint
+                # held it that long, which counts as its latency, as in tower's peak-EWMA. Unobserved, an
+                # endpoint that hangs would look ever faster as its estimate decays and keep winning picks.
+                load.observe(now - exchange.started_at, now)
+                upstream = exchange.upstream
+                if isinstance(upstream, UpstreamConnection):
+                    # And it is left alone until its connection answers a PING: a live server answers at
+                    # once, a hung host never (nor would the requests sent to find out).
+                    load.check_started()
+                    upstream.probe(load.check_answered)
+            load.finished()
         metrics = state.metrics
         reset = exchange.reset_code
         if reset is not None and reset != ErrorCodes.NO_ERROR and not exchange.failed_by_proxy:
@@ -460,6 +473,7 @@ class InboundRouter(_BaseRouter):
         proxy_ports: Collection[int],
         app_host: str = "",
         app_port: int = 0,
+        probe_only_paths: Callable[[int], frozenset[bytes] | None] = lambda _port: None,
     ) -> None:
         super().__init__(
             direction="inbound",
@@ -474,6 +488,10 @@ class InboundRouter(_BaseRouter):
         self.proxy_ports = frozenset(proxy_ports)
         #: Requests refused for targeting one of the proxy's own ports.
         self.refused_proxy_port = 0
+        #: The inbound policy's probe-only ports (see InboundPolicy.probe_only_paths).
+        self._probe_only_paths = probe_only_paths
+        #: Plaintext requests refused on a probe-only port: not a probe.
+        self.refused_not_probe = 0
 
     def route(self, exchange: Exchange) -> None:
         info = _info(exchange)
@@ -488,8 +506,16 @@ class InboundRouter(_BaseRouter):
         exchange.request_headers = with_client_id(exchange.request_headers, info.client_id)
         try:
             target = self._app_target(info)
+            self._check_probe_only(exchange, info, target[1])
         except TcpRouteRefused as refused:
-            if refused.reason == "proxy_port":
+            if refused.reason == "not_a_probe":
+                self._fail(
+                    exchange,
+                    metrics,
+                    403,
+                    f"port {refused.port} takes plaintext only for the kubelet's probes; use the mesh (mTLS)",
+                )
+            elif refused.reason == "proxy_port":
                 self._fail(
                     exchange, metrics, 403, f"port {refused.port} is the proxy's own; it is not forwarded"
                 )
@@ -510,7 +536,29 @@ class InboundRouter(_BaseRouter):
 
     async def tcp_target(self, info: ConnectionInfo) -> TcpTarget:
         """The application, at the port the client asked for (never one of the proxy's own)."""
-        return TcpTarget(self._app_target(info))
+        target = self._app_target(info)
+        if info.client_id is None and self._probe_only_paths(target[1]) is not None:
+            # An HTTP probe port: plaintext may probe, never open a raw stream to the application.
+            self.refused_not_probe += 1
+            raise TcpRouteRefused("not_a_probe", target[1])
+        return TcpTarget(target)
+
+    def _check_probe_only(self, exchange: Exchange, info: ConnectionInfo, port: int) -> None:
+        """Plaintext on a probe-only port: a GET or HEAD of one of the probes' paths, or refused."""
+        if info.client_id is not None:
+            return
+        paths = self._probe_only_paths(port)
+        if paths is None:
+            return
+        method = path = b""
+        for name, value in exchange.request_headers:
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value.split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD") or path not in paths:
+            self.refused_not_probe += 1
+            raise TcpRouteRefused("not_a_probe", port)
 
     def _app_target(self, info: ConnectionInfo) -> Address:
         """Where the application is: the port the client asked for on the pod's own address (its original

@@ -29,9 +29,11 @@ report is a superset of what was folded, with a new sequence: the difference is 
 (anything else: its history is reset and the report folded whole).
 
 A proxy that moves to another replica (the first died) resends what was not acknowledged; the new replica
-knows nothing of it and folds it whole. The one case that can count a range twice is a replica dying after
-publishing a rollup and before its acknowledgement reached the proxy (the publish-to-ack latency, about a
-millisecond): consumers see it as overlapping ranges of one proxy in two replicas' rollups.
+knows nothing of it and folds it whole. What any replica published of it already, although the
+acknowledgement was lost (a replica dying right after publishing, a partition), the new stream's first
+``ReportAck`` tells the proxy to forget first (:mod:`tether.telemetry.resume`). The one case left that can
+count a range twice is a replica that stays up publishing, after the proxy resumed elsewhere, reports of a
+stream that broke: consumers see it as overlapping ranges of one proxy in two replicas' rollups.
 """
 
 from __future__ import annotations
@@ -187,6 +189,11 @@ class Aggregator:
         state.about = hello.about
         state.new_stream = True
         state.last_seen = now
+
+    def published_high(self, proxy: ProxyKey, instance: str) -> int:
+        """The highest sequence of this proxy process that this replica published (0: none)."""
+        state = self._proxies.get(proxy)
+        return state.published_high if state is not None and state.instance == instance else 0
 
     def fold(self, proxy: ProxyKey, report: ValidReport, now: float) -> Folded:
         state = self._proxies[proxy]

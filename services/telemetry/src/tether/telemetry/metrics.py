@@ -7,7 +7,7 @@ latency buckets are cumulative (``le``) like a Prometheus histogram's, in millis
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
 
 from tether.shared.telemetry_scopes import LATENCY_BUCKETS_MS
 from tether.telemetry.windows import Windows
@@ -110,7 +110,10 @@ class TelemetryMetrics:
         )
 
     def render(self, windows: Windows) -> bytes:
-        return bytes(generate_latest(self.registry)) + render_series(windows).encode()
+        # The process-wide registry too: the bus counts there what it refused or could not decode
+        # (tether_bus_decode_errors_total ...), as it does in every component.
+        shared = b"" if self.registry is REGISTRY else bytes(generate_latest(REGISTRY))
+        return bytes(generate_latest(self.registry)) + shared + render_series(windows).encode()
 
 
 def _labels(key: tuple[str, str, str, str], window: str) -> str:

@@ -8,7 +8,9 @@
   ABORTED. A proxy reconnecting over a connection the old one still holds half-open must not be locked out.
 * Reports are validated and folded; a report refused as a whole ends the stream with INVALID_ARGUMENT.
   Refusals and dropped scopes are logged once per stream per rollup interval.
-* Acknowledgements go out only after the publisher published the rollup that holds the report.
+* Acknowledgements go out only after the publisher published the rollup that holds the report. A stream's
+  first message is ``ReportAck`` of what any replica already published of this proxy process (0: nothing;
+  :mod:`tether.telemetry.resume`), so that a proxy moving here does not resend what was counted elsewhere.
 * ``max_stream_age`` (:mod:`tether.shared.streamage`): past its jittered age a stream stops folding reports
   (those that arrive are left unacknowledged: the proxy resends them on its next stream), waits until
   everything it folded is published and acknowledged (the next rollup interval at most), then ends with
@@ -42,11 +44,14 @@ from tether.telemetry.metrics import TelemetryMetrics
 from tether.telemetry.model import Hello, ProxyKey, check_hello, validate_report
 
 if TYPE_CHECKING:
+    from tether.telemetry.resume import PublishedRanges
     from tether.telemetry.taprelay import TapRelay
 
 log = structlog.get_logger(__name__)
 
 SHUTDOWN_MESSAGE = "telemetry replica shutting down; reconnect to another replica"
+#: How long a new stream waits, at a replica's start, for the rollups published before it to be read back.
+RESUME_WAIT = 5.0
 
 
 def peer_identity(context: Any) -> str | None:
@@ -121,8 +126,10 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         taps: TapRelay | None = None,
         max_stream_age: float = 0.0,
         rng: random.Random | None = None,
+        published: PublishedRanges | None = None,
     ) -> None:
         self._core = core
+        self.published = published
         self.taps = taps
         self._metrics = metrics
         self._mtls = mtls
@@ -200,15 +207,28 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
         self._metrics.streams_open.inc()
         session.log.info("report_stream_opened", workload=f"{hello.workload.kind}/{hello.workload.name}")
         try:
+            resume = await self._resume_point(hello)
+            await context.write(pb.ReportResponse(ack=pb.ReportAck(sequence=resume)))
             if self.taps is not None:
                 await self.taps.proxy_connected(hello.proxy, first.hello)
-            await self._serve(session, context)
+            await self._serve(session, context, resume)
         finally:
             self._metrics.streams_open.dec()
             if self.sessions.get(hello.proxy) is session:
                 del self.sessions[hello.proxy]
                 if self.taps is not None:
                     await self.taps.proxy_disconnected(hello.proxy)
+
+    async def _resume_point(self, hello: Hello) -> int:
+        """The highest sequence of this proxy process already in a published rollup, by any replica."""
+        resume = self._core.published_high(hello.proxy, hello.instance)
+        published = self.published
+        if published is not None and hello.instance:
+            if not published.synced.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(published.synced.wait(), RESUME_WAIT)
+            resume = max(resume, published.high(hello.proxy, hello.instance))
+        return resume
 
     def _expired(self, session: Session, sent: int) -> bool:
         """Whether the stream is past its age and everything it folded was acknowledged: it ends."""
@@ -218,8 +238,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServicer):
             return True
         return False
 
-    async def _serve(self, session: Session, context: Any) -> None:
-        sent = 0
+    async def _serve(self, session: Session, context: Any, sent: int = 0) -> None:
         loop = asyncio.get_running_loop()
         reading: asyncio.Future[Any] = asyncio.ensure_future(context.read())
         waking: asyncio.Future[Any] = asyncio.ensure_future(session.wake.wait())

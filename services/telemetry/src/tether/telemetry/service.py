@@ -30,6 +30,7 @@ from tether.shared.serving_identity import ServingIdentity
 from tether.telemetry.aggregate import Aggregator, PartialRollup
 from tether.telemetry.config import TelemetryConfig
 from tether.telemetry.metrics import TelemetryMetrics
+from tether.telemetry.resume import PublishedRanges
 from tether.telemetry.rollups import message_id, to_event
 from tether.telemetry.server import TelemetryServicer
 from tether.telemetry.tap import TapRegistry
@@ -57,6 +58,7 @@ class TelemetryService(Service):
         self._server: Any = None
         self._servicer: TelemetryServicer | None = None
         self.taps: TapRelay | None = None
+        self.published = PublishedRanges()
         self._stream_ready = False
         self._publish_lock = asyncio.Lock()
         self._abandoned = False
@@ -99,6 +101,7 @@ class TelemetryService(Service):
             hello_timeout=config.hello_timeout,
             log_interval=config.rollup_interval,
             max_stream_age=config.max_stream_age,
+            published=self.published,
         )
         servicer = self._servicer
         self.taps = TapRelay(TapRegistry(self.instance), ctx.bus, self.metrics, servicer)
@@ -123,6 +126,7 @@ class TelemetryService(Service):
             credentials=credentials,
             extra_options=GRPC_SERVER_OPTIONS,
         )
+        ctx.spawn("published-ranges", lambda: self.published.follow(ctx.bus))
         ctx.spawn("rollup-publisher", self._publish_every_interval)
         ctx.spawn("tap-timer", self.taps.run)
         log.info("telemetry_serving", grpc_port=self.grpc_port, rollup_interval=config.rollup_interval)

@@ -17,6 +17,7 @@ from h2.events import (
     ConnectionTerminated,
     DataReceived,
     InformationalResponseReceived,
+    PingAckReceived,
     RemoteSettingsChanged,
     RequestReceived,
     ResponseReceived,
@@ -368,10 +369,14 @@ class DownstreamConnection(Http2Connection):
             exchange.downstream_lost(now)
 
 
+#: The opaque data of the PINGs that ask an upstream whether it still answers at all (8 bytes).
+PROBE_PING = b"tprobe\x00\x00"
+
+
 class UpstreamConnection(Http2Connection):
     """A connection the proxy opened to a server; exchanges are attached to it by the router."""
 
-    __slots__ = ("draining", "on_capacity", "orphans", "settings_received")
+    __slots__ = ("_probes", "draining", "on_capacity", "orphans", "settings_received")
 
     def __init__(
         self,
@@ -389,6 +394,27 @@ class UpstreamConnection(Http2Connection):
         self.orphans: dict[int, float] = {}
         #: The server's first SETTINGS arrived (its concurrency limit is known).
         self.settings_received = False
+        #: Who waits for the answer to the PING in flight (None: no PING in flight).
+        self._probes: list[Callable[[], None]] | None = None
+
+    def probe(self, answered: Callable[[], None]) -> None:
+        """Ask the server whether it answers at all (a PING; one in flight at a time): ``answered`` is
+        called once it does, or once the connection is gone (then there is nothing left to wait for)."""
+        if self.closing:
+            answered()
+            return
+        if self._probes is not None:
+            self._probes.append(answered)
+            return
+        self._probes = [answered]
+        with contextlib.suppress(ProtocolError):
+            self.h2.ping(PROBE_PING)
+        self.mark_dirty()
+
+    def _probes_answered(self) -> None:
+        waiting, self._probes = self._probes, None
+        for answered in waiting or ():
+            answered()
 
     @property
     def has_capacity(self) -> bool:
@@ -492,6 +518,8 @@ class UpstreamConnection(Http2Connection):
                     self.stream_released()
             elif kind is ConnectionTerminated:
                 self._peer_goaway(event.last_stream_id, now)
+            elif kind is PingAckReceived:
+                self._probes_answered()
         for exchange in touched:
             exchange.pump(now)
         self.mark_dirty()
@@ -526,5 +554,6 @@ class UpstreamConnection(Http2Connection):
         self.orphans.clear()
         for exchange in list(self.exchanges.values()):
             exchange.upstream_lost(now)
+        self._probes_answered()
         if self.on_capacity is not None:
             self.on_capacity(self)

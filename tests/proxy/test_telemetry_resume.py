@@ -1,0 +1,153 @@
+"""A replica publishes reports whose acknowledgements never reach the proxy (a partition swallows them);
+the proxy moves to the other replica: every call is still counted exactly once (a regression test found by
+the e2e partition fault, tests/e2e/test_faults_during_rotation.py).
+
+Before, the proxy resent everything unacknowledged, merged, and the second replica folded it again: the
+consumers saw two rollups overlapping on the proxy's ranges and, unable to split either, dropped one (the
+calls after the partition were lost). Now every replica reads back what was published (``resume``) and a new
+stream's first message is ``ReportAck`` of it: the proxy resends only the rest.
+
+Real proxies and real replicas (in this process), a real nats-server; the Service address in front of the
+replicas is a TCP forwarder that can hold what the replicas send back, as a partition would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from proxy_mesh import Mesh, Pod, authority, unary
+from telemetry_harness import Replica, reporting_pod
+
+from tether.shared import subjects
+from tether.shared.bus import Bus
+from tether.shared.events import TelemetryRollup
+from tether.shared.testing import eventually
+from tether.telemetry.rollups import merge_rollups
+
+
+class AckHolder:
+    """One address in front of the replicas; ``hold`` keeps what they send to the proxies (their
+    acknowledgements), ``fail_over`` resets every connection and sends new ones to another replica."""
+
+    def __init__(self) -> None:
+        self.backend = ""
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self._server: asyncio.Server | None = None
+        self._held: set[asyncio.StreamWriter] = set()
+
+    async def start(self, backend: str) -> str:
+        self.backend = backend
+        self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
+        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    def hold(self) -> None:
+        self.flowing.clear()
+
+    def fail_over(self, backend: str) -> None:
+        self.backend = backend
+        for writer in list(self._held):
+            writer.transport.abort()
+        self.flowing.set()
+
+    async def close(self) -> None:
+        self.fail_over("")
+        if self._server is not None:
+            self._server.close()
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = self.backend.rsplit(":", 1)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            writer.transport.abort()
+            return
+        held = {writer, up_writer}
+        self._held |= held
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, holdable: bool) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    if holdable:
+                        await self.flowing.wait()
+                    if sink.transport.is_closing():
+                        return
+                    sink.write(data)
+                    await sink.drain()
+            sink.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+        self._held -= held
+
+
+def _counted(rollups: list[TelemetryRollup], name: str, direction: str) -> int:
+    """Requests of one workload's scopes, each report range counted once; no rollup may conflict."""
+    kept, conflicts = merge_rollups(rollups)
+    assert conflicts == [], f"rollups overlapping counted ranges: {[r.ranges for r in conflicts]}"
+    return sum(
+        scope.requests
+        for rollup in kept
+        if rollup.name == name
+        for scope in rollup.scopes
+        if scope.direction == direction
+    )
+
+
+async def _calls(client: Pod, count: int) -> None:
+    async with client.channel(authority("echo")) as channel:
+        call = unary(channel)
+        for _ in range(count):
+            assert await call(b"echo:ok", timeout=5) == b"echo:ok"
+
+
+async def test_acknowledgements_lost_after_publishing_are_not_counted_twice_elsewhere(
+    meshed: Mesh, replicas: list[Replica]
+) -> None:
+    first, second = replicas
+    address = AckHolder()
+    addr = await address.start(first.addr)
+    server = await reporting_pod(meshed, addr, "echo", "server")
+    client = await reporting_pod(meshed, addr, None, "client")
+    await meshed.register("echo", [server])
+    received: list[TelemetryRollup] = []
+    bus = await Bus.connect(meshed.nats.settings(None), name="rollup-consumer")
+
+    async def on_rollup(rollup: TelemetryRollup, _subject: str) -> None:
+        received.append(rollup)
+
+    await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
+    try:
+        await _calls(client, 50)
+        await eventually(lambda: _counted(received, "server", "inbound") == 50, 15.0, "the first calls")
+        # The partition: the replica still gets the reports and publishes them; its acknowledgements are lost.
+        address.hold()
+        await _calls(client, 50)
+        await eventually(
+            lambda: (
+                _counted(received, "server", "inbound") == 100
+                and _counted(received, "client", "outbound") == 100
+            ),
+            15.0,
+            "the replica publishing what it cannot acknowledge",
+        )
+        assert client.proxy.reporter is not None and client.proxy.reporter.state.in_flight
+        # The proxies move to the other replica, which tells them what is published already.
+        address.fail_over(second.addr)
+        await _calls(client, 50)
+        await eventually(
+            lambda: (
+                _counted(received, "server", "inbound") == 150
+                and _counted(received, "client", "outbound") == 150
+            ),
+            20.0,
+            "every call counted once",
+        )
+        settled = len(received)
+        await eventually(lambda: len(received) > settled + 2, 10.0, "more rollup intervals")
+        assert _counted(received, "server", "inbound") == 150
+        assert _counted(received, "client", "outbound") == 150
+        assert {r.replica for r in received} == {"telemetry-a", "telemetry-b"}
+    finally:
+        await bus.close()
+        await address.close()
