@@ -21,7 +21,10 @@ def test_probe_paths_limit_plaintext_only_where_the_policy_refuses_it() -> None:
     lenient = InboundPolicy(require_identity=False, probe_paths=((8080, b"/healthz"),))
     assert lenient.allows_plaintext(8080) and lenient.probe_only_paths(8080) is None
     per_port = InboundPolicy(require_identity=False, ports=(8080,), probe_paths=((8080, b"/healthz"),))
-    assert per_port.probe_only_paths(8080) == frozenset({b"/healthz"}) and per_port.probe_only_paths(8081) is None
+    assert (
+        per_port.probe_only_paths(8080) == frozenset({b"/healthz"})
+        and per_port.probe_only_paths(8081) is None
+    )
 
 
 def _parse(*flags: str) -> ProxyConfig:
