@@ -33,6 +33,11 @@ from pathlib import Path
 from e2e_kube import ContainerRun
 from netns_harness import Namespace, NetnsHarness, unavailable_reason
 
+#: The checkout (with its virtual environment): the programs every container runs.
+CHECKOUT = Path(__file__).resolve().parents[2]
+#: Where a container's mount namespace keeps the checkout while volumes are mounted (its own /run tmpfs).
+_CHECKOUT_ASIDE = "/run/.tether-checkout"
+
 SUBNET = "10.240.0"
 SUBNET6 = "fd00:240::"
 NODE_IP = f"{SUBNET}.1"
@@ -244,6 +249,15 @@ def container_argv(namespace: Namespace, hostname: str, container: ContainerRun)
         f"echo {shlex.quote(hostname)} > /proc/sys/kernel/hostname",
         "mount -t tmpfs -o mode=0755,size=64m tmpfs /run",
     ]
+    # The checkout stands in for the image's filesystem: a volume mounted over a directory holding it (a
+    # checkout under /tmp, as CI's may be, and an emptyDir on /tmp) would hide the program itself. It is
+    # bound aside first and back after the volumes.
+    hidden = [m for m in container.mounts if Path(m.target) == CHECKOUT or Path(m.target) in CHECKOUT.parents]
+    if hidden:
+        steps += [
+            f"mkdir -p {_CHECKOUT_ASIDE}",
+            f"mount --bind {shlex.quote(str(CHECKOUT))} {_CHECKOUT_ASIDE}",
+        ]
     # /tmp last: a volume source below it would be hidden once something is mounted there.
     for mount in sorted(container.mounts, key=lambda m: (m.target in ("/tmp", "/var/tmp"), len(m.target))):
         target = shlex.quote(mount.target)
@@ -255,6 +269,11 @@ def container_argv(namespace: Namespace, hostname: str, container: ContainerRun)
         steps.append(f"mount --bind {source} {target}")
         if mount.read_only:
             steps.append(f"mount -o remount,bind,ro {target}")
+    if hidden:
+        steps += [
+            f"mkdir -p {shlex.quote(str(CHECKOUT))}",
+            f"mount --bind {_CHECKOUT_ASIDE} {shlex.quote(str(CHECKOUT))}",
+        ]
     user: list[str] = []
     if container.uid is not None and container.uid != 0:
         gid = container.gid if container.gid is not None else container.uid
