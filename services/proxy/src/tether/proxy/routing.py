@@ -386,14 +386,18 @@ class OutboundRouter(_BaseRouter):
         if discovery is not None:
             resolution = await discovery.wait_usable(ip_authority(original), self.fail_fast_timeout)
             if resolution is not None and resolution.status is Status.KNOWN:
-                load = resolution.balancer.pick(self.clock())
-                if load is None:
-                    raise TcpRouteRefused("no_endpoints")
-                endpoint = resolution.endpoints.get(load.key)
-                identity = endpoint.tls_identity if endpoint is not None and self.mesh_tls else None
-                load.started()
-                return TcpTarget(load.key, identity, _endpoint_labels(endpoint), load.finished)
+                return self._pick_tcp(resolution)
         return TcpTarget(original)
+
+    def _pick_tcp(self, resolution: Resolution) -> TcpTarget:
+        """An endpoint of a known service for one TCP stream (mTLS to it where it is meshed)."""
+        load = resolution.balancer.pick(self.clock())
+        if load is None:
+            raise TcpRouteRefused("no_endpoints")
+        endpoint = resolution.endpoints.get(load.key)
+        identity = endpoint.tls_identity if endpoint is not None and self.mesh_tls else None
+        load.started()
+        return TcpTarget(load.key, identity, _endpoint_labels(endpoint), load.finished)
 
     async def _tunnel_target(self, authority: bytes, original: Address | None) -> TcpTarget:
         """Where an HTTP ``CONNECT host:port`` goes: discovery by that name or address (mTLS where meshed),
@@ -405,13 +409,7 @@ class OutboundRouter(_BaseRouter):
             except AuthorityLimitError:
                 raise TcpRouteRefused("connect_authority_unknown") from None
             if resolution is not None and resolution.status is Status.KNOWN:
-                load = resolution.balancer.pick(self.clock())
-                if load is None:
-                    raise TcpRouteRefused("no_endpoints")
-                endpoint = resolution.endpoints.get(load.key)
-                identity = endpoint.tls_identity if endpoint is not None and self.mesh_tls else None
-                load.started()
-                return TcpTarget(load.key, identity, _endpoint_labels(endpoint), load.finished)
+                return self._pick_tcp(resolution)
         if original is not None and ip_authority(original) == authority:
             return TcpTarget(original)
         raise TcpRouteRefused("connect_authority_unknown")
