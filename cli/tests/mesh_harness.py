@@ -3,12 +3,16 @@ left running or listening of a mesh."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 TETHER = f"{sys.prefix}/bin/tether"
 
@@ -67,3 +71,35 @@ def mesh_pids(state_dir: Path) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+class LocalMesh:
+    """A local mesh of a test: its state directory and port range, and the flags that name them."""
+
+    def __init__(self, state_dir: Path, base: int) -> None:
+        self.state_dir = state_dir
+        self.base = base
+        self.flags = ("--state-dir", str(state_dir), "--port-base", str(base))
+
+    def down(self) -> None:
+        """``tether down``, then SIGKILL whatever of it a failed test left running."""
+        tether("down", *self.flags)
+        for pid in mesh_pids(self.state_dir):
+            os.kill(pid, signal.SIGKILL)
+
+
+def proxy_metric(admin: int, name: str, **labels: str) -> float:
+    """The sum of ``name``'s series with all of ``labels``, from a proxy's ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def stat_rows(state_dir: Path, *selector: str) -> dict[str, dict[str, Any]]:
+    """``tether stat SELECTOR -o json`` against the mesh in ``state_dir``, by name ({} when it fails)."""
+    done = tether("stat", *selector, "-o", "json", "--state-dir", str(state_dir), timeout=30)
+    return {row["name"]: row for row in json.loads(done.stdout)} if done.returncode == 0 else {}

@@ -7,16 +7,14 @@ inbound proxy's ``/metrics`` (requests over mTLS from the expected client identi
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mesh_harness import TETHER, free_base, listening
+from mesh_harness import TETHER, free_base, listening, proxy_metric, stat_rows
 
 ROW = re.compile(r"^(\S+)\s+(\d+/\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
 ADMIN_LINE = re.compile(r"^\s+(\S+)\s+.*proxy admin 127\.0\.0\.1:(\d+)")
@@ -54,33 +52,6 @@ class Output:
         self._thread.join(10)
 
 
-def inbound_mtls_requests(admin: int, client_id: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if (
-            line.startswith("request_total{")
-            and 'direction="inbound"' in line
-            and 'tls="true"' in line
-            and f'client_id="{client_id}"' in line
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def stat_json(state: Path) -> dict[str, dict[str, Any]]:
-    done = subprocess.run(
-        [TETHER, "stat", "deploy", "-n", "demo", "-o", "json", "--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if done.returncode != 0:
-        return {}
-    return {row["name"]: row for row in json.loads(done.stdout)}
-
-
 def stats_complete(rows: dict[str, dict[str, Any]]) -> bool:
     return all(
         name in rows and rows[name]["requests"] > 0 and rows[name]["latency_ms_p50"] is not None
@@ -113,8 +84,13 @@ def test_the_demo_shows_real_golden_metrics_and_leaves_nothing_running(tmp_path:
         secured: dict[str, float] = {}
         while not (stats_complete(rows) and all(secured.get(n, 0) > 0 for n in CALLERS)):
             assert demo.poll() is None, f"the demo ended first: {rows} {secured}\n{output.text()[-2000:]}"
-            rows = stat_json(state)
-            secured = {n: inbound_mtls_requests(admins[n], CALLERS[n]) for n in CALLERS}
+            rows = stat_rows(state, "deploy", "-n", "demo")
+            secured = {
+                n: proxy_metric(
+                    admins[n], "request_total", direction="inbound", tls="true", client_id=CALLERS[n]
+                )
+                for n in CALLERS
+            }
             time.sleep(1)
         for name in CALLERS:
             assert rows[name]["meshed"] == 1 and rows[name]["total"] == 1, rows[name]

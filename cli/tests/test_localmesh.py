@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mesh_harness import alive, free_base, listening, mesh_pids, tether
+from mesh_harness import LocalMesh, alive, free_base, listening, mesh_pids, tether
 
 COMPONENTS = ["nats", "identity", "destination", "telemetry", "public-api"]
 OFFSETS = {"nats": (0,), "identity": (10, 11), "destination": (20, 21), "telemetry": (30, 31)}
@@ -36,12 +36,7 @@ def eventually(check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
         time.sleep(0.05)
 
 
-class Mesh:
-    def __init__(self, state_dir: Path, base: int) -> None:
-        self.state_dir = state_dir
-        self.base = base
-        self.flags = ("--state-dir", str(state_dir), "--port-base", str(base))
-
+class Mesh(LocalMesh):
     def ports(self) -> list[int]:
         return [self.base + o for offsets in OFFSETS.values() for o in offsets]
 
@@ -63,9 +58,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     try:
         yield running
     finally:
-        tether("down", *running.flags)
-        for pid in mesh_pids(running.state_dir):
-            os.kill(pid, signal.SIGKILL)
+        running.down()
 
 
 def test_up_starts_every_component_ready(mesh: Mesh) -> None:

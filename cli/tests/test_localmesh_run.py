@@ -4,30 +4,20 @@ unmodified HTTP server (Python's http.server) meshed as service ``web`` and an u
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mesh_harness import TETHER, clean_env, free_base, listening, mesh_pids, tether
+from mesh_harness import TETHER, LocalMesh, clean_env, free_base, listening, proxy_metric, stat_rows, tether
 
 PROXY_LINE = re.compile(r"inbound 127\.0\.0\.1:(\d+) admin 127\.0\.0\.1:(\d+)")
-
-
-class Mesh:
-    def __init__(self, state_dir: Path, base: int) -> None:
-        self.state_dir = state_dir
-        self.base = base
-        self.flags = ("--state-dir", str(state_dir), "--port-base", str(base))
 
 
 def _free_port() -> int:
@@ -37,29 +27,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    running = Mesh(tmp_path_factory.mktemp("mesh") / "state", free_base())
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMesh]:
+    running = LocalMesh(tmp_path_factory.mktemp("mesh") / "state", free_base())
     up = tether("up", *running.flags)
     assert up.returncode == 0, up.stderr
     try:
         yield running
     finally:
-        tether("down", *running.flags)
-        for pid in mesh_pids(running.state_dir):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _metrics(admin: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as answer:
-        return str(answer.read().decode())
-
-
-def _sample(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+        running.down()
 
 
 def test_without_a_mesh_run_says_to_start_one(tmp_path: Path) -> None:
@@ -74,24 +49,19 @@ def test_a_bad_argument_is_one_line_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def _stat_rows(mesh: Mesh, *selector: str) -> dict[str, dict[str, Any]]:
-    done = tether("stat", *selector, "-o", "json", "--state-dir", str(mesh.state_dir))
-    return {row["name"]: row for row in json.loads(done.stdout)} if done.returncode == 0 else {}
-
-
-def _await_stat(mesh: Mesh, name: str, requests: int, *selector: str) -> dict[str, Any]:
+def _await_stat(mesh: LocalMesh, name: str, requests: int, *selector: str) -> dict[str, Any]:
     """``tether stat -o json`` once its row for ``name`` counts ``requests``: reports every 2 s, rollups
     every 10 s, so up to ~15 s."""
     deadline = time.monotonic() + 40
     while True:
-        rows = _stat_rows(mesh, *selector)
+        rows = stat_rows(mesh.state_dir, *selector)
         if name in rows and rows[name]["requests"] >= requests:
             return rows[name]
         assert time.monotonic() < deadline, f"tether stat never showed {requests} requests of {name}: {rows}"
         time.sleep(1)
 
 
-def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: Mesh) -> None:
+def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: LocalMesh) -> None:
     app_port = _free_port()
     server = subprocess.Popen(
         [
@@ -129,11 +99,10 @@ def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: 
             time.sleep(0.5)
         assert client.returncode == 0, client.stderr
         assert "Directory listing" in client.stdout, client.stdout
-        metrics = _metrics(admin)
-        assert _sample(metrics, "request_total", direction="inbound", tls="true") >= 1, metrics
+        assert proxy_metric(admin, "request_total", direction="inbound", tls="true") >= 1
         assert (
-            _sample(
-                metrics,
+            proxy_metric(
+                admin,
                 "request_total",
                 direction="inbound",
                 client_id="client.default.serviceaccount.identity.cluster.local",
@@ -181,7 +150,7 @@ print("all served")
 """
 
 
-def test_an_unmodified_grpcio_client_and_server_are_meshed_and_seen_in_stat(mesh: Mesh) -> None:
+def test_an_unmodified_grpcio_client_and_server_are_meshed_and_seen_in_stat(mesh: LocalMesh) -> None:
     app_port = _free_port()
     flags = ("--state-dir", str(mesh.state_dir), "--namespace", "grpcdemo")
     server = subprocess.Popen(
