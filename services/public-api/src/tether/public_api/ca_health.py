@@ -65,39 +65,44 @@ class IssuerTable:
         loaded = [s for s in statuses if s.issuer_loaded]
         if not loaded:
             return self._silent(description)
-        worst = ("ok", "")
         anchors = {a.fingerprint_sha256: a for s in loaded for a in s.trust_anchors}
-        for anchor in sorted(anchors.values(), key=lambda a: a.not_after):
-            status, hint = _expiry("trust anchor", anchor, now, _ROTATE_ANCHOR)
-            if _rank(status) > _rank(worst[0]):
-                worst = (status, hint)
-        return CheckOutcome("identity", description, worst[0] != "error", worst[1], level=worst[0])
+        return _worst(
+            description,
+            [
+                _expiry("trust anchor", anchor, now, _ROTATE_ANCHOR)
+                for anchor in sorted(anchors.values(), key=lambda a: a.not_after)
+            ],
+        )
 
     def _issuer(self, statuses: list[IssuerStatus], now: datetime) -> CheckOutcome:
         description = "issuer certificate is valid for at least 60 days and chains to the trust anchors"
         if not statuses:
             return self._silent(description)
-        worst = ("ok", "")
-        for status in statuses:
-            if not status.issuer_loaded or status.issuer is None:
-                reason = status.load_error or "no issuer loaded"
-                found = (
-                    "error",
-                    f"identity {status.replica} has no usable issuer ({reason}): it issues no certificates; "
-                    "fix the issuer files (tether-identity bootstrap, or Secret tether-identity-issuer)",
-                )
-            elif status.load_error:
-                found = (
-                    "warning",
-                    f"identity {status.replica} keeps serving its previous issuer: the new files cannot be "
-                    f"used ({status.load_error})",
-                )
-            else:
-                found = _expiry("issuer", status.issuer, now, _ROTATE_ISSUER)
-            if _rank(found[0]) > _rank(worst[0]):
-                worst = found
-        return CheckOutcome("identity", description, worst[0] != "error", worst[1], level=worst[0])
+        return _worst(description, [_issuer_finding(status, now) for status in statuses])
 
 
-def _rank(status: str) -> int:
-    return {"ok": 0, "warning": 1, "error": 2}[status]
+def _issuer_finding(status: IssuerStatus, now: datetime) -> tuple[str, str]:
+    """(status, hint) of one replica's issuer."""
+    if not status.issuer_loaded or status.issuer is None:
+        reason = status.load_error or "no issuer loaded"
+        return (
+            "error",
+            f"identity {status.replica} has no usable issuer ({reason}): it issues no certificates; "
+            "fix the issuer files (tether-identity bootstrap, or Secret tether-identity-issuer)",
+        )
+    if status.load_error:
+        return (
+            "warning",
+            f"identity {status.replica} keeps serving its previous issuer: the new files cannot be "
+            f"used ({status.load_error})",
+        )
+    return _expiry("issuer", status.issuer, now, _ROTATE_ISSUER)
+
+
+_RANK = {"ok": 0, "warning": 1, "error": 2}
+
+
+def _worst(description: str, findings: list[tuple[str, str]]) -> CheckOutcome:
+    """The check's outcome: its worst (status, hint) finding, the first of equals; ok without any."""
+    status, hint = max(findings, key=lambda f: _RANK[f[0]], default=("ok", ""))
+    return CheckOutcome("identity", description, status != "error", hint, level=status)
