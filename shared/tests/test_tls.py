@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import distributions
+from pathlib import Path
 
 import grpc
 import pytest
@@ -13,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tether.shared import GRPC_TLS13_ONLY_CIPHER_SUITES
 from tether.shared.grpctls import ReloadableServerCredentials
 from tether.shared.tls import KeyPair, client_ssl_context, server_ssl_context
 
@@ -109,3 +117,113 @@ async def test_reloadable_credentials_serve_new_pair_on_new_connections() -> Non
         assert credentials.current == second
     finally:
         await server.stop(0)
+
+
+# gRPC in a Tether process is TLS 1.3 only. grpcio cannot set a minimum TLS version, so tether.shared sets the
+# one knob its core reads when grpc is imported (GRPC_SSL_CIPHER_SUITES); it only counts when set before a
+# process's first `import grpc`, so these tests run real processes.
+
+SERVER = textwrap.dedent(
+    """
+    import sys
+    from concurrent import futures
+    from pathlib import Path
+
+    from tether.shared.grpctls import grpc_server_credentials
+    from tether.shared.tls import KeyPair
+
+    import grpc
+
+    folder = Path(sys.argv[1])
+    pair = KeyPair(key_pem=(folder / "key.pem").read_bytes(), chain_pem=(folder / "cert.pem").read_bytes())
+    server = grpc.server(futures.ThreadPoolExecutor(1))
+    port = server.add_secure_port("127.0.0.1:0", grpc_server_credentials(pair))
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()
+    """
+)
+
+#: Imports an entry point's module with a finder that notes, when ``grpc`` is first imported, whether
+#: the knob already held Tether's value; prints ``unused`` when the module never loads grpc.
+PROBE = textwrap.dedent(
+    """
+    import importlib, os, sys
+
+    class Watch:
+        seen = None
+
+        def find_spec(self, name, path=None, target=None):
+            if name == "grpc" and Watch.seen is None:
+                Watch.seen = os.environ.get("GRPC_SSL_CIPHER_SUITES")
+            return None
+
+    sys.meta_path.insert(0, Watch())
+    importlib.import_module(sys.argv[1])
+    print("unused" if Watch.seen is None else Watch.seen)
+    """
+)
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[int]:
+    pair = _self_signed("tls13.test")
+    (tmp_path / "key.pem").write_bytes(pair.key_pem)
+    (tmp_path / "cert.pem").write_bytes(pair.chain_pem)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        yield int(process.stdout.readline())
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def _handshake(port: int, version: ssl.TLSVersion) -> str | None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the version is under test here, not the chain
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.maximum_version = version
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="tls13.test") as tls,
+    ):
+        return tls.version()
+
+
+def test_a_grpc_server_in_a_tether_process_refuses_tls12(tls_server: int) -> None:
+    with pytest.raises(ssl.SSLError):
+        _handshake(tls_server, ssl.TLSVersion.TLSv1_2)
+    assert _handshake(tls_server, ssl.TLSVersion.TLSv1_3) == "TLSv1.3"
+
+
+def _tether_entry_modules() -> list[str]:
+    modules = {
+        entry.module
+        for dist in distributions()
+        for entry in dist.entry_points
+        if entry.group == "console_scripts" and entry.module.startswith("tether.")
+    }
+    return sorted(modules)
+
+
+def test_the_entry_points_are_found() -> None:
+    # The parametrised test below is only as good as this list.
+    services = ("destination", "identity", "telemetry", "public_api", "proxy")
+    assert {f"tether.{name}.__main__" for name in services} <= set(_tether_entry_modules())
+
+
+@pytest.mark.parametrize("module", _tether_entry_modules())
+def test_every_entry_point_sets_tls13_only_before_grpc_loads(module: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, module], capture_output=True, text=True, timeout=60, check=True
+    )
+    seen = done.stdout.strip().splitlines()[-1]
+    assert seen in {"unused", GRPC_TLS13_ONLY_CIPHER_SUITES}, f"{module}: grpc loaded with suites {seen!r}"

@@ -51,6 +51,11 @@ ROWS = {
         f"HTTP/1.1 10 req/s, 2 s deadline, {CHAIN}",
         "each component's NATS credentials used for what another component may do",
     ),
+    "Security: every TLS listener refuses TLS 1.2": Row(
+        f"HTTP/1.1 10 req/s, 2 s deadline, {CHAIN}",
+        "a TLS 1.2 and a TLS 1.3 handshake to every identity, destination and telemetry replica's gRPC port "
+        "and to web's inbound proxy",
+    ),
     "Garbage on the bus": Row(
         f"HTTP/1.1 20 req/s, 2 s deadline, {CHAIN}",
         "random, oversized and well-formed meaningless payloads on every subject the services consume, "

@@ -9,12 +9,16 @@
   the proxy's own ports, and not elsewhere because a request names another authority — plaintext or mTLS;
 * identity refuses mallory's token for web's name (and no token, and a forged token), but serves mallory's;
 * every component's NATS credentials, used for what another component may do, are refused by nats-server,
-  and the endpoint bucket is unchanged.
+  and the endpoint bucket is unchanged;
+* every TLS listener of the mesh — identity, destination and telemetry's gRPC servers (grpcio, made TLS 1.3
+  only by ``tether.shared``) and the proxies' inbound ports — refuses a TLS 1.2 client.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,7 +30,7 @@ from e2e_cluster import PROXY_CONTAINER, Cluster, ManualEndpoint, Pod, identity_
 from e2e_load import SteadyLoad, steady_load
 from e2e_mesh import BOOKS_PORT, REDIS_PORT, SECRET_PORT, SHOP, WEB_PORT, Mesh
 from e2e_scenarios import scenario_record
-from mesh_pods import sample
+from mesh_pods import inside, sample
 
 pytestmark = pytest.mark.netns
 
@@ -408,3 +412,44 @@ def test_nats_credentials_confined(healthy_mesh: Mesh, guarded: Guarded) -> None
     violations = sum(nats_log.count(kind) for kind in ("Publish Violation", "Subscription Violation"))
     assert violations >= len(results), f"nats-server logged {violations} violations of {len(results)}"
     guarded.finish("Security: NATS credentials confined", refused=len(results))
+
+
+#: The control plane's gRPC servers: workload and port.
+GRPC_TLS_PORTS = (("tether-identity", 8080), ("tether-destination", 8086), ("tether-telemetry", 8087))
+
+
+def _tls_version(cluster: Cluster, host: str, port: int, server_name: str, highest: ssl.TLSVersion) -> str:
+    """The version a handshake from the node with at most ``highest`` settles on, or the error it meets."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the version is under test here; the chains are elsewhere
+    context.minimum_version, context.maximum_version = ssl.TLSVersion.TLSv1_2, highest
+    context.set_alpn_protocols(["h2"])
+
+    def handshake() -> str:
+        try:
+            with (
+                socket.create_connection((host, port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname=server_name) as tls,
+            ):
+                return str(tls.version())
+        except (ssl.SSLError, ConnectionError) as error:
+            return f"refused: {error}"
+
+    return inside(cluster.node.namespace, handshake)
+
+
+def test_every_tls_listener_refuses_tls12(healthy_mesh: Mesh, guarded: Guarded) -> None:
+    mesh, cluster = healthy_mesh, healthy_mesh.cluster
+    listeners = [
+        (f"{pod.name}:{port}", pod.ip, port, identity_of(workload, "tether"))
+        for workload, port in GRPC_TLS_PORTS
+        for pod in mesh.control_pods(workload)
+    ]
+    # A meshed peer's TLS to web's application port, which web's inbound proxy terminates.
+    listeners.append((f"{mesh.web.name}:{WEB_PORT}", mesh.web.ip, WEB_PORT, identity_of("web", SHOP)))
+    for name, host, port, server_name in listeners:
+        assert _tls_version(cluster, host, port, server_name, ssl.TLSVersion.TLSv1_3) == "TLSv1.3", name
+        answer = _tls_version(cluster, host, port, server_name, ssl.TLSVersion.TLSv1_2)
+        assert answer.startswith("refused"), f"{name} accepted {answer}"
+    guarded.finish("Security: every TLS listener refuses TLS 1.2", listeners=len(listeners))

@@ -1,7 +1,7 @@
 """gRPC credentials from PEM bytes, static or reloadable.
 
-gRPC Python does not expose a minimum TLS version for its credentials, so gRPC connections negotiate TLS 1.3
-(BoringSSL's preference) with any peer that offers it, but the library cannot forbid TLS 1.2 there.
+gRPC Python does not expose a minimum TLS version for its credentials; `tether.shared` makes grpc Core TLS 1.3
+only for the whole process when it is imported (see `tether.shared.GRPC_TLS13_ONLY_CIPHER_SUITES`).
 
 `ReloadableServerCredentials` gives a grpc server a certificate that can be swapped at run time: the
 gRPC core asks its fetcher on every new handshake whether the configuration changed.
