@@ -251,6 +251,20 @@ def test_the_app_sees_the_request_as_sent_and_the_client_identity(mesh: MeshPods
     assert echoed_header(seen, "tether-client-id") == [client.identity]
 
 
+def test_a_client_id_written_by_the_client_never_reaches_the_app(mesh: MeshPods) -> None:
+    """``tether-client-id`` fields a client writes itself, in any case, are dropped by the inbound proxy:
+    through the pair the app sees only the identity the proxy verified; in plaintext from an unmeshed pod,
+    none at all."""
+    client, server, outside = pods(mesh)
+    spoofed = ("-H", "Tether-Client-Id: root.kube-system", "-H", "TETHER-CLIENT-ID: admin")
+    meshed = through_pair(mesh, *spoofed, paths=["/echo"])
+    assert meshed.only().status == 200, meshed.explain()
+    assert echoed_header(json.loads(meshed.only().body), "tether-client-id") == [client.identity]
+    plain = mesh.curl(outside, *spoofed, urls=[f"http://{server.ip}:{WEB_PORT}/echo"])
+    assert plain.only().status == 200, plain.explain()
+    assert echoed_header(json.loads(plain.only().body), "tether-client-id") == []
+
+
 def test_unmeshed_destination_through_the_outbound_proxy_equals_direct(mesh: MeshPods) -> None:
     """curl in the client pod to h1_app.py in ``outside`` (no proxy there, not in the registry): the outbound
     proxy forwards HTTP/1.1 to the original destination; GET and a chunked POST equal the direct ones."""

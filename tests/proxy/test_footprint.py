@@ -1,13 +1,15 @@
 """A meshed proxy loads neither grpcio nor cryptography: each would cost more than its whole memory budget.
 
 The proxy runs as a real process with identity on, gets its certificate from the real identity service,
-and is then inspected from outside: the shared objects mapped into it (``/proc/<pid>/maps``) show which
-native extension modules it imported. Its key was made by the short-lived helper process instead.
+and is then inspected: its ``sys.modules`` (the loopback-only ``/debug/modules`` admin route) and, from
+outside, the shared objects mapped into it (``/proc/<pid>/maps``), which would also show a native extension
+loaded some other way. Its key was made by the short-lived helper process instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -26,6 +28,16 @@ async def _status(port: int, path: str) -> int | None:
     data = await reader.read()
     writer.close()
     return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+
+
+async def _get_json(port: int, path: str) -> object:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    data = await reader.read()
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return json.loads(body)
 
 
 async def test_a_meshed_proxy_maps_no_grpc_and_no_cryptography(tmp_path: Path) -> None:
@@ -63,6 +75,10 @@ async def test_a_meshed_proxy_maps_no_grpc_and_no_cryptography(tmp_path: Path) -
     )
     try:
         await eventually(lambda: _ready(admin), 20.0, "the proxy holds its certificate")
+        modules = await _get_json(admin, "/debug/modules")
+        assert isinstance(modules, list) and "tether.proxy.identity" in modules, modules
+        heavy = [name for name in modules if name.split(".")[0] in ("grpc", "cryptography")]
+        assert heavy == [], heavy
         maps = Path(f"/proc/{process.pid}/maps").read_text()
         loaded = {line.rsplit("/", 1)[-1] for line in maps.splitlines() if ".so" in line}
         assert not [name for name in loaded if "cygrpc" in name], "grpcio is loaded"

@@ -78,5 +78,5 @@ async def test_without_an_application_port_the_request_is_refused_with_the_reaso
         answer = await get(proxy.inbound_port, "/hello")
     finally:
         await proxy.stop(0.1)
-    assert answer.startswith(b"HTTP/1.1 502 Bad Gateway\r\n"), answer
+    assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n"), answer
     assert b"--inbound-app-port" in answer  # the proxy's error header names the fix

@@ -121,7 +121,7 @@ async def test_plaintext_clients_are_labelled_and_refused_when_identity_is_requi
 
     async with unmeshed(open_server) as channel:
         assert await unary(channel)(b"whoami", timeout=10) == b"-"
-    plain = {"direction": "inbound", "tls": "no_identity", "no_tls_reason": "not_provided_by_remote"}
+    plain = {"direction": "inbound", "tls": "no_identity", "no_tls_reason": "no_tls_from_remote"}
     assert metric(open_server, "request_total", **plain) == 1
     async with unmeshed(strict_server) as channel:
         with pytest.raises(grpc.aio.AioRpcError):

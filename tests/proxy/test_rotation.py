@@ -109,7 +109,10 @@ async def rotation_under_load(short_lived: Mesh) -> None:
     first = await served_certificate(short_lived, server)
     load = Load(client, "echo")
     load.start()
+    mesh_connections = {"direction": "outbound", "peer": "dst", "tls": "true"}
     try:
+        await eventually(lambda: load.ok > 0, 10.0, "the first call")
+        assert metric(client, "tcp_open_total", **mesh_connections) == 1
         await eventually(
             lambda: min(metric(p, "identity_cert_refresh_count") for p in (server, client)) >= 3,
             110.0,
@@ -122,6 +125,9 @@ async def rotation_under_load(short_lived: Mesh) -> None:
         await load.stop()
     assert load.failures == [], load.failures[:5]
     assert load.ok > 1000
+    # The rotations dropped no connection: every call went over the mTLS connection the first one opened.
+    assert metric(client, "tcp_open_total", **mesh_connections) == 1
+    assert metric(client, "tcp_close_total", **mesh_connections) == 0
     # New connections get the current certificate at once.
     assert await served_certificate(short_lived, server) != first
     late = await ready_pod(short_lived, meshed=True, serviceaccount="late")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Protocol
 
@@ -37,3 +38,28 @@ def original_destination(sock: SocketLike) -> Address | None:
     if (host, port) == (local[0], local[1]):
         return None
     return host, port
+
+
+class LocalAddresses:
+    """Whether an address is one of this network namespace's own: the kernel lets a socket bind to exactly
+    those (no pod sets ``ip_nonlocal_bind``). Addresses found local are remembered (a pod keeps its
+    addresses); the others are asked again, so a stream of foreign destinations grows nothing."""
+
+    def __init__(self, remembered: int = 64) -> None:
+        self._local: set[str] = set()
+        self._remembered = remembered
+
+    def __call__(self, host: str) -> bool:
+        if host in self._local:
+            return True
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((host, 0))
+        except OSError as error:
+            if error.errno in (errno.EADDRNOTAVAIL, errno.EINVAL):
+                return False
+            raise
+        if len(self._local) < self._remembered:
+            self._local.add(host)
+        return True

@@ -15,8 +15,8 @@ from tether.proxy.core.abuse import ClientLimits
 from tether.proxy.core.conninfo import (
     DISABLED,
     LOOPBACK,
+    NO_TLS_FROM_REMOTE,
     NOT_PROVIDED_BY_DISCOVERY,
-    NOT_PROVIDED_BY_REMOTE,
 )
 from tether.proxy.detection import Detector
 from tether.proxy.dialer import Dialer
@@ -26,7 +26,7 @@ from tether.proxy.grpc_h2 import GrpcChannel
 from tether.proxy.identity import KeyMaker, ProxyIdentity, read_proxy_trust_anchors
 from tether.proxy.inbound import InboundAcceptor, InboundPolicy
 from tether.proxy.metrics import MetricsRegistry
-from tether.proxy.origdst import original_destination
+from tether.proxy.origdst import LocalAddresses, original_destination
 from tether.proxy.pool import Pools
 from tether.proxy.reporter import TapCallback, TelemetryReporter
 from tether.proxy.reporting import Reporting, own_labels, reporting_for
@@ -77,6 +77,7 @@ class Proxy:
         self.clock = clock
         self._original_dst = original_dst
         self._inbound_original_dst = inbound_original_dst or original_dst
+        self._is_local_address = LocalAddresses()
         self._destination_streams = destination_streams
         self._own_supervisor = supervisor is None
         self.supervisor = supervisor or Supervisor(lambda _name, _exc: self.shutdown_requested.set())
@@ -118,7 +119,8 @@ class Proxy:
         # Why a connection has no mesh TLS: identity is off here, or the peer could not offer it.
         disabled = identity is None
         outbound_no_tls = DISABLED if disabled else NOT_PROVIDED_BY_DISCOVERY
-        inbound_no_tls = DISABLED if disabled else NOT_PROVIDED_BY_REMOTE
+        inbound_no_tls = DISABLED if disabled else NO_TLS_FROM_REMOTE
+        loopback_no_tls = DISABLED if disabled else LOOPBACK
         flusher = Flusher(loop)
         self.outbound_dialer = Dialer(
             flusher=flusher,
@@ -135,7 +137,7 @@ class Proxy:
             direction="inbound",
             clock=clock,
             connect_timeout=config.connect_timeout,
-            no_tls_reason=LOOPBACK,
+            no_tls_reason=loopback_no_tls,
         )
         self.outbound_pools = Pools(dialer=self.outbound_dialer, clock=clock)
         self.inbound_pools = Pools(dialer=inbound_dialer, clock=clock)
@@ -214,7 +216,7 @@ class Proxy:
             registry=self.registry,
             clock=clock,
             original_dst=self._original_dst,
-            no_tls_reason=LOOPBACK,
+            no_tls_reason=loopback_no_tls,
             limits=limits,
         )
         inbound = ListenerContext(
@@ -224,6 +226,7 @@ class Proxy:
             registry=self.registry,
             clock=clock,
             original_dst=self._inbound_original_dst,
+            is_local_address=self._is_local_address,
             no_tls_reason=inbound_no_tls,
             limits=limits,
         )
@@ -418,6 +421,10 @@ class Proxy:
             " the proxy itself.",
             "# TYPE proxy_inbound_proxy_port_refused_total counter",
             f"proxy_inbound_proxy_port_refused_total {self.inbound_router.refused_proxy_port}",
+            "# HELP proxy_inbound_not_local_refused_total Inbound requests and connections refused: their"
+            " original destination was another host, not this pod (the proxy is not a relay).",
+            "# TYPE proxy_inbound_not_local_refused_total counter",
+            f"proxy_inbound_not_local_refused_total {self.inbound_router.refused_not_local}",
             "# HELP proxy_inbound_not_a_probe_refused_total Plaintext refused on a probe-only port: not a"
             " GET or HEAD of a probe's path.",
             "# TYPE proxy_inbound_not_a_probe_refused_total counter",

@@ -486,6 +486,8 @@ class InboundRouter(_BaseRouter):
         self.proxy_ports = frozenset(proxy_ports)
         #: Requests refused for targeting one of the proxy's own ports.
         self.refused_proxy_port = 0
+        #: Requests and connections refused for an original destination that is not this pod's address.
+        self.refused_not_local = 0
         #: The inbound policy's probe-only ports (see InboundPolicy.probe_only_paths).
         self._probe_only_paths = probe_only_paths
         #: Plaintext requests refused on a probe-only port: not a probe.
@@ -517,12 +519,21 @@ class InboundRouter(_BaseRouter):
                 self._fail(
                     exchange, metrics, 403, f"port {refused.port} is the proxy's own; it is not forwarded"
                 )
+            elif refused.reason == "no_original_destination":
+                self._fail(
+                    exchange,
+                    metrics,
+                    403,
+                    f"port {refused.port} is the proxy's own and the connection was not redirected to it; "
+                    "without iptables, set --inbound-app-port",
+                )
             else:
                 self._fail(
                     exchange,
                     metrics,
-                    502,
-                    "no original destination (no iptables redirect) and no --inbound-app-port",
+                    403,
+                    "the connection was for another host than this pod; the proxy forwards only to its "
+                    "own application",
                 )
             return
         pool = self.pools.get(target, None, protocol)
@@ -563,9 +574,15 @@ class InboundRouter(_BaseRouter):
         destination), or, without an iptables redirect, the configured application port."""
         original = info.original_dst
         if original is None:
-            if not self.app_port:
-                raise TcpRouteRefused("no_original_destination")
-            return (self.app_host or "127.0.0.1", self.app_port)
+            if self.app_port:
+                return (self.app_host or "127.0.0.1", self.app_port)
+            # Not redirected, so the client dialled the proxy's inbound port itself (iptables sends one
+            # meant for it back to it): the proxy's own port, with nothing behind it.
+            self.refused_proxy_port += 1
+            raise TcpRouteRefused("no_original_destination", info.local[1])
+        if not info.original_dst_is_local:
+            self.refused_not_local += 1
+            raise TcpRouteRefused("not_local", original[1])
         if original[1] in self.proxy_ports:
             self.refused_proxy_port += 1
             raise TcpRouteRefused("proxy_port", original[1])

@@ -145,6 +145,7 @@ class ListenerContext:
         registry: MetricsRegistry,
         clock: Clock,
         original_dst: OriginalDstResolver = original_destination,
+        is_local_address: Callable[[str], bool] = lambda _host: True,
         no_tls_reason: str,
         limits: ClientLimits = DEFAULT_LIMITS,
     ) -> None:
@@ -154,6 +155,8 @@ class ListenerContext:
         self.registry = registry
         self.clock = clock
         self.original_dst = original_dst
+        #: Whether an original destination is this pod's own address (inbound; see ConnectionInfo).
+        self.is_local_address = is_local_address
         #: What a connection accepted here without mesh TLS is labelled with (see core.conninfo).
         self.no_tls_reason = no_tls_reason
         self.limits = limits
@@ -185,13 +188,19 @@ class ListenerContext:
                 alpn=ssl_object.selected_alpn_protocol(),
                 server_name=ssl_object.server_hostname or "",
             )
+        local = _address(transport.get_extra_info("sockname"))
+        original = self.original_dst(sock) if sock is not None else None
         return ConnectionInfo(
             direction=self.direction,
             peer=_address(transport.get_extra_info("peername")),
-            local=_address(transport.get_extra_info("sockname")),
-            original_dst=self.original_dst(sock) if sock is not None else None,
+            local=local,
+            original_dst=original,
             tls=tls,
             no_tls_reason="" if tls is not None else self.no_tls_reason,
+            # iptables' REDIRECT makes the local address the receiving interface's: the common case is free.
+            original_dst_is_local=original is None
+            or original[0] == local[0]
+            or self.is_local_address(original[0]),
         )
 
     def drain(self) -> None:

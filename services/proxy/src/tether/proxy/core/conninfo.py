@@ -12,7 +12,7 @@ from dataclasses import dataclass
 Address = tuple[str, int]
 
 #: Linkerd's ``no_tls_reason`` values, for connections without mesh TLS (labelled ``tls="no_identity"``).
-NOT_PROVIDED_BY_REMOTE = "not_provided_by_remote"  # an unmeshed client spoke plaintext to us
+NO_TLS_FROM_REMOTE = "no_tls_from_remote"  # an unmeshed client spoke plaintext to us
 NOT_PROVIDED_BY_DISCOVERY = "not_provided_by_service_discovery"  # destination gave the endpoint no identity
 LOOPBACK = "loopback"  # the proxy's own application (its outbound clients, the inbound target)
 #: Identity turned off in this proxy (--identity-disabled): labelled ``tls="disabled"``, no reason.
@@ -49,7 +49,10 @@ class ConnectionInfo:
     original_dst: Address | None
     tls: TlsInfo | None = None
     #: Why there is no mesh TLS (see the constants above); "" when there is.
-    no_tls_reason: str = NOT_PROVIDED_BY_REMOTE
+    no_tls_reason: str = NO_TLS_FROM_REMOTE
+    #: Whether ``original_dst`` is an address of this pod (inbound): a packet for another host that reached
+    #: the pod is redirected all the same, and must not be relayed there as if the pod had sent it.
+    original_dst_is_local: bool = True
     #: The ``host:port`` of an HTTP ``CONNECT`` the application sent its outbound proxy (a tunnel request),
     #: routed like an opaque connection to that authority; None for every other connection.
     connect_authority: bytes | None = None
