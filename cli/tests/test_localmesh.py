@@ -12,28 +12,19 @@ import json
 import os
 import signal
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mesh_harness import LocalMesh, alive, free_base, listening, mesh_pids, tether
 
+from tether.shared.testing import eventually_sync
+
 COMPONENTS = ["nats", "identity", "destination", "telemetry", "public-api"]
 OFFSETS = {"nats": (0,), "identity": (10, 11), "destination": (20, 21), "telemetry": (30, 31)}
 OFFSETS["public-api"] = (40, 41)
 DEADLINE = 20.0
-
-
-def eventually(check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"not within {timeout}s: {check}"
-        time.sleep(0.05)
 
 
 class Mesh(LocalMesh):
@@ -69,7 +60,7 @@ def test_up_starts_every_component_ready(mesh: Mesh) -> None:
     rows = mesh.rows()
     assert sorted(rows) == sorted(COMPONENTS)
     assert all(row["ready"] and row["pid"] > 0 for row in rows.values()), rows
-    eventually(mesh.check_ok)
+    eventually_sync(mesh.check_ok, DEADLINE, "`tether check` to pass")
     files = {p.name for p in (mesh.state_dir / "logs").iterdir()}
     assert files >= {f"{name}.log" for name in [*COMPONENTS, "supervisor"]}
     assert (mesh.state_dir / "ca" / "ca.crt").exists() and (mesh.state_dir / "registry.yaml").exists()
@@ -121,9 +112,9 @@ def test_each_component_killed_is_restarted(mesh: Mesh) -> None:
             row = mesh.rows()[name]
             return bool(row["ready"] and row["pid"] not in (0, old["pid"]))
 
-        eventually(restarted)
+        eventually_sync(restarted, DEADLINE, f"{name} restarted and ready")
         assert mesh.rows()[name]["restarts"] == old["restarts"] + 1
-    eventually(mesh.check_ok)
+    eventually_sync(mesh.check_ok, DEADLINE, "`tether check` to pass")
 
 
 def test_down_leaves_nothing(mesh: Mesh) -> None:

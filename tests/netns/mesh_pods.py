@@ -57,7 +57,12 @@ from netns_harness import (
     proxy_init,
 )
 
+from tether.shared.testing import eventually_sync
+
 T = TypeVar("T")
+
+# The netns and e2e tests wait with ``from mesh_pods import eventually``: the shared synchronous wait-until.
+eventually = eventually_sync
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -142,18 +147,6 @@ def http_get(namespace: Namespace, url: str, timeout: float = 5.0) -> tuple[int,
             return 0, b""
 
     return inside(namespace, get)
-
-
-def eventually(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns something other than None/False; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 # --- metrics -------------------------------------------------------------------------------------------

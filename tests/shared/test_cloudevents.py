@@ -57,6 +57,7 @@ from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
 from tether.shared.proto.telemetry.v1 import telemetry_pb2
 from tether.shared.runtime import Runtime
 from tether.shared.tap_requests import TapFilter, TapRequest, TapTarget
+from tether.shared.testing import eventually
 from tether.telemetry.config import TelemetryConfig
 from tether.telemetry.service import TelemetryService
 from tether.telemetry.testing import ReportClient, scope
@@ -389,7 +390,9 @@ async def test_only_the_registrar_publishes_registrations_and_inboxes_are_privat
                     await by_user[user].flush()
                 await by_user["registrar"].publish(subjects.REGISTRY_REGISTER, registration)
                 reg, _ = await asyncio.wait_for(arrived.get(), 5)
-                await _until(lambda: denied("publish") >= publish_before + len(others), "the publish denials")
+                await eventually(
+                    lambda: denied("publish") >= publish_before + len(others), DEADLINE, "the publish denials"
+                )
 
                 # Replies are private: nobody may subscribe to another user's inbox...
                 with pytest.raises(PermissionDenied):
@@ -488,11 +491,15 @@ class ServiceProcess:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
     async def wait_ready(self) -> None:
-        deadline = time.monotonic() + DEADLINE
-        while await _http_status(self.admin_port, "/ready") != 200:
+        async def ready() -> bool:
+            if await _http_status(self.admin_port, "/ready") == 200:
+                return True
             assert self.process is not None and self.process.poll() is None, self.logs()
-            assert time.monotonic() < deadline, f"{self.name} never became ready: {self.logs()}"
-            await asyncio.sleep(0.05)
+            return False
+
+        await eventually(
+            ready, DEADLINE, lambda: f"{self.name} to become ready: {self.logs()}", interval=0.05
+        )
 
     async def stop(self) -> None:
         process, self.process = self.process, None
@@ -506,13 +513,6 @@ class ServiceProcess:
             process.kill()
             process.wait()
         assert process.returncode == 0, f"{self.name} exited {process.returncode}: {self.logs()}"
-
-
-async def _until(predicate: Callable[[], bool], what: str, logs: Callable[[], str] = str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what} {logs()}"
-        await asyncio.sleep(0.02)
 
 
 def _csr(identity: WorkloadIdentity) -> bytes:
@@ -677,7 +677,7 @@ async def _capture(workdir: Path) -> Wire:
                 at=datetime.now(UTC),
             ),
         )
-        await _until(lambda: bool(proxy.subscriptions), "the tap subscription")
+        await eventually(lambda: bool(proxy.subscriptions), DEADLINE, "the tap subscription")
         event = telemetry_pb2.TapEvent(
             tap_id=TAP_ID,
             direction=telemetry_pb2.DIRECTION_INBOUND,
@@ -691,11 +691,12 @@ async def _capture(workdir: Path) -> Wire:
         )
         event.at.GetCurrentTime()
         await proxy.send_tap(event)
-        await _until(
+        await eventually(
             lambda: (
                 bool(received_of(received, events.TapEvent))
                 and bool(received_of(received, events.TapMatchCount))
             ),
+            DEADLINE,
             "the tap event and match count",
         )
 
@@ -755,17 +756,19 @@ async def _capture(workdir: Path) -> Wire:
         await _certify_three_times(
             identity_port, ca["ca.crt"].read_bytes(), ca["token-signing.key"].read_bytes()
         )
-        await _until(
+        await eventually(
             lambda: (
                 len(received_of(received, events.IdentityRejected)) >= 2
                 and len(received_of(received, events.IdentityIssued)) >= 1
             ),
-            "identity events",
-            identity.logs,
+            DEADLINE,
+            lambda: f"identity events: {identity.logs()}",
         )
 
-        await _until(
-            lambda: bool(_endpoint_events(received)), "the registry file's endpoints", destination.logs
+        await eventually(
+            lambda: bool(_endpoint_events(received)),
+            DEADLINE,
+            lambda: f"the registry file's endpoints: {destination.logs()}",
         )
 
         # Registrations: Bus.publish as the registrar, which destination turns into endpoint changes.
@@ -783,28 +786,28 @@ async def _capture(workdir: Path) -> Wire:
             labels={"zone": "local"},
         )
         await registrar.publish(subjects.REGISTRY_REGISTER, registration)
-        await _until(
+        await eventually(
             lambda: any(
                 added.get("origin") == "registration"
                 for changed in _endpoint_events(received)
                 for added in changed["added"]
             ),
-            "the registered endpoint",
-            destination.logs,
+            DEADLINE,
+            lambda: f"the registered endpoint: {destination.logs()}",
         )
         await registrar.publish(
             subjects.REGISTRY_REGISTER, msgspec.structs.replace(registration, deregister=True)
         )
-        await _until(
+        await eventually(
             lambda: any(REGISTERED_ADDRESS in changed["removed"] for changed in _endpoint_events(received)),
-            "the deregistration",
-            destination.logs,
+            DEADLINE,
+            lambda: f"the deregistration: {destination.logs()}",
         )
         _write_registry(registry, [])
-        await _until(
+        await eventually(
             lambda: any(changed["deleted"] for changed in _endpoint_events(received)),
-            "the deleted service",
-            destination.logs,
+            DEADLINE,
+            lambda: f"the deleted service: {destination.logs()}",
         )
 
         # Shutdown: each runtime's last heartbeat says not ready.
@@ -817,7 +820,9 @@ async def _capture(workdir: Path) -> Wire:
             return bool(beats) and beats[-1]["ready"] is False
 
         for service in ("telemetry", "identity", "destination"):
-            await _until(functools.partial(stopped, service), f"the last heartbeat of {service}")
+            await eventually(
+                functools.partial(stopped, service), DEADLINE, f"the last heartbeat of {service}"
+            )
     return Wire(messages=list(received), started=started, finished=datetime.now(UTC))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 
 from tether.cli.output import ERROR, OK
 from tether.public_api.config import PublicApiConfig
@@ -12,6 +11,7 @@ from tether.public_api.service import PublicApiService
 from tether.shared.config import config_from
 from tether.shared.natsserver import EmbeddedNats
 from tether.shared.runtime import Runtime
+from tether.shared.testing import eventually
 from tether.telemetry.config import TelemetryConfig
 from tether.telemetry.service import TelemetryService
 
@@ -41,19 +41,22 @@ async def test_version_and_check(nats_server: EmbeddedNats) -> None:
     await telemetry.start()
     try:
         addr = f"127.0.0.1:{api_service.port}"
-        deadline = time.monotonic() + 10
-        while True:
+        code, out = 0, ""
+
+        async def both_ready() -> bool:
+            nonlocal code, out
             code, out = await _run_cli("--api-addr", addr, "version")
             rows = [line.split() for line in out.splitlines()]
-            if ["telemetry", "9.9.9", telemetry.instance, "ready"] in rows and [
+            return ["telemetry", "9.9.9", telemetry.instance, "ready"] in rows and [
                 "public-api",
                 "9.9.9",
                 api.instance,
                 "ready",
-            ] in rows:
-                break
-            assert time.monotonic() < deadline, out
-            await asyncio.sleep(0.1)
+            ] in rows
+
+        await eventually(
+            both_ready, 10, lambda: f"telemetry and public-api ready in `tether version`: {out}", interval=0.1
+        )
         assert code == 0
         assert out.startswith("Client version: 0.1.0\nServer version: 9.9.9\n")
 
