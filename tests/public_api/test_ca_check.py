@@ -77,7 +77,12 @@ async def mesh(nats_server: EmbeddedNats, tmp_path: Path) -> AsyncIterator[Mesh]
         config_from(
             PublicApiConfig,
             "public-api",
-            {"nats_url": nats_server.url, "admin_addr": "127.0.0.1:0", "grpc_addr": "127.0.0.1:0"},
+            {
+                "nats_url": nats_server.url,
+                "admin_addr": "127.0.0.1:0",
+                "grpc_addr": "127.0.0.1:0",
+                "destination_trust_anchors": "",  # Endpoints is not what this test asks
+            },
             {},
         )
     )

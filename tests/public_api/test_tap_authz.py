@@ -333,6 +333,8 @@ def test_no_kubernetes_configuration_fails_at_start_in_one_line(tmp_path: Path) 
             "127.0.0.1:0",
             "--nats-connect-timeout",
             "1",
+            "--destination-trust-anchors",
+            "",
         ],
         capture_output=True,
         text=True,
@@ -340,5 +342,6 @@ def test_no_kubernetes_configuration_fails_at_start_in_one_line(tmp_path: Path) 
     )
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("tether-public-api: error: no Kubernetes configuration"), last
+    expected = f"tether-public-api: error: --kubeconfig {missing} is not a usable kubeconfig"
+    assert last.startswith(expected), last
     assert "--authz none" in last and "Traceback" not in done.stderr

@@ -289,6 +289,8 @@ class Component:
             "0.5",
             # Several public-api processes run at once here: each its own dashboard port, not 8084.
             *(("--dashboard-addr", f"127.0.0.1:{free_port()}") if service == "public-api" else ()),
+            # Endpoints (destination over TLS) is not what these tests are about.
+            *(("--destination-trust-anchors", "") if service == "public-api" else ()),
             *extra,
         ]
         self.process: subprocess.Popen[bytes] | None = None
@@ -882,7 +884,13 @@ async def test_user_is_refused_everything_outside_its_permissions(user: str, bar
         # Each refusal was logged once, at error level, naming the operation and the subject (which nats-py
         # hands over lower-cased).
         lines = denial_lines(log)
-        assert all(line["level"] == "error" and line["bus"] == user for line in lines)
+        assert all(line["bus"] == user for line in lines)
+        # A refusal the caller awaited is raised to it (PermissionDenied, which it reports): a warning here.
+        # A refusal of a fire-and-forget publish has no one else to report it: an error.
+        awaited = {(op, subject.lower()) for op, subject in denials}
+        for line in lines:
+            expected_level = "warning" if (line["operation"], line["subject"]) in awaited else "error"
+            assert line["level"] == expected_level, line
         logged = sorted((line["operation"], line["subject"]) for line in lines)
         expected_logged = {(op, subject.lower()) for op, subject in denials} | {
             ("publish", subject.lower()) for subject in refused_publishes
@@ -1002,10 +1010,13 @@ async def test_destination_administers_its_buckets(bare: EmbeddedNats) -> None:
         await destination.close()
 
 
-async def test_a_destination_running_with_the_readers_key_exits_on_its_refused_lease_write(
+async def test_a_destination_with_the_readers_key_exits_2_before_any_work(
     bare: EmbeddedNats, tmp_path: Path
 ) -> None:
-    """A refusal surfaces in a real process too: a replica that may not write its lease cannot do its job."""
+    """A refusal surfaces in a real process too: a replica with the reader's key (and the reader's inbox) is
+    refused its first, confirmed heartbeat, which only destination's own user may publish, and stops at once
+    with one line naming it, before it tried the lease. (A replica whose permissions are revoked while it
+    runs: tests/destination/test_supervision.py.)"""
     setup = await Bus.connect(bare.settings("destination"), name="setup")
     await (await setup.kv(LEASES)).delete("destination-writer")  # a free lease: the replica tries to take it
     await setup.close()
@@ -1027,17 +1038,26 @@ async def test_a_destination_running_with_the_readers_key_exits_on_its_refused_l
         label="destination-as-reader",
     ).start()
     try:
-        assert await imposter.wait_exit() == 1
+        assert await imposter.wait_exit() == 2
     finally:
         await imposter.stop()
     lines = [json.loads(line) for line in imposter.stderr_lines() if line.startswith("{")]
-    denied = {
+    assert not [line for line in lines if line["level"] == "error"], lines
+    denied = [
         (line["operation"], line["subject"]) for line in lines if line["event"] == "nats_permission_denied"
-    }
-    assert ("publish", "$kv.tether_leases.destination-writer") in denied, denied
+    ]
+    assert len(denied) == 1 and denied[0][0] == "publish", denied
+    assert denied[0][1].startswith("tether.v1.health.destination."), denied
     last = imposter.stderr_lines()[-1]
-    assert last.startswith("tether-destination: error: critical task "), last
-    assert "PermissionDenied" in last and "$KV.tether_leases.destination-writer" in last, last
+    assert last.startswith("tether-destination: error: NATS refused publish on tether.v1.health."), last
+    assert "its own NATS user" in last, last
+    # It did nothing: the free lease is still free.
+    setup = await Bus.connect(bare.settings("destination"), name="check")
+    try:
+        lease = await (await setup.kv(LEASES)).get("destination-writer", Probe)
+        assert lease is not None and lease.value is None, lease  # deleted above, never written since
+    finally:
+        await setup.close()
 
 
 # --- 4. no credentials, no connection -----------------------------------------------------------------

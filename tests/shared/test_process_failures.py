@@ -103,7 +103,7 @@ def good_options(component: str, ca: Path, nats_url: str) -> dict[str, str]:
         # Plaintext gRPC, without a certificate from identity (tests/telemetry cover its mTLS).
         options |= {"--grpc-addr": "127.0.0.1:0", "--identity-disabled": "true"}
     elif component == "public-api":
-        options |= {"--grpc-addr": "127.0.0.1:0"}
+        options |= {"--grpc-addr": "127.0.0.1:0", "--destination-trust-anchors": str(ca / "ca.crt")}
     elif component == "proxy":
         options |= {
             "--outbound-addr": "127.0.0.1:0",
@@ -367,6 +367,16 @@ async def test_missing_and_invalid_files_exit_2_naming_the_file(fmt: str, ca: Pa
             options={"--registry-file": str(wrong_shape)},
         ),
     ]
+    for source in (missing / "ca.crt", garbage):
+        cases.append(
+            Case(
+                f"destination trust anchors {source.name}",
+                "public-api",
+                2,
+                ("--destination-trust-anchors", str(source)),
+                options={"--destination-trust-anchors": str(source)},
+            )
+        )
     # With a mesh identity of its own, a workload needs the mesh's trust anchors before anything else.
     for name, options in (
         ("destination", {}),
@@ -416,6 +426,57 @@ async def test_no_kubernetes_configuration_exits_2_naming_the_alternative(
             env=env,
             unset_env=unset_env,
         ),
+        Case(
+            "--authz kubernetes",
+            "public-api",
+            2,
+            ("KUBECONFIG", "--authz none"),
+            options={"--authz": "kubernetes"},
+            env=env,
+            unset_env=unset_env,
+        ),
+    ]
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("apiVersion: v1\nkind: Config\nclusters: [not a cluster]\n")
+    cases += [
+        Case(
+            "a --kubeconfig that is no kubeconfig",
+            name,
+            2,
+            ("--kubeconfig", str(broken), "is not a usable kubeconfig"),
+            options={"--kubeconfig": str(broken), **kubernetes},
+            drop=drop,
+            env=env,
+            unset_env=unset_env,
+        )
+        for name, kubernetes, drop in KUBERNETES_OPTIONS
+    ]
+    await check_cases(cases, fmt, ca)
+
+
+#: Per component that talks to Kubernetes: the options that make it do so, and the defaults they replace.
+KUBERNETES_OPTIONS: list[tuple[str, dict[str, str], tuple[str, ...]]] = [
+    ("destination", {}, ("--source", "--registry-file")),
+    ("identity", {}, ("--token-verifier", "--token-key")),
+    ("public-api", {"--authz": "kubernetes"}, ()),
+]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_kubernetes_api_unreachable_within_its_timeout_exits_1_naming_the_server(
+    fmt: str, ca: Path
+) -> None:
+    url = closed_port_url().replace("nats://", "http://")
+    cases = [
+        Case(
+            "Kubernetes API unreachable",
+            name,
+            1,
+            (url, "did not answer within 1s", "Connection refused", "--kube-api-url"),
+            options={"--kube-api-url": url, "--kube-connect-timeout": "1", **kubernetes},
+            drop=drop,
+        )
+        for name, kubernetes, drop in KUBERNETES_OPTIONS
     ]
     await check_cases(cases, fmt, ca)
 
@@ -685,7 +746,7 @@ def service_argv(name: str, ca: Path, nats_url: str, *extra: str) -> list[str]:
         # Plaintext gRPC: a certificate from identity is not what these tests are about.
         "destination": ["--source", "local", "--registry-file", "", "--identity-disabled", "true"],
         "telemetry": ["--identity-disabled", "true"],
-        "public-api": [],
+        "public-api": ["--destination-trust-anchors", str(ca / "ca.crt")],
     }[name]
     return [
         sys.executable,
@@ -699,6 +760,42 @@ def service_argv(name: str, ca: Path, nats_url: str, *extra: str) -> list[str]:
         *own,
         *extra,
     ]
+
+
+# 6b. Another component's NATS user.
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_another_components_nats_user_exits_2_naming_what_was_refused(
+    fmt: str, ca: Path, tmp_path: Path
+) -> None:
+    """Credentials mixed up between components fail at once, before any work, in one line: with the other
+    user's inbox refused (it may only read replies on its own), or, told that inbox, with this component's
+    own heartbeat refused (only the component itself may publish it)."""
+    names = ["destination", "identity", "telemetry", "public-api"]
+    async with EmbeddedNats(tmp_path / "nats", users={name: name for name in names}) as server:
+        cases = []
+        for name, other in zip(names, names[1:] + names[:1], strict=True):
+            seed = server.users[other].seed_file
+            cases += [
+                Case(
+                    f"{other}'s user",
+                    name,
+                    2,
+                    (f"reply inbox _INBOX.{name}.>", "--nats-inbox-prefix"),
+                    options={"--nats-nkey": seed},
+                    nats_url=server.url,
+                ),
+                Case(
+                    f"{other}'s user and inbox",
+                    name,
+                    2,
+                    ("NATS refused publish on tether.v1.health.", "its own NATS user"),
+                    options={"--nats-nkey": seed, "--nats-inbox-prefix": f"_INBOX.{other}"},
+                    nats_url=server.url,
+                ),
+            ]
+        await check_cases(cases, fmt, ca)
 
 
 # 7. The control plane on its default ports.

@@ -27,7 +27,12 @@ async def _run_cli(*args: str) -> tuple[int, str]:
 async def test_version_and_check(nats_server: EmbeddedNats) -> None:
     common = {"nats_url": nats_server.url, "admin_addr": "127.0.0.1:0"}
     api_service = PublicApiService(
-        config_from(PublicApiConfig, "public-api", {**common, "grpc_addr": "127.0.0.1:0"}, {})
+        config_from(
+            PublicApiConfig,
+            "public-api",
+            {**common, "grpc_addr": "127.0.0.1:0", "destination_trust_anchors": ""},
+            {},
+        )
     )
     api = Runtime("public-api", api_service.config, api_service, version="9.9.9")
     telemetry_config = config_from(

@@ -314,7 +314,17 @@ def start_control_plane(plane: ControlPlane, app_port: int) -> tuple[str, str]:
             *identity_client_flags(ca, identity_addr, "telemetry", "tether"),
         ],
     )
-    plane.add("public-api", ["tether.public_api", *nats, "--grpc-addr", "127.0.0.1:0"])
+    plane.add(
+        "public-api",
+        [
+            "tether.public_api",
+            *nats,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--destination-trust-anchors",
+            str(ca / "ca.crt"),
+        ],
+    )
     return identity_addr, destination_addr
 
 

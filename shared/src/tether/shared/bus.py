@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import random
 import re
+import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -185,7 +186,10 @@ class _Denials:
         key = (operation, subject)
         now = time.monotonic()
         if now - self._last_logged.get(key, -_DENIAL_LOG_WINDOW) >= _DENIAL_LOG_WINDOW:
-            self._log.error(
+            # An operation awaiting this refusal raises it, and its caller reports it (at start-up, as the
+            # process's one error line): a warning here. A refusal nothing waits for is the error itself.
+            emit = self._log.warning if self._waiting.get(subject) else self._log.error
+            emit(
                 "nats_permission_denied",
                 operation=operation,
                 subject=subject,
@@ -311,7 +315,28 @@ class Bus:
         reconnect.established = True
         if backoff.attempt:
             bound.info("nats_connected", attempts=backoff.attempt + 1)
-        return cls(client, name, source or f"/tether/{name}", denials, reconnect)
+        bus = cls(client, name, source or f"/tether/{name}", denials, reconnect)
+        await bus._check_inbox(settings.inbox_prefix)
+        return bus
+
+    async def _check_inbox(self, prefix: str) -> None:
+        """Fail now, naming the cause, if this user may not read its replies: every request (key-value,
+        JetStream) would otherwise time out one by one."""
+        # nats-py's replies arrive on one wildcard subscription below the prefix, as this one is.
+        probe = f"{prefix}.{secrets.token_hex(8)}.*"
+        try:
+            subscription = await self._confirmed_subscribe(probe, "", None)
+        except PermissionDenied:
+            self._reconnects.closing = True
+            await _close_quietly(self._nc)
+            raise NatsRefused(
+                f"the NATS user may not subscribe to its reply inbox {prefix}.>",
+                "use this component's own NATS credentials, or set --nats-inbox-prefix to the inbox its user "
+                "may read (docs/events.md lists each user's)",
+            ) from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"subscribe to the reply inbox {prefix}.> failed: {exc}") from exc
+        await subscription.unsubscribe()
 
     @property
     def client(self) -> NatsClient:
@@ -347,12 +372,24 @@ class Bus:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def publish(self, subject: str, event: EventData) -> None:
-        """Publish ``event`` as a CloudEvent from this bus's source (fire and forget: a refusal by the server
-        is logged and counted when it arrives)."""
+    async def publish(self, subject: str, event: EventData, *, confirm: bool = False) -> None:
+        """Publish ``event`` as a CloudEvent from this bus's source: fire and forget (a refusal by the server
+        is logged and counted when it arrives), or with ``confirm`` wait a round trip for the server to
+        accept it and raise PermissionDenied if it refused."""
+        payload = cloudevents.encode(event, source=self.source)
+
+        async def publish_and_confirm() -> None:
+            await self._nc.publish(subject, payload, headers=_HEADERS)
+            # As for a subscription (see _confirmed_subscribe): the -ERR comes before the second PONG.
+            await asyncio.shield(self._nc.flush())
+            await asyncio.shield(self._nc.flush())
+
         try:
-            await self._nc.publish(subject, cloudevents.encode(event, source=self.source), headers=_HEADERS)
-        except nats.errors.Error as exc:
+            if confirm:
+                await self._guarded("publish", subject, publish_and_confirm())
+            else:
+                await self._nc.publish(subject, payload, headers=_HEADERS)
+        except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"publish to {subject} failed: {exc}") from exc
 
     async def subscribe(
@@ -391,10 +428,19 @@ class Bus:
             except Exception:
                 bound.exception("bus_handler_failed", subject=msg.subject)
 
+        try:
+            return await self._confirmed_subscribe(subject, queue, on_message)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"subscribe to {subject} failed: {exc}") from exc
+
+    async def _confirmed_subscribe(
+        self, subject: str, queue: str, callback: Callable[[Msg], Awaitable[None]] | None
+    ) -> Subscription:
+        """Subscribe and wait until the server accepted it; PermissionDenied when it refused."""
         made: list[Any] = []
 
         async def subscribe_and_confirm() -> Any:
-            made.append(await self._nc.subscribe(subject, queue=queue, cb=on_message))
+            made.append(await self._nc.subscribe(subject, queue=queue, cb=callback))
             # The server answers a refused SUB with -ERR before the PONG of a later PING. nats-py writes a
             # PING straight to the socket, ahead of the SUB still queued for its flusher, so the first
             # round trip only gets the SUB written; the second one comes back after the -ERR.
@@ -412,8 +458,6 @@ class Bus:
             for refused in made:
                 await Subscription(refused).unsubscribe()
             raise
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise BusError(f"subscribe to {subject} failed: {exc}") from exc
         return Subscription(sub)
 
     async def kv(

@@ -48,10 +48,17 @@ class KubeSettings(msgspec.Struct, frozen=True, kw_only=True):
         return f"KubeSettings(api_url={self.api_url!r}, kubeconfig={self.kubeconfig!r})"
 
 
+def kube_remedy(alternative: str) -> str:
+    """What a component without Kubernetes configuration can do: the shared options, or ``alternative``
+    (in the component's own terms, e.g. "use --source local")."""
+    shared = "run inside a cluster, give a kubeconfig (KUBECONFIG or --kubeconfig) or --kube-api-url"
+    return f"{shared}, or {alternative}"
+
+
 def api_client(settings: KubeSettings, *, remedy: str) -> Any:
     """A ``kubernetes.client.ApiClient`` for ``settings``; raises SetupError when there is no configuration.
 
-    ``remedy`` says what the user can do instead, in the component's own terms (e.g. "use --source local").
+    ``remedy`` says what the user can do then (for a service, :func:`kube_remedy`).
     """
     from kubernetes import client as kube_client
     from kubernetes import config as kube_config
@@ -80,11 +87,15 @@ def api_client(settings: KubeSettings, *, remedy: str) -> Any:
             persist_config=False,
         )
     except (ConfigException, OSError, ValueError, TypeError) as exc:
-        where = f"kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "no kubeconfig"
         detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise SetupError(
-            f"no Kubernetes configuration: not running in a cluster, and {where} is usable ({detail})", remedy
-        ) from None
+        if settings.kubeconfig:
+            raise SetupError(
+                f"--kubeconfig {settings.kubeconfig} is not a usable kubeconfig ({detail})",
+                "point --kubeconfig at a working kubeconfig (`kubectl --kubeconfig FILE version` checks "
+                f"one), or {remedy}",
+            ) from None
+        cause = f"no Kubernetes configuration: not running in a cluster, and no usable kubeconfig ({detail})"
+        raise SetupError(cause, remedy) from None
     return kube_client.ApiClient(configuration)
 
 
@@ -111,7 +122,7 @@ async def wait_reachable(client: Any, timeout: float | None, *, what_to_check: s
                 return  # it answered: reachable (what this client may do is the caller's business)
             error = f"ApiException: {exc.reason}"
         except Exception as exc:
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            error = _root_cause(exc)
         elapsed = time.monotonic() - started
         if timeout is not None and elapsed >= timeout:
             raise FatalError(
@@ -122,3 +133,17 @@ async def wait_reachable(client: Any, timeout: float | None, *, what_to_check: s
             delay = min(delay, max(0.0, timeout - elapsed))
         log.warning("kube_api_unreachable", api=host, error=error, retry_in=round(delay, 2))
         await asyncio.sleep(delay)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a client error, short: urllib3 wraps "connection refused" in a retry error
+    around a connection error, each repeating the request."""
+    while True:
+        inner = getattr(exc, "reason", None)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # "<urllib3.connection.HTTPConnection object at 0x…>: Failed to establish a new connection: [Errno 111]
+    # Connection refused": the last clause is the cause.
+    return text.rsplit(": ", 1)[-1][:200] if ": " in text else text[:200]

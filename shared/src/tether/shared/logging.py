@@ -68,6 +68,9 @@ def configure(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(threshold, logging.INFO))
+    # urllib3 (under the Kubernetes client) warns of each of its own connection retries; the callers log
+    # theirs once per backoff window, naming the server. Its lines stay visible at --log-level debug.
+    logging.getLogger("urllib3.connectionpool").setLevel(max(threshold, logging.ERROR))
 
 
 def _bind_static(**static: str) -> Any:

@@ -2,7 +2,8 @@
 
 It runs every component as its own OS process (stdout and stderr to ``logs/<component>.log``), in order:
 nats-server, identity once NATS is ready, then destination, telemetry and public-api once identity is.
-A component that exits is restarted after a backoff (0.2 s, doubling to 10 s; back to 0.2 s after 30 s
+A component that exits is restarted after a backoff (:class:`tether.shared.backoff.Backoff`: a ceiling of
+0.2 s doubling to 10 s, each wait jittered between half the ceiling and all of it; back to 0.2 s after 30 s
 up). ``mesh.json`` always holds the current pids. On SIGTERM or SIGINT it stops the components (SIGTERM,
 SIGKILL after the grace; NATS last) and exits. Its own log is ``logs/supervisor.log``.
 """
@@ -34,6 +35,7 @@ from tether.cli.localmesh.config import (
     decode,
 )
 from tether.cli.localmesh.state import ComponentState, MeshState, component_ready, write_state
+from tether.shared.backoff import Backoff
 from tether.shared.natsserver import (
     NkeyUser,
     nats_server_binary,
@@ -131,7 +133,15 @@ def component_argv(name: str, config: MeshConfig, paths: Paths) -> list[str]:
         # An interactive mesh: rollups every 2 s, so `tether stat` shows traffic seconds after it starts.
         return _python("tether.telemetry", *common, *workload, "--rollup-interval", str(ROLLUP_INTERVAL))
     if name == PUBLIC_API:
-        return _python("tether.public_api", *common, "--dashboard-addr", f"{HOST}:{config.dashboard_port}")
+        destination_port, _ = ports[DESTINATION]
+        return _python(
+            "tether.public_api",
+            *common,
+            *("--dashboard-addr", f"{HOST}:{config.dashboard_port}"),
+            # `tether endpoints` asks destination, over TLS verified like the proxies do.
+            *("--destination-addr", f"{HOST}:{destination_port}"),
+            *("--destination-trust-anchors", str(ca / "ca.crt")),
+        )
     raise ValueError(f"unknown component {name!r}")
 
 
@@ -241,23 +251,24 @@ class Supervisor:
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
     async def _keep_running(self, child: Child) -> None:
-        backoff = INITIAL_BACKOFF
+        backoff = Backoff(INITIAL_BACKOFF, MAX_BACKOFF)
         while not self.stopping.is_set():
             try:
                 await self._spawn(child)
             except (OSError, RuntimeError) as exc:
-                log("component_start_failed", component=child.name, error=str(exc), retry_in=backoff)
+                delay = backoff.next()
+                log("component_start_failed", component=child.name, error=str(exc), retry_in=round(delay, 3))
             else:
                 assert child.process is not None
                 code = await child.process.wait()
                 if self.stopping.is_set():
                     return
                 if time.monotonic() - child.started > STABLE_AFTER:
-                    backoff = INITIAL_BACKOFF
-                log("component_exited", component=child.name, code=code, restart_in=backoff)
+                    backoff.reset()
+                delay = backoff.next()
+                log("component_exited", component=child.name, code=code, restart_in=round(delay, 3))
                 self.save()
-            await self._sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            await self._sleep(delay)
             child.restarts += 1
 
     async def _ready(self, name: str) -> None:

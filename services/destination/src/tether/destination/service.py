@@ -64,12 +64,10 @@ class DestinationService(Service):
             check_registry_file(config.registry_file, config.trust_domain)
             return
         # Imported here: the kubernetes client takes half a second to import and local meshes never need it.
-        from tether.shared.kube import KubeSettings, api_client, wait_reachable
+        from tether.shared.kube import KubeSettings, api_client, kube_remedy, wait_reachable
 
         settings = KubeSettings.from_config(config.kube)
-        self._kube_client = api_client(
-            settings, remedy="run inside a cluster, set KUBECONFIG, or use --source local"
-        )
+        self._kube_client = api_client(settings, remedy=kube_remedy("use --source local"))
         await wait_reachable(
             self._kube_client,
             settings.connect_timeout,

@@ -40,12 +40,12 @@ async def build_verifier(config: IdentityConfig) -> TokenVerifier:
     if config.token_verifier == "local":
         return local_verifier(config)
     from tether.identity.tokens.kubernetes import KubernetesTokenVerifier
-    from tether.shared.kube import KubeSettings, api_client, wait_reachable
+    from tether.shared.kube import KubeSettings, api_client, kube_remedy, wait_reachable
 
     settings = KubeSettings.from_config(config.kube)
     client = api_client(
         settings,
-        remedy="run inside a cluster, set KUBECONFIG or --kube-api-url, or use --token-verifier local",
+        remedy=kube_remedy("use --token-verifier local"),
     )
     await wait_reachable(
         client,

@@ -273,11 +273,9 @@ async def build_authorizer(
     no Kubernetes configuration, FatalError when the API does not answer within its connect timeout."""
     if mode == "none":
         return OpenAuthorizer()
-    from tether.shared.kube import api_client, wait_reachable
+    from tether.shared.kube import api_client, kube_remedy, wait_reachable
 
-    client = api_client(
-        settings, remedy="run inside a cluster, set --kubeconfig or --kube-api-url, or use --authz none"
-    )
+    client = api_client(settings, remedy=kube_remedy("use --authz none"))
     await wait_reachable(
         client,
         settings.connect_timeout,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -37,6 +36,7 @@ from tether.shared.proto.destination.v1 import destination_pb2, destination_pb2_
 from tether.shared.proto.public.v1 import public_pb2, public_pb2_grpc
 from tether.shared.proto.telemetry.v1 import telemetry_pb2
 from tether.shared.runtime import Context, Service
+from tether.shared.tls import read_trust_anchors
 
 API_VERSION = "v1"
 SERVICE_NAME = "tether.public.v1.Api"
@@ -70,8 +70,11 @@ class ApiServicer(public_pb2_grpc.ApiServicer):
         store: RollupStore,
         follower: RollupFollower,
         issuers: IssuerTable,
+        destination_anchors: bytes | None = None,
     ) -> None:
         self._config = config
+        #: The PEM bundle destination's certificate must chain to (None: plaintext to destination).
+        self._destination_anchors = destination_anchors
         self._table = table
         self._issuers = issuers
         self._bus_connected = bus_connected
@@ -183,8 +186,8 @@ class ApiServicer(public_pb2_grpc.ApiServicer):
     def _destination_channel(self) -> grpc.aio.Channel:
         if self._destination is None:
             config = self._config
-            if config.destination_trust_anchors:
-                credentials = grpc_channel_credentials(Path(config.destination_trust_anchors).read_bytes())
+            if self._destination_anchors is not None:
+                credentials = grpc_channel_credentials(self._destination_anchors)
                 self._destination = grpc.aio.secure_channel(
                     config.destination_addr,
                     credentials,
@@ -206,14 +209,7 @@ class ApiServicer(public_pb2_grpc.ApiServicer):
         assert self.access is not None
         await self.access.admit_endpoints(request.authority, request.namespace, context)
         token = f'{{"ns":"{request.namespace}"}}' if request.namespace else ""
-        try:
-            channel = self._destination_channel()
-        except OSError as exc:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"cannot read --destination-trust-anchors {self._config.destination_trust_anchors}: {exc}",
-            )
-        stub = destination_pb2_grpc.DestinationStub(channel)
+        stub = destination_pb2_grpc.DestinationStub(self._destination_channel())
         call = stub.Get(destination_pb2.GetDestination(authority=request.authority, context_token=token))
         try:
             first = await call.read()
@@ -254,11 +250,20 @@ class PublicApiService(Service):
         self.port = 0
         self.dashboard: Dashboard | None = None
         self._authorizer: Authorizer | None = None
+        self.destination_anchors: bytes | None = None
 
     async def prepare(self) -> None:
-        """With --authz kubernetes: the Kubernetes client, once the API answers (before NATS)."""
+        """Destination's trust anchors; with --authz kubernetes, the Kubernetes client once the API answers
+        (before NATS)."""
         from tether.shared.kube import KubeSettings
 
+        if self.config.destination_trust_anchors:
+            self.destination_anchors = read_trust_anchors(
+                "--destination-trust-anchors",
+                self.config.destination_trust_anchors,
+                "mount the mesh's trust anchors there (the tether-trust-roots ConfigMap), or pass "
+                "--destination-trust-anchors '' if destination serves plaintext",
+            )
         self._authorizer = await build_authorizer(
             self.config.authz, KubeSettings.from_config(self.config.kube), timeout=self.config.authz_timeout
         )
@@ -281,11 +286,19 @@ class PublicApiService(Service):
             await self.follower.run(bus)
 
         ctx.spawn("rollups", follow)
-        servicer = ApiServicer(self.config, self.table, self._probe, self.store, self.follower, self.issuers)
-        self._servicer = servicer
         if self._authorizer is None:
             await self.prepare()
         assert self._authorizer is not None
+        servicer = ApiServicer(
+            self.config,
+            self.table,
+            self._probe,
+            self.store,
+            self.follower,
+            self.issuers,
+            destination_anchors=self.destination_anchors,
+        )
+        self._servicer = servicer
         servicer.access = Access(self._authorizer, ctx.bus.publish, ctx.instance)
         health_servicer = self._health
 
