@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import grpc.aio
+import msgspec
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -247,6 +248,21 @@ async def test_tls_for_another_name_is_the_applications_own_and_not_terminated(m
     # Relayed to the application as TCP, untouched (the application, an h2c server, fails the handshake).
     assert metric(server, "proxy_protocol_detected_total", direction="inbound", protocol="opaque") == 1
     assert metric(server, "tcp_open_total", direction="inbound", peer="dst") >= 1
+
+
+async def test_an_identity_service_presenting_another_identity_is_refused(meshed: Mesh) -> None:
+    """Certify goes only to the identity service the proxy was told to expect: one answering with another
+    name's certificate gets no CSR, the proxy stays not ready (it holds no certificate) and counts it."""
+    me = identity_of("web", NAMESPACE)
+    expecting = msgspec.structs.replace(
+        meshed.identity_config(me), server_name=identity_of("not-identity", "tether").dns_name
+    )
+    fooled = await meshed.pod(meshed=True, serviceaccount="web", identity=expecting)
+    await eventually(
+        lambda: metric(fooled, "proxy_identity_mismatch_total", peer="identity") >= 1, 10, "a refused Certify"
+    )
+    assert not fooled.runtime.ready()
+    assert metric(fooled, "identity_cert_refresh_count") == 0
 
 
 async def test_the_destination_stream_is_tls_with_the_destinations_identity(meshed: Mesh) -> None:

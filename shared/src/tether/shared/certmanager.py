@@ -21,6 +21,7 @@ from tether.shared.certlifecycle import CertificateState, IssuedCertificate, Lif
 from tether.shared.errors import TetherError
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.keygen import KeyMaterial
+from tether.shared.proto.identity.v1 import identity_pb2
 from tether.shared.tls import KeyPair
 
 log = structlog.get_logger(__name__)
@@ -41,6 +42,24 @@ class CertifyFailed(TetherError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def certify_request(identity: WorkloadIdentity, token: bytes, csr_der: bytes) -> identity_pb2.CertifyRequest:
+    """The Certify request for ``identity``: the same for every transport that carries it."""
+    return identity_pb2.CertifyRequest(
+        identity=identity.dns_name, token=token, certificate_signing_request=csr_der
+    )
+
+
+def issued_from(response: identity_pb2.CertifyResponse) -> Issued:
+    """What a Certify response grants; CertifyFailed when it holds no certificate."""
+    if not response.leaf_certificate:
+        raise CertifyFailed("internal", "the identity service returned no certificate")
+    return Issued(
+        leaf_der=response.leaf_certificate,
+        intermediates_der=tuple(response.intermediate_certificates),
+        not_after=response.valid_until.ToNanoseconds() / 1e9,
+    )
 
 
 Certify = Callable[[WorkloadIdentity, bytes, bytes], Awaitable[Issued]]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from tether.shared.certmanager import Certify, CertifyFailed, Issued
+from tether.shared.certmanager import Certify, CertifyFailed, Issued, certify_request, issued_from
 from tether.shared.identity_names import WorkloadIdentity
-from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
+from tether.shared.proto.identity.v1 import identity_pb2_grpc
 
 
 class GrpcCertify:
@@ -25,18 +25,11 @@ class GrpcCertify:
         if self._channel is None:
             self._channel = grpc.aio.secure_channel(self._address, self._credentials, options=self._options)
         stub = identity_pb2_grpc.IdentityStub(self._channel)
-        request = identity_pb2.CertifyRequest(
-            identity=identity.dns_name, token=token, certificate_signing_request=csr_der
-        )
         try:
-            response = await stub.Certify(request, timeout=self._timeout)
+            response = await stub.Certify(certify_request(identity, token, csr_der), timeout=self._timeout)
         except grpc.aio.AioRpcError as exc:
             raise CertifyFailed(exc.code().name.lower(), f"{self._address}: {exc.details()}") from None
-        return Issued(
-            leaf_der=response.leaf_certificate,
-            intermediates_der=tuple(response.intermediate_certificates),
-            not_after=response.valid_until.ToNanoseconds() / 1e9,
-        )
+        return issued_from(response)
 
     async def close(self) -> None:
         if self._channel is not None:

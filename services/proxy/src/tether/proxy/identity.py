@@ -19,7 +19,14 @@ from google.protobuf.message import DecodeError
 from tether.proxy.errors import GrpcCallError
 from tether.proxy.grpc_h2 import GrpcChannel
 from tether.proxy.tlsconfig import ALPN_H2, MESH_ALPN, ClientTls, client_context, server_context
-from tether.shared.certmanager import CertificateManager, CertifyFailed, Issued, read_token_file
+from tether.shared.certmanager import (
+    CertificateManager,
+    CertifyFailed,
+    Issued,
+    certify_request,
+    issued_from,
+    read_token_file,
+)
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.keygen import KeyMaterial, make_key_and_csr_in_helper
 from tether.shared.proto.identity.v1 import identity_pb2
@@ -98,6 +105,11 @@ class ProxyIdentity:
     def ready(self) -> bool:
         return self.manager is not None and self.manager.ready()
 
+    @property
+    def identity_mismatches(self) -> int:
+        """Connections to the identity service refused: it presented another identity than expected."""
+        return self._channel.identity_mismatches
+
     def control_plane_tls(self, server_name: str) -> ClientTls:
         """For the proxy's control-plane links (destination): the server must be ``server_name``; the
         proxy needs no certificate of its own for them, so discovery works before its first one."""
@@ -118,9 +130,7 @@ class ProxyIdentity:
         self._server = server_context(self.trust_anchors_pem, pair, MESH_ALPN)
 
     async def _certify(self, identity: WorkloadIdentity, token: bytes, csr_der: bytes) -> Issued:
-        request = identity_pb2.CertifyRequest(
-            identity=identity.dns_name, token=token, certificate_signing_request=csr_der
-        ).SerializeToString()
+        request = certify_request(identity, token, csr_der).SerializeToString()
         try:
             raw = await self._channel.unary(CERTIFY_PATH, request, CERTIFY_TIMEOUT)
             response = identity_pb2.CertifyResponse.FromString(raw)
@@ -128,13 +138,7 @@ class ProxyIdentity:
             raise CertifyFailed(_GRPC_CODES.get(exc.code, f"grpc_{exc.code}"), exc.message) from None
         except DecodeError:
             raise CertifyFailed("internal", "the identity service sent an undecodable response") from None
-        if not response.leaf_certificate:
-            raise CertifyFailed("internal", "the identity service returned no certificate")
-        return Issued(
-            leaf_der=response.leaf_certificate,
-            intermediates_der=tuple(response.intermediate_certificates),
-            not_after=response.valid_until.ToNanoseconds() / 1e9,
-        )
+        return issued_from(response)
 
     def render_metrics(self) -> str:
         manager = self.manager

@@ -430,6 +430,9 @@ class Proxy:
             "# TYPE proxy_inbound_not_a_probe_refused_total counter",
             f"proxy_inbound_not_a_probe_refused_total {self.inbound_router.refused_not_probe}",
         ]
+        if self.identity is not None:
+            mismatches = self.identity.identity_mismatches
+            lines.append(f'proxy_identity_mismatch_total{{peer="identity"}} {mismatches}')
         if self._grpc_streams is not None:
             mismatches = self._grpc_streams.channel.identity_mismatches
             lines.append(f'proxy_identity_mismatch_total{{peer="destination"}} {mismatches}')
