@@ -712,6 +712,11 @@ async def test_reader_reads_both_buckets_but_may_not_tap_or_publish_anything(mes
             "$JS.API.STREAM.PURGE.KV_tether_endpoints",
             "$JS.API.STREAM.DELETE.KV_tether_leases",
             "$JS.API.STREAM.CREATE.KV_reader_bucket",
+            # Only ephemeral consumers (the unnamed create): no named or durable one left on the server.
+            "$JS.API.CONSUMER.CREATE.KV_tether_endpoints.kept",
+            "$JS.API.CONSUMER.CREATE.KV_tether_endpoints.kept.$KV.tether_endpoints.>",
+            "$JS.API.CONSUMER.DURABLE.CREATE.KV_tether_endpoints.kept",
+            "$JS.API.CONSUMER.CREATE.tether_rollups.kept",
         )
         for subject in publishes:
             await reader.publish(subject, Probe(marker="x"))

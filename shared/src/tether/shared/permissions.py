@@ -50,14 +50,17 @@ def kv_read(bucket: str) -> tuple[str, ...]:
 
 
 def stream_read(stream: str) -> tuple[str, ...]:
-    """Publishes needed to read a JetStream stream with an ordered consumer (and direct gets)."""
+    """Publishes needed to read a JetStream stream with an ordered consumer (and direct gets).
+
+    Consumers only by the unnamed create, which the server keeps ephemeral (it refuses a durable name
+    there): no reader leaves a named or durable consumer behind on the server.
+    """
     return (
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
         f"$JS.API.CONSUMER.INFO.{stream}.*",
         f"$JS.API.CONSUMER.DELETE.{stream}.*",
         # Flow-control replies of the ordered consumer a watch uses.
