@@ -88,6 +88,7 @@ async def test_a_secret_from_the_environment_authenticates_and_is_never_shown(
     method: str, tmp_path: Path
 ) -> None:
     secret = secrets.token_urlsafe(24)
+    flags: tuple[str, ...]
     if method == "password":
         authorization: dict[str, object] = {"users": [{"user": "destination", "password": secret}]}
         env, flags = {"TETHER_NATS_PASSWORD": secret}, ("--nats-user", "destination")
