@@ -16,8 +16,9 @@ Every scenario runs in fresh network namespaces: a ``client`` namespace (h2load,
 - attack:   the tether pair under each class of HTTP/2 abuse while h2load runs through it
             (bench/proxy/attack.py).
 
-Measured: requests/s at saturation (``-c 10 -m 10``), open-loop latency at a fixed rate from h2load's
---timing-script-file and --log-file (p50/p99/max), and each proxy's CPU seconds and peak RSS from /proc.
+Measured: requests/s at saturation (h2load ``-c 10 -m 10``), open-loop latency at a fixed rate
+(bench/proxy/openloop.py: evenly spaced requests at absolute times, each timed from its scheduled time;
+p50/p99/max), and each proxy's CPU seconds and peak RSS from /proc.
 Needs root (namespaces, iptables) and h2load, nghttpd, nghttpx. Not a test: run it with ``make bench-proxy``.
 """
 
@@ -29,9 +30,9 @@ import functools
 import json
 import os
 import re
+import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,8 @@ TARGETS = {
     "mtls_rss_mb": 50.0,
 }
 PROFILED = ("tether", "mtls")
+#: Cores busy with other people's work during an open-loop run above which the table warns.
+OTHER_LOAD_WARNING = 0.25
 
 # The mtls scenario's control plane: the same ports in both namespaces, each on its own loopback.
 NATS_PORT = 4222
@@ -110,13 +113,23 @@ class Result:
     latency_max_ms: float = 0.0
     latency_samples: int = 0
     latency_failed: int = 0
-    #: The rate h2load really offered in the open-loop run (below --rate when its timers slip).
+    #: The rate the open-loop generator really offered (from its send times; --rate unless it fell behind).
     latency_offered_rps: float = 0.0
+    latency_p999_ms: float = 0.0
+    #: How late the generator sent (send time - scheduled time): its own stalls, included in the latency.
+    latency_send_delay_p99_ms: float = 0.0
+    latency_send_delay_max_ms: float = 0.0
     proxies: list[ProxyUsage] = field(default_factory=list)
     #: Requests each Tether proxy counted, in all and over mTLS with the expected peer identity.
     requests_seen: dict[str, int] = field(default_factory=dict)
     #: CPU seconds of the other Tether processes (mtls: NATS, identity, destination) in the measured runs.
     control_plane_cpu_seconds: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds of every process of the scenario (proxies, control plane, the generator) during the
+    #: open-loop run alone.
+    open_loop_cpu_seconds: dict[str, float] = field(default_factory=dict)
+    #: Cores busy on the whole machine meanwhile (/proc/stat), and the part not ours: other people's load.
+    open_loop_host_busy_cores: float = 0.0
+    open_loop_other_busy_cores: float = 0.0
     #: Warnings, errors and unparsable lines in the logs of the scenario's Tether processes.
     log_notes: list[str] = field(default_factory=list)
     #: With --profile: each proxy's functions with the most self time, as [percent, function].
@@ -169,6 +182,41 @@ class ProcStat:
                     if line.startswith("VmHWM:"):
                         total += int(line.split()[1])
         return total / 1024
+
+
+@dataclass
+class HostCpu:
+    """The machine's busy CPU time (/proc/stat: all but idle and iowait), to tell other people's load."""
+
+    busy_seconds: float
+    when: float
+
+    @classmethod
+    def sample(cls) -> HostCpu:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+        return cls((sum(fields) - fields[3] - fields[4]) / ProcStat.ticks, time.monotonic())
+
+    def busy_cores_since(self, before: HostCpu) -> float:
+        return (self.busy_seconds - before.busy_seconds) / max(self.when - before.when, 1e-9)
+
+
+def unnamed_processes(harness: NetnsHarness, named: dict[str, ProcStat]) -> dict[str, ProcStat]:
+    """The scenario's other processes (nghttpd, nghttpx), by command name."""
+    known = {stat.pid for stat in named.values()}
+    found: dict[str, ProcStat] = {}
+    for process in harness.processes:
+        if process.pid in known or process.poll() is not None:
+            continue
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{process.pid}/comm").read_text().strip()
+            found[name if name not in found else f"{name}-{process.pid}"] = ProcStat(process.pid)
+    return found
+
+
+def children_cpu_seconds() -> float:
+    """User + system seconds of this process's waited-for children (the open-loop generator)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Logs:
@@ -539,47 +587,49 @@ def saturate(
     return float(rps.group(1)), h2load_counts(done.stdout)[1]
 
 
+OPENLOOP = Path(__file__).resolve().with_name("openloop.py")
+
+
 def open_loop(
-    client: Namespace, url: str, rate: float, seconds: float, workdir: Path, headers: Sequence[str] = ()
+    client: Namespace,
+    url: str,
+    rate: float,
+    seconds: float,
+    workdir: Path,
+    headers: Sequence[str] = (),
+    connections: int = 1,
 ) -> dict[str, float]:
-    """Requests scheduled at a fixed rate regardless of responses; latency per request from the log."""
-    count = int(rate * seconds)
-    script = workdir / "timing.tsv"
-    script.write_text("".join(f"{i * 1000.0 / rate:.3f}\t{url}\n" for i in range(count)))
-    log = workdir / "latency.log"
-    log.unlink(missing_ok=True)
-    client.run(
+    """openloop.py in the client namespace: ``rate`` requests/s evenly spaced at absolute times (the
+    schedule cannot slip), each request's latency from its scheduled time to the end of its response, the
+    first tenth left out. ``headers`` are h2load's ``-H`` options (the mtls scenario's ``:authority``)."""
+    done = client.run(
         [
-            "h2load",
-            "-c",
-            "1",
-            "-m",
-            "100",
+            sys.executable,
+            str(OPENLOOP),
+            url,
+            "--rate",
+            f"{rate:g}",
+            "--seconds",
+            f"{seconds:g}",
+            "--connections",
+            str(connections),
+            "--warmup-fraction",
+            "0.1",
+            "--requests",
+            str(workdir / "openloop.tsv"),
             *headers,
-            "--timing-script-file",
-            str(script),
-            "--log-file",
-            str(log),
         ],
         timeout=seconds + 60,
         check=False,
     )
-    rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
-    rows.sort(key=lambda row: int(row[0]))
-    steady = rows[len(rows) // 10 :]  # the first tenth warms connections and the proxies' caches
-    latencies = sorted(int(row[2]) / 1000.0 for row in steady if row[1] == "200")
-    if not latencies:
-        raise RuntimeError("no successful requests in the open-loop run")
-    return {
-        "p50": statistics.median(latencies),
-        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
-        "max": latencies[-1],
-        "samples": len(latencies),
-        "failed": sum(1 for row in steady if row[1] != "200"),
-        # h2load schedules each request relative to when it sent the previous one, so whenever it wakes
-        # late the schedule slips: the rate it really offered, from the requests' start times (µs).
-        "offered_rps": (len(steady) - 1) / max((int(steady[-1][0]) - int(steady[0][0])) / 1e6, 1e-9),
-    }
+    try:
+        summary = json.loads(done.stdout)
+    except ValueError:
+        output = f"{done.stdout.strip()} {done.stderr.strip()[-400:]}"
+        raise RuntimeError(f"open-loop run failed: {output}") from None
+    if not summary.get("samples"):
+        raise RuntimeError(f"no successful requests in the open-loop run: {summary}")
+    return {key: float(value) for key, value in summary.items() if isinstance(value, int | float)}
 
 
 def start_nghttpd(server: Namespace, docroot: Path, host: str) -> None:
@@ -688,11 +738,27 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
             profiler.wait(timeout=args.seconds + 30)
             collapsed = args.profile / f"{scenario}-{name}.txt"
             result.profile[name] = summarise_profile(collapsed, f"{scenario} {name}")
-        latency = open_loop(client, url, args.rate, args.seconds, workdir, headers)
+        everyone = {**proxies, **others, **unnamed_processes(harness, {**proxies, **others})}
+        open_loop_before = {name: stat.cpu_seconds() for name, stat in everyone.items()}
+        host_before, children_before = HostCpu.sample(), children_cpu_seconds()
+        latency = open_loop(
+            client, url, args.rate, args.seconds, workdir, headers, args.open_loop_connections
+        )
+        used = {name: stat.cpu_seconds() - open_loop_before[name] for name, stat in everyone.items()}
+        used["generator"] = children_cpu_seconds() - children_before  # openloop.py, a waited-for child
+        result.open_loop_cpu_seconds = {name: round(seconds, 2) for name, seconds in used.items()}
+        host_after = HostCpu.sample()
+        busy = host_after.busy_cores_since(host_before)
+        result.open_loop_host_busy_cores = round(busy, 2)
+        elapsed = host_after.when - host_before.when
+        result.open_loop_other_busy_cores = round(max(0.0, busy - sum(used.values()) / elapsed), 2)
         result.latency_p50_ms, result.latency_p99_ms = latency["p50"], latency["p99"]
         result.latency_max_ms, result.latency_samples = latency["max"], int(latency["samples"])
+        result.latency_p999_ms = latency["p999"]
         result.latency_failed = int(latency["failed"])
         result.latency_offered_rps = round(latency["offered_rps"], 1)
+        result.latency_send_delay_p99_ms = latency["send_delay_p99"]
+        result.latency_send_delay_max_ms = latency["send_delay_max"]
         result.proxies = [
             ProxyUsage(name, round(stat.cpu_seconds() - cpu_before[name], 2), round(stat.peak_rss_mb(), 1))
             for name, stat in proxies.items()
@@ -712,8 +778,8 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
         result.log_notes = logs.notes(expected={"identity_disabled"} if scenario == "tether" else ())
         if args.logs:
             logs.save(args.logs / scenario)
-            with contextlib.suppress(OSError):  # h2load's per-request log of the open-loop run
-                shutil.copy(workdir / "latency.log", args.logs / scenario / "h2load-latency.log")
+            with contextlib.suppress(OSError):  # the open-loop run's requests (openloop.py --requests)
+                shutil.copy(workdir / "openloop.tsv", args.logs / scenario / "openloop.tsv")
     return result
 
 
@@ -776,7 +842,7 @@ def render_table(results: list[Result]) -> str:
     direct = next((r for r in results if r.scenario == "direct" and r.error is None), None)
     header = (
         f"{'scenario':<9} {'req/s':>9} {'x direct':>8} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} "
-        f"{'+p50':>6} {'+p99':>6} {'@req/s':>6}  proxies (CPU s / peak RSS MB)"
+        f"{'+p50':>6} {'+p99':>6} {'@req/s':>6} {'late99':>6} {'other':>5}  proxies (CPU s / peak RSS MB)"
     )
     lines = [header, "-" * len(header)]
     for r in results:
@@ -790,7 +856,15 @@ def render_table(results: list[Result]) -> str:
         lines.append(
             f"{r.scenario:<9} {r.rps:>9.0f} {ratio:>8.2f} {r.latency_p50_ms:>7.2f} {r.latency_p99_ms:>7.2f} "
             f"{r.latency_max_ms:>7.2f} {added_p50:>6.2f} {added_p99:>6.2f} "
-            f"{r.latency_offered_rps:>6.0f}  {usage}"
+            f"{r.latency_offered_rps:>6.0f} {r.latency_send_delay_p99_ms:>6.2f} "
+            f"{r.open_loop_other_busy_cores:>5.2f}  {usage}"
+        )
+    loaded = [r for r in results if r.error is None and r.open_loop_other_busy_cores > OTHER_LOAD_WARNING]
+    if loaded:
+        lines.append(
+            "warning: other load on the machine during the open-loop run ("
+            + ", ".join(f"{r.scenario} {r.open_loop_other_busy_cores:.2f}" for r in loaded)
+            + f" of {os.cpu_count()} cores): the latency tail measures that contention, not the path"
         )
     return "\n".join(lines)
 
@@ -877,6 +951,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
     parser.add_argument("--warmup", type=float, default=1.0, help="h2load warm-up before the saturation run")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s of the open-loop latency run")
+    parser.add_argument(
+        "--open-loop-connections", type=int, default=1, help="connections of the open-loop run (default 1)"
+    )
     parser.add_argument("--body-bytes", type=int, default=128, help="size of the response body")
     parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
     parser.add_argument(
@@ -942,7 +1019,12 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "cores": os.cpu_count(),
         "h2load": subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.strip(),
-        "settings": {"saturation": "-c 10 -m 10", "seconds": args.seconds, "open_loop_rate": args.rate},
+        "settings": {
+            "saturation": "-c 10 -m 10",
+            "seconds": args.seconds,
+            "open_loop_rate": args.rate,
+            "open_loop_connections": args.open_loop_connections,
+        },
         "proxy_user": " ".join(proxy_user()),
         "results": [asdict(r) for r in results],
         "protocols": protocols.as_json(protocol_results, protocol_targets, args)
