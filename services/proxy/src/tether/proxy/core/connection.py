@@ -1,16 +1,14 @@
 """HTTP/2 connections of the proxy: downstream (clients connect to us) and upstream (we connect).
 
-Both wrap an h2 connection and translate its events into exchange operations.
-They never write to a socket: when a connection has bytes to send it asks its
-:class:`FlushScheduler` to collect them, which lets the I/O layer write once per
-event-loop tick no matter how many frames were produced.
+Both wrap an h2 connection and translate its events into exchange operations; what they share, including
+the stream operations the exchanges use, is :class:`~tether.proxy.core.streams.Http2Connection`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from h2.errors import ErrorCodes
 from h2.events import (
@@ -46,6 +44,18 @@ from tether.proxy.core.h2conn import (
     new_server_connection,
 )
 from tether.proxy.core.headers import Headers, error_response, request_target, strip_hop_by_hop
+from tether.proxy.core.streams import FlushScheduler, Http2Connection
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "INITIAL_STREAM_LIMIT",
+    "PROBE_PING",
+    "DownstreamConnection",
+    "FlushScheduler",
+    "Http2Connection",
+    "Router",
+    "UpstreamConnection",
+]
 
 DEFAULT_LIMITS = ClientLimits()
 #: Streams opened on a new upstream connection before the server's SETTINGS say how many it allows (Go's
@@ -53,96 +63,10 @@ DEFAULT_LIMITS = ClientLimits()
 INITIAL_STREAM_LIMIT = 100
 
 
-class FlushScheduler(Protocol):
-    """Collects connections that have output; the I/O layer drains them with ``data_to_send``."""
-
-    def schedule(self, connection: Http2Connection) -> None: ...
-
-
 class Router(Protocol):
     """Decides where a new request goes: eventually calls ``attach`` or ``fail`` on it."""
 
     def route(self, exchange: Exchange) -> None: ...
-
-
-class Http2Connection:
-    __slots__ = (
-        "_scheduled",
-        "_scheduler",
-        "blocked",
-        "closing",
-        "context",
-        "data_frames_sent",
-        "error",
-        "exchanges",
-        "h2",
-        "writable",
-    )
-
-    def __init__(self, h2: Any, scheduler: FlushScheduler, context: object = None) -> None:
-        self.h2 = h2
-        self._scheduler = scheduler
-        self._scheduled = False
-        #: Exchanges by this connection's stream id.
-        self.exchanges: dict[int, Exchange] = {}
-        #: Exchanges waiting for flow-control window (or socket writability) on this connection.
-        self.blocked: dict[int, Exchange] = {}
-        self.writable = True
-        #: Set when the I/O layer should close the transport once output is flushed.
-        self.closing = False
-        #: Opaque data owned by the I/O layer (e.g. the socket's original destination).
-        self.context = context
-        #: Why the peer's bytes were rejected, once they were (for the I/O layer to log).
-        self.error: str | None = None
-        #: DATA frames sent to the peer (what its WINDOW_UPDATEs are measured against).
-        self.data_frames_sent = 0
-        self.mark_dirty()
-
-    def mark_dirty(self) -> None:
-        if not self._scheduled:
-            self._scheduled = True
-            self._scheduler.schedule(self)
-
-    def data_to_send(self) -> bytes:
-        self._scheduled = False
-        data: bytes = self.h2.data_to_send()
-        return data
-
-    def set_writable(self, writable: bool, now: float) -> None:
-        """Follow the transport's write buffer: stop queueing DATA while it is over its high mark."""
-        self.writable = writable
-        if writable:
-            self._unblock_all(now)
-
-    def stream_released(self) -> None:
-        """An exchange on this connection finished."""
-
-    def _window_updated(self, stream_id: int, now: float) -> None:
-        if stream_id == 0:
-            self._unblock_all(now)
-        else:
-            exchange = self.blocked.pop(stream_id, None)
-            if exchange is not None:
-                exchange.pump(now)
-
-    def _unblock_all(self, now: float) -> None:
-        if self.blocked:
-            waiting = list(self.blocked.values())
-            self.blocked.clear()
-            for exchange in waiting:
-                exchange.pump(now)
-
-    def _settings_changed(self, event: RemoteSettingsChanged, now: float) -> None:
-        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-            self._unblock_all(now)
-
-    def receive_data(self, data: bytes, now: float) -> None:
-        """Feed bytes read from the socket; each direction handles its own events."""
-        raise NotImplementedError
-
-    def connection_lost(self, now: float) -> None:
-        """The socket is gone: end every exchange on it."""
-        raise NotImplementedError
 
 
 class DownstreamConnection(Http2Connection):
@@ -194,7 +118,7 @@ class DownstreamConnection(Http2Connection):
         #: The client's preface and first SETTINGS arrived: it speaks HTTP/2 and understands GOAWAY.
         self.preface_received = False
         #: When the connection last had no stream open (opened, or its last exchange finished).
-        #: Only meaningful while ``exchanges`` is empty; the exchange refreshes it as it finishes.
+        #: Only meaningful while ``exchanges`` is empty; :meth:`release` refreshes it.
         self.idle_since = now
 
     def receive_data(self, data: bytes, now: float) -> None:
@@ -351,6 +275,11 @@ class DownstreamConnection(Http2Connection):
         self.closing = True
         self.mark_dirty()
         return True
+
+    def release(self, stream_id: int, now: float) -> None:
+        self.idle_since = now
+        self.exchanges.pop(stream_id, None)
+        self.blocked.pop(stream_id, None)
 
     def stream_released(self) -> None:
         if (self.drain_last_stream_id is not None or self.peer_gone) and not self.exchanges:

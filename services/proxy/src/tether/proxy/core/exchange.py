@@ -74,13 +74,13 @@ class Pipe:
             self.buffered += len(data)
         padding = flow_controlled_length - len(data)
         if padding and self.src is not None:
-            self.src.h2.acknowledge_received_data(padding, self.src_sid)
+            self.src.acknowledge(self.src_sid, padding)
 
     def discard(self) -> None:
         """Drop buffered data, returning its flow-control credit to the sender's connection."""
         src = self.src
         if self.buffered and src is not None:
-            src.h2.acknowledge_received_data(self.buffered, self.src_sid)
+            src.acknowledge(self.src_sid, self.buffered)
             src.mark_dirty()
         self.chunks.clear()
         self.buffered = 0
@@ -89,21 +89,20 @@ class Pipe:
         dst = self.dst
         if dst is None:
             return
-        h2 = dst.h2
         sid = self.dst_sid
         chunks = self.chunks
         if chunks:
             if not dst.writable:
-                dst.blocked[sid] = exchange
+                dst.wait_to_send(sid, exchange)
                 return
-            window = h2.local_flow_control_window(sid)
-            max_frame = h2.max_outbound_frame_size
+            window = dst.send_window(sid)
+            max_frame = dst.max_frame_size
             src = self.src
             assert src is not None
-            src_h2 = src.h2
+            src_sid = self.src_sid
             while chunks:
                 if window <= 0:
-                    dst.blocked[sid] = exchange
+                    dst.wait_to_send(sid, exchange)
                     dst.mark_dirty()
                     src.mark_dirty()
                     return
@@ -118,17 +117,16 @@ class Pipe:
                 window -= size
                 self.buffered -= size
                 last = not chunks and self.ended and self.trailers is None
-                h2.send_data(sid, chunk, end_stream=last)
-                dst.data_frames_sent += 1
-                src_h2.acknowledge_received_data(size, self.src_sid)
+                dst.send_data(sid, chunk, last)
+                src.acknowledge(src_sid, size)
                 if last:
                     self.done = True
             src.mark_dirty()
         if self.ended and not self.done:
             if self.trailers is not None:
-                h2.send_headers(sid, self.trailers, end_stream=True)
+                dst.send_headers(sid, self.trailers, end_stream=True)
             else:
-                h2.end_stream(sid)
+                dst.end_stream(sid)
             self.done = True
         dst.mark_dirty()
 
@@ -235,13 +233,9 @@ class Exchange:
         """Open the upstream stream and start forwarding; the upstream must have capacity."""
         if self.state is not State.ROUTING:
             return
-        h2 = upstream.h2
         request = self.request
-        sid = h2.get_next_available_stream_id()
         end = request.ended and not request.chunks and request.trailers is None
-        h2.send_headers(sid, strip_hop_by_hop(self.request_headers), end_stream=end)
-        upstream.exchanges[sid] = self
-        upstream.mark_dirty()
+        sid = upstream.open_stream(self, strip_hop_by_hop(self.request_headers), end)
         self.upstream = upstream
         self.upstream_sid = sid
         self.attached_at = now
@@ -264,12 +258,12 @@ class Exchange:
         self.grpc_status = GRPC_UNAVAILABLE if self.is_grpc else None
         down = self.downstream
         try:
-            down.h2.send_headers(
+            down.send_headers(
                 self.downstream_sid, error_response(self.is_grpc, http_status, message), end_stream=True
             )
             if not self.request.ended:
                 # Tell the client to stop sending a body nobody will read.
-                down.h2.reset_stream(self.downstream_sid, ErrorCodes.NO_ERROR)
+                down.reset(self.downstream_sid, ErrorCodes.NO_ERROR)
         except ProtocolError:
             pass
         down.mark_dirty()
@@ -304,7 +298,7 @@ class Exchange:
             self.grpc_status = grpc_status_of(headers)
         down = self.downstream
         try:
-            down.h2.send_headers(self.downstream_sid, strip_hop_by_hop(headers), end_stream=ended)
+            down.send_headers(self.downstream_sid, strip_hop_by_hop(headers), end_stream=ended)
         except ProtocolError:
             self._reset_both(ErrorCodes.CANCEL, now)
             return
@@ -321,7 +315,7 @@ class Exchange:
             # A 101 (HTTP/1.1 only) must say what it switched to: its Upgrade and Connection stay.
             switching = self.upgrade is not None and status_of(headers) == 101
             try:
-                self.downstream.h2.send_headers(
+                self.downstream.send_headers(
                     self.downstream_sid, headers if switching else strip_hop_by_hop(headers)
                 )
             except ProtocolError:
@@ -428,7 +422,7 @@ class Exchange:
         upstream = self.upstream
         if upstream is not None and not (self.request.done and self.response.ended):
             try:
-                upstream.h2.reset_stream(self.upstream_sid, error_code)
+                upstream.reset(self.upstream_sid, error_code)
             except ProtocolError:
                 return
             upstream.mark_dirty()
@@ -436,7 +430,7 @@ class Exchange:
     def _reset_downstream(self, error_code: int) -> None:
         down = self.downstream
         try:
-            down.h2.reset_stream(self.downstream_sid, error_code)
+            down.reset(self.downstream_sid, error_code)
         except ProtocolError:
             return
         down.mark_dirty()
@@ -451,14 +445,9 @@ class Exchange:
         self.request_headers = ()
         upstream = self.upstream
         if upstream is not None:
-            sid = self.upstream_sid
-            upstream.exchanges.pop(sid, None)
-            upstream.blocked.pop(sid, None)
+            upstream.release(self.upstream_sid, now)
         down = self.downstream
-        sid = self.downstream_sid
-        down.idle_since = now
-        down.exchanges.pop(sid, None)
-        down.blocked.pop(sid, None)
+        down.release(self.downstream_sid, now)
         if self.listener is not None:
             self.listener.exchange_finished(self, now)
         if upstream is not None:

@@ -92,6 +92,11 @@ class _H1Connection(Http2Connection):
             self.reads_paused = False
             self.reads.resume_reading()
 
+    @property
+    def switched(self) -> bool:
+        """A protocol switch (101, or a 2xx to CONNECT) went through: the rest is a byte stream."""
+        return self.h2.switched
+
     def tunnel_closed(self) -> None:
         """The other end closed: close this one once what it sent is written."""
         self.closing = True
@@ -296,6 +301,11 @@ class H1DownstreamConnection(_H1Connection):
         self.closing = True
         self.mark_dirty()
 
+    def release(self, stream_id: int, now: float) -> None:
+        self.idle_since = now
+        self.exchanges.pop(stream_id, None)
+        self.blocked.pop(stream_id, None)
+
     def stream_released(self) -> None:
         if self.exchanges or self.closing:
             return
@@ -483,7 +493,7 @@ class H1UpstreamConnection(_H1Connection):
 
     def _switch(self, exchange: Exchange, now: float) -> None:
         downstream = exchange.downstream
-        if not isinstance(downstream, _H1Connection) or not downstream.h2.switched:
+        if not isinstance(downstream, _H1Connection) or not downstream.switched:
             exchange.upstream_lost(now, "upstream switched protocols for a client that cannot follow")
             self._close()
             return
