@@ -154,3 +154,17 @@ def test_bad_configuration_is_one_line_exit_2(tmp_path: Path) -> None:
     assert "\n" not in line and line.startswith("tether: error: --port-base / TETHER_MESH_PORT_BASE:")
     assert "tether up --help" in line
     assert not (tmp_path / "mesh.json").exists()
+
+
+def test_a_mesh_not_ready_in_time_is_stopped_whole(tmp_path: Path) -> None:
+    """A ``--ready-timeout`` shorter than a start: the message says the mesh is stopped, and it is — no
+    supervisor, no component, no port — even though the supervisor had not written its state yet."""
+    base = free_base()
+    state_dir = tmp_path / "state"
+    flags = ("--state-dir", str(state_dir), "--port-base", str(base))
+    result = tether("up", *flags, "--ready-timeout", "0.01")
+    assert result.returncode == 1, result.stderr
+    assert "not ready within 0.01s; the mesh is stopped" in result.stderr, result.stderr
+    assert mesh_pids(state_dir) == []
+    assert [port for port in range(base, base + 100) if listening(port)] == []
+    assert tether("status", *flags).returncode == 3

@@ -57,16 +57,6 @@ SHORT_LIVED = {
         "the demo application's traffic generator: an application the mesh carries (its calls and its stop"
         " signal), not a part of the mesh"
     ),
-    "cli/src/tether/cli/localmesh/supervisor.py::Supervisor._start": (
-        "the local mesh's own supervisor process: a keeper per component, awaited at its stop; one that dies"
-        " of a bug is logged and stops the mesh"
-    ),
-    "cli/src/tether/cli/localmesh/supervisor.py::Supervisor.start": (
-        "the local mesh supervisor's token refresher, awaited at its stop"
-    ),
-    "cli/src/tether/cli/localmesh/supervisor.py::supervise": (
-        "the local mesh's start-up sequence, awaited (or cancelled) before the supervisor stops"
-    ),
 }
 
 _CREATES_TASKS = {"create_task", "ensure_future", "TaskGroup"}

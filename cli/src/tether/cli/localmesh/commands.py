@@ -126,7 +126,7 @@ def _await_ready(config: MeshConfig, paths: Paths, supervisor: subprocess.Popen[
         if not pending:
             break
         if time.monotonic() > deadline:
-            _stop(paths)
+            _stop_started(supervisor, paths)
             name = pending[0]
             raise FatalError(
                 f"{', '.join(pending)} not ready within {config.ready_timeout:g}s; the mesh is stopped "
@@ -144,6 +144,18 @@ def _await_ready(config: MeshConfig, paths: Paths, supervisor: subprocess.Popen[
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def _stop_started(supervisor: subprocess.Popen[bytes], paths: Paths, grace: float = 5.0) -> None:
+    """Stop the supervisor this command started, whether or not it has written its state yet (the state
+    names it only once written), then whatever of the mesh still runs."""
+    supervisor.terminate()
+    try:
+        supervisor.wait(2 * grace + 5)
+    except subprocess.TimeoutExpired:
+        supervisor.kill()
+        supervisor.wait(5)
+    _stop(paths, grace)
 
 
 def _stop(paths: Paths, grace: float = 5.0) -> list[str]:

@@ -5,7 +5,18 @@ nats-server, identity once NATS is ready, then destination, telemetry and public
 A component that exits is restarted after a backoff (:class:`tether.shared.backoff.Backoff`: a ceiling of
 0.2 s doubling to 10 s, each wait jittered between half the ceiling and all of it; back to 0.2 s after 30 s
 up). ``mesh.json`` always holds the current pids. On SIGTERM or SIGINT it stops the components (SIGTERM,
-SIGKILL after the grace; NATS last) and exits. Its own log is ``logs/supervisor.log``.
+SIGKILL after the grace; NATS last) and exits. Its own log is ``logs/supervisor.log``: JSON lines through
+:mod:`tether.shared.logging` (service ``localmesh-supervisor``).
+
+Its long-lived tasks (a keeper per component, the token refresher) start through
+:class:`tether.shared.supervisor.Supervisor`, critical: one that dies of a bug is logged once
+(``task_failed``) and stops the mesh, and the process exits 1 with one plain-text line, as a component
+does. Keepers never return; stopping cancels them before the components are terminated, so no deliberate
+stop counts as a crash.
+
+It is not a :class:`tether.shared.runtime.Service`: the runtime's admin listener has no port in the mesh's
+layout, and its stop budget (``--shutdown-grace``, at most 300 s, for the whole component) is shorter than
+the mesh's (``--stop-grace`` for the components, then again for NATS).
 """
 
 from __future__ import annotations
@@ -14,13 +25,16 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import signal
 import sys
 import time
-from datetime import UTC, datetime
+import traceback
 from pathlib import Path
+
+import structlog
 
 from tether.cli.localmesh.config import (
     COMPONENTS,
@@ -36,6 +50,9 @@ from tether.cli.localmesh.config import (
 )
 from tether.cli.localmesh.state import ComponentState, MeshState, component_ready, write_state
 from tether.shared.backoff import Backoff
+from tether.shared.errors import FatalError
+from tether.shared.failure import report
+from tether.shared.logging import configure, tracebacks_wanted
 from tether.shared.natsserver import (
     NkeyUser,
     nats_server_binary,
@@ -44,6 +61,8 @@ from tether.shared.natsserver import (
     server_config,
 )
 from tether.shared.permissions import DEFAULT_USERS
+from tether.shared.runtime import instance_id, package_version
+from tether.shared.supervisor import Supervisor as TaskSupervisor
 
 INITIAL_BACKOFF = 0.2
 MAX_BACKOFF = 10.0
@@ -51,12 +70,10 @@ STABLE_AFTER = 30.0
 TOKEN_TTL = 86_400
 TOKEN_REFRESH = 6 * 3600.0  # re-mint a component's token when it is older than this
 WORKLOAD_TOKENS = (DESTINATION, TELEMETRY)
+SERVICE = "localmesh-supervisor"
+COMMAND = "tether-localmesh-supervisor"
 
-
-def log(event: str, **fields: object) -> None:
-    record = {"timestamp": datetime.now(UTC).isoformat(), "event": event, **fields}
-    sys.stderr.write(json.dumps(record, default=str) + "\n")
-    sys.stderr.flush()
+log = structlog.get_logger(__name__)
 
 
 def _set_parent_death_signal() -> None:
@@ -167,6 +184,7 @@ class Child:
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.started = 0.0
+        self.log = log.bind(component=name)
 
     @property
     def pid(self) -> int:
@@ -180,10 +198,22 @@ class Supervisor:
         self.config = config
         self.paths = paths
         self.children = {name: Child(name, config, paths) for name in COMPONENTS}
-        self.stopping = asyncio.Event()
-        self.tasks: list[asyncio.Task[None]] = []
-        #: Set when a task of ours died of a bug: the mesh stops, loudly, rather than limp on.
-        self.failed = asyncio.Event()
+        #: Set by SIGTERM/SIGINT and by a task that died of a bug (the mesh stops, loudly, not limping on).
+        self.stop_requested = asyncio.Event()
+        self.failure: FatalError | None = None
+        self.tasks = TaskSupervisor(self._task_failed)
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        # The shared supervisor has logged task_failed; what is left is to stop, and to exit 1.
+        if self.failure is None:
+            self.failure = FatalError(
+                f"critical task {name} of the local mesh failed: {type(exc).__name__}: {exc}",
+                f"the mesh is stopped; see the task_failed line in {self.paths.log('supervisor')}",
+            )
+        self.stop_requested.set()
 
     def save(self) -> None:
         write_state(
@@ -219,7 +249,13 @@ class Supervisor:
             stderr=asyncio.subprocess.PIPE,
             env=component_env(),
         )
-        out, err = await process.communicate()
+        try:
+            out, err = await process.communicate()
+        except asyncio.CancelledError:
+            # The mesh is stopping: no mint outlives it.
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            raise
         if process.returncode != 0:
             raise RuntimeError(f"mint-token for {name} failed: {err.decode(errors='replace').strip()}")
         tmp = token.with_suffix(".tmp")
@@ -243,74 +279,64 @@ class Supervisor:
                 preexec_fn=_set_parent_death_signal,
             )
         child.started = time.monotonic()
-        log("component_started", component=child.name, pid=child.process.pid, restarts=child.restarts)
+        child.log.info("component_started", pid=child.process.pid, restarts=child.restarts)
         self.save()
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), seconds)
-
     async def _keep_running(self, child: Child) -> None:
+        """Run ``child`` for as long as the mesh runs; never returns (:meth:`stop` cancels it)."""
         backoff = Backoff(INITIAL_BACKOFF, MAX_BACKOFF)
-        while not self.stopping.is_set():
+        while True:
             try:
                 await self._spawn(child)
             except (OSError, RuntimeError) as exc:
                 delay = backoff.next()
-                log("component_start_failed", component=child.name, error=str(exc), retry_in=round(delay, 3))
+                child.log.warning("component_start_failed", error=str(exc), retry_in=round(delay, 3))
             else:
                 assert child.process is not None
                 code = await child.process.wait()
-                if self.stopping.is_set():
-                    return
                 if time.monotonic() - child.started > STABLE_AFTER:
                     backoff.reset()
                 delay = backoff.next()
-                log("component_exited", component=child.name, code=code, restart_in=round(delay, 3))
+                child.log.warning("component_exited", code=code, restart_in=round(delay, 3))
                 self.save()
-            await self._sleep(delay)
+            await asyncio.sleep(delay)
             child.restarts += 1
 
-    async def _ready(self, name: str) -> None:
+    async def _ready(self, name: str) -> bool:
+        """Wait until component ``name`` is ready; False when a stop is requested first."""
         child = self.children[name]
-        while not self.stopping.is_set():
+        while not self.stop_requested.is_set():
             if await asyncio.to_thread(component_ready, name, child.port, child.admin_port):
-                log("component_ready", component=name)
-                return
-            await self._sleep(0.05)
+                child.log.info("component_ready")
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_requested.wait(), 0.05)
+        return False
 
     async def _refresh_tokens(self) -> None:
-        while not self.stopping.is_set():
-            await self._sleep(600)
+        while True:
+            await asyncio.sleep(600)
             for name in WORKLOAD_TOKENS:
                 try:
                     await self._mint(name)
                 except (OSError, RuntimeError) as exc:
-                    log("token_refresh_failed", component=name, error=str(exc))
-
-    def _track(self, task: asyncio.Task[None]) -> None:
-        """Keep ``task`` until stop; one that dies of a bug (not cancelled) is logged and stops the mesh."""
-        self.tasks.append(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        error = task.exception()
-        log("supervisor_task_failed", task=task.get_name(), error=f"{type(error).__name__}: {error}")
-        self.failed.set()
+                    self.children[name].log.warning("token_refresh_failed", error=str(exc))
 
     def _start(self, *names: str) -> None:
         for name in names:
-            self._track(asyncio.create_task(self._keep_running(self.children[name]), name=f"keep-{name}"))
+            child = self.children[name]
+            self.tasks.spawn(f"keep-{name}", functools.partial(self._keep_running, child), critical=True)
 
     async def start(self) -> None:
+        """Start the components in order; returns early when a stop is requested meanwhile."""
         self._start(NATS)
-        await self._ready(NATS)
+        if not await self._ready(NATS):
+            return
         self._start(IDENTITY)
-        await self._ready(IDENTITY)
+        if not await self._ready(IDENTITY):
+            return
         self._start(DESTINATION, TELEMETRY, PUBLIC_API)
-        self._track(asyncio.create_task(self._refresh_tokens(), name="refresh-tokens"))
+        self.tasks.spawn("refresh-tokens", self._refresh_tokens, critical=True)
 
     async def _stop_child(self, child: Child) -> None:
         process = child.process
@@ -321,44 +347,47 @@ class Supervisor:
         try:
             await asyncio.wait_for(process.wait(), self.config.stop_grace)
         except TimeoutError:
-            log("component_killed", component=child.name, pid=process.pid, grace=self.config.stop_grace)
+            child.log.warning("component_killed", pid=process.pid, grace=self.config.stop_grace)
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
-        log("component_stopped", component=child.name, code=process.returncode)
+        child.log.info("component_stopped", code=process.returncode)
 
     async def stop(self) -> None:
-        self.stopping.set()
+        # The keepers first: stopped through the shared supervisor, none restarts a component or takes the
+        # exits below for crashes (a keeper that ended on its own would be a failure).
+        await self.tasks.stop()
         others = [child for name, child in self.children.items() if name != NATS]
         await asyncio.gather(*(self._stop_child(child) for child in others))
         await self._stop_child(self.children[NATS])
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def supervise(config: MeshConfig, paths: Paths) -> None:
+async def supervise(config: MeshConfig, paths: Paths) -> FatalError | None:
+    """Run the mesh until SIGTERM/SIGINT or a task's failure; returns the failure, if any."""
     paths.logs.mkdir(parents=True, exist_ok=True)
     write_nats_config(config, paths)
     supervisor = Supervisor(config, paths)
     supervisor.save()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log("supervisor_started", pid=os.getpid(), state_dir=str(paths.root), port_base=config.port_base)
-    starting = asyncio.create_task(supervisor.start(), name="start")
-    supervisor.failed = stop  # a task's bug stops the mesh as a signal would
-    starting.add_done_callback(supervisor._task_done)
-    await stop.wait()
-    log("supervisor_stopping")
-    starting.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await starting
+        loop.add_signal_handler(sig, supervisor.request_stop)
+    log.info("supervisor_started", pid=os.getpid(), state_dir=str(paths.root), port_base=config.port_base)
+    failure: FatalError | None = None
+    try:
+        await supervisor.start()
+        await supervisor.stop_requested.wait()
+    except Exception as exc:
+        # A bug in the start-up sequence: logged once, with its traceback, and the mesh stops.
+        log.error("unexpected_error", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        failure = FatalError(
+            f"unexpected {type(exc).__name__}: {exc}", "this is a bug: please report it with the log above"
+        )
+    log.info("supervisor_stopping")
     await supervisor.stop()
     with contextlib.suppress(OSError):
         paths.state.unlink()
-    log("supervisor_stopped")
+    log.info("supervisor_stopped")
+    return failure or supervisor.failure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -369,8 +398,20 @@ def main(argv: list[str] | None = None) -> int:
     config = decode(args.config)
     paths = Paths(config.state_dir)
     os.set_inheritable(args.lock_fd, False)  # held by this process only, never by a component
-    asyncio.run(supervise(config, paths))
-    return 0
+    # JSON whatever --log-format says: logs/supervisor.log is read by programs, like the components' logs.
+    configure(
+        service=SERVICE,
+        instance=instance_id(),
+        version=package_version("tether-cli"),
+        fmt="json",
+        level=config.log_level,
+    )
+    failure = asyncio.run(supervise(config, paths))
+    if failure is None:
+        return 0
+    if tracebacks_wanted() and failure.__traceback__ is not None:
+        log.debug("failure_traceback", traceback="".join(traceback.format_exception(failure)))
+    return report(COMMAND, failure)
 
 
 if __name__ == "__main__":
