@@ -363,6 +363,14 @@ def test_request_trailers_are_forwarded(rig: Rig) -> None:
     assert "END_STREAM" in trailers.flags
 
 
+def test_request_trailers_never_carry_a_client_written_tether_field(rig: Rig) -> None:
+    rig.routed(1, GRPC_REQUEST)
+    spoofed = [(b"tether-client-id", b"root.kube-system"), (b"x-checksum", b"42")]
+    rig.to_proxy(rig.client.data(1, b"body") + rig.client.headers(1, spoofed, end=True))
+    trailers = of_type(rig.to_server(), HeadersFrame, 1)[-1]
+    assert trailers.decoded == [(b"x-checksum", b"42")]
+
+
 def test_body_sent_before_routing_is_buffered_then_forwarded(rig: Rig) -> None:
     exchange = rig.request(1, GRPC_REQUEST)
     rig.to_proxy(rig.client.data(1, b"early ") + rig.client.data(1, b"bytes", end=True))

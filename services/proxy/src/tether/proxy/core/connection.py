@@ -43,7 +43,13 @@ from tether.proxy.core.h2conn import (
     new_client_connection,
     new_server_connection,
 )
-from tether.proxy.core.headers import Headers, error_response, request_target, strip_hop_by_hop
+from tether.proxy.core.headers import (
+    Headers,
+    error_response,
+    request_target,
+    strip_hop_by_hop,
+    without_internal,
+)
 from tether.proxy.core.streams import FlushScheduler, Http2Connection
 
 __all__ = [
@@ -180,7 +186,8 @@ class DownstreamConnection(Http2Connection):
             elif kind is TrailersReceived:
                 exchange = exchanges.get(event.stream_id)
                 if exchange is not None:
-                    exchange.request.trailers = strip_hop_by_hop(event.headers)
+                    # Trailers are fields too: none a client wrote may pass for the mesh's own.
+                    exchange.request.trailers = without_internal(strip_hop_by_hop(event.headers))
             elif kind is RemoteSettingsChanged:
                 self.preface_received = True
                 self._settings_changed(event, now)

@@ -21,7 +21,7 @@ from tether.proxy.core.conninfo import ConnectionInfo
 from tether.proxy.core.exchange import Exchange
 from tether.proxy.core.h1codec import READ_BUFFER_HIGH, H1ClientCodec, H1ServerCodec, reason_phrase
 from tether.proxy.core.h1screen import Refusal, screen_head
-from tether.proxy.core.headers import Header
+from tether.proxy.core.headers import Header, without_internal
 
 
 class ReadControl(Protocol):
@@ -217,7 +217,7 @@ class H1DownstreamConnection(_H1Connection):
                         self._pause()
             elif kind is h11.EndOfMessage:
                 if exchange is not None and not exchange.closed:
-                    trailers = list(event.headers)  # type: ignore[union-attr]
+                    trailers = without_internal(list(event.headers))  # type: ignore[union-attr]
                     if trailers:
                         exchange.request.trailers = trailers
                     exchange.request.ended = True

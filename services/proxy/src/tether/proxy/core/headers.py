@@ -116,11 +116,16 @@ CLIENT_ID_HEADER = b"tether-client-id"
 INTERNAL_PREFIX = b"tether-"
 
 
+def without_internal(headers: Headers) -> Headers:
+    """``headers`` without any ``tether-*`` field a client wrote (the same list when it wrote none)."""
+    if any(name.startswith(INTERNAL_PREFIX) for name, _ in headers):
+        return [(name, value) for name, value in headers if not name.startswith(INTERNAL_PREFIX)]
+    return headers
+
+
 def with_client_id(headers: Headers, client_id: str | None) -> Headers:
     """``headers`` without any ``tether-*`` header a client sent, plus the verified client id (if any)."""
-    kept: Headers = headers
-    if any(name.startswith(INTERNAL_PREFIX) for name, _ in headers):
-        kept = [(name, value) for name, value in headers if not name.startswith(INTERNAL_PREFIX)]
+    kept = without_internal(headers)
     if client_id is None:
         return kept
     return [*kept, (CLIENT_ID_HEADER, client_id.encode("ascii"))]
