@@ -360,20 +360,24 @@ def stop_in_reverse(harness: NetnsHarness) -> None:
 
 
 _WAIT_READY = """
-import sys, time, urllib.error, urllib.request
-deadline = time.monotonic() + float(sys.argv[2])
+import sys, urllib.error, urllib.request
+from tether.shared.testing import eventually_sync
+url, timeout = sys.argv[1], float(sys.argv[2])
 last = "nothing listening"
-while time.monotonic() < deadline:
+def ready():
+    global last
     try:
-        with urllib.request.urlopen(sys.argv[1], timeout=2) as response:
-            if response.status == 200:
-                sys.exit(0)
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
     except urllib.error.HTTPError as error:
         last = f"HTTP {error.code}"
     except OSError as error:
         last = str(error)
-    time.sleep(0.05)
-sys.exit(f"{sys.argv[1]} not ready after {sys.argv[2]} s: {last}")
+    return False
+try:
+    eventually_sync(ready, timeout, lambda: f"{url} to answer 200 (last: {last})", 0.05)
+except AssertionError as failed:
+    sys.exit(str(failed))
 """
 
 

@@ -13,7 +13,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,13 +71,16 @@ async def tether(*args: str, env: dict[str, str] | None = None, stdin_timeout: f
 
 async def poll(attempt: Callable[[], Awaitable[Result | None]], what: str, timeout: float = 20) -> Result:
     """The first non-None answer of ``attempt``, retried until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
+    answers: list[Result] = []
+
+    async def answered() -> bool:
         result = await attempt()
         if result is not None:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
+            answers.append(result)
+        return result is not None
+
+    await eventually(answered, timeout, what, interval=0.1)
+    return answers[0]
 
 
 def mask(text: str, instances: tuple[str, ...] = ()) -> str:

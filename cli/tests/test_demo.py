@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from mesh_harness import TETHER, free_base, listening, proxy_metric, stat_rows
+
+from tether.shared.testing import eventually_sync
 
 ROW = re.compile(r"^(\S+)\s+(\d+/\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$")
 ADMIN_LINE = re.compile(r"^\s+(\S+)\s+.*proxy admin 127\.0\.0\.1:(\d+)")
@@ -70,19 +71,24 @@ def test_the_demo_shows_real_golden_metrics_and_leaves_nothing_running(tmp_path:
         text=True,
     )
     output = Output(demo)
+
+    def traffic() -> bool:
+        if "traffic:" in output.text():
+            return True
+        assert demo.poll() is None, output.text()[-2000:]
+        return False
+
     try:
-        deadline = time.monotonic() + 90
-        while "traffic:" not in output.text():
-            assert demo.poll() is None, output.text()[-2000:]
-            assert time.monotonic() < deadline, output.text()[-2000:]
-            time.sleep(0.2)
+        eventually_sync(traffic, 90, lambda: f"the demo's traffic\n{output.text()[-2000:]}", interval=0.2)
         admins = output.admin_ports()
         assert set(CALLERS) <= set(admins), admins
 
         # From the mesh, while the demo runs: the public API's numbers and the inbound proxies' metrics.
         rows: dict[str, dict[str, Any]] = {}
         secured: dict[str, float] = {}
-        while not (stats_complete(rows) and all(secured.get(n, 0) > 0 for n in CALLERS)):
+
+        def observed() -> dict[str, dict[str, Any]] | None:
+            nonlocal rows, secured
             assert demo.poll() is None, f"the demo ended first: {rows} {secured}\n{output.text()[-2000:]}"
             rows = stat_rows(state, "deploy", "-n", "demo")
             secured = {
@@ -91,7 +97,15 @@ def test_the_demo_shows_real_golden_metrics_and_leaves_nothing_running(tmp_path:
                 )
                 for n in CALLERS
             }
-            time.sleep(1)
+            return rows if stats_complete(rows) and all(secured.get(n, 0) > 0 for n in CALLERS) else None
+
+        # The demo ending (after DURATION) is what bounds this; the timeout only guards a demo that hangs.
+        eventually_sync(
+            observed,
+            DURATION + 60,
+            lambda: f"complete stats and mTLS metrics: {rows} {secured}\n{output.text()[-2000:]}",
+            interval=1,
+        )
         for name in CALLERS:
             assert rows[name]["meshed"] == 1 and rows[name]["total"] == 1, rows[name]
             assert rows[name]["rps"] > 0 and rows[name]["latency_ms_p99"] >= rows[name]["latency_ms_p50"]

@@ -9,13 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from mesh_harness import TETHER, LocalMesh, clean_env, free_base, listening, proxy_metric, stat_rows, tether
+
+from tether.shared.testing import eventually_sync
 
 PROXY_LINE = re.compile(r"inbound 127\.0\.0\.1:(\d+) admin 127\.0\.0\.1:(\d+)")
 
@@ -52,13 +53,30 @@ def test_a_bad_argument_is_one_line_exit_2(tmp_path: Path) -> None:
 def _await_stat(mesh: LocalMesh, name: str, requests: int, *selector: str) -> dict[str, Any]:
     """``tether stat -o json`` once its row for ``name`` counts ``requests``: reports every 2 s, rollups
     every 10 s, so up to ~15 s."""
-    deadline = time.monotonic() + 40
-    while True:
+    rows: dict[str, dict[str, Any]] = {}
+
+    def counted() -> dict[str, Any] | None:
+        nonlocal rows
         rows = stat_rows(mesh.state_dir, *selector)
-        if name in rows and rows[name]["requests"] >= requests:
-            return rows[name]
-        assert time.monotonic() < deadline, f"tether stat never showed {requests} requests of {name}: {rows}"
-        time.sleep(1)
+        return rows[name] if name in rows and rows[name]["requests"] >= requests else None
+
+    return eventually_sync(
+        counted, 40, lambda: f"tether stat to show {requests} requests of {name}: {rows}", interval=1
+    )
+
+
+def _run_until_success(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` (a meshed client) until it exits 0, for up to 30 s while the mesh learns the service;
+    the last failure's stderr in the timeout's message."""
+    failed = ""
+
+    def succeeded() -> subprocess.CompletedProcess[str] | None:
+        nonlocal failed
+        client = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=clean_env())
+        failed = client.stderr
+        return client if client.returncode == 0 else None
+
+    return eventually_sync(succeeded, 30, lambda: f"{what} to succeed; last stderr: {failed}", 0.5)
 
 
 def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: LocalMesh) -> None:
@@ -82,22 +100,13 @@ def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: 
         assert mesh.base + 50 <= inbound < mesh.base + 100 and mesh.base + 50 <= admin < mesh.base + 100
         # The service keeps the application's port; its endpoint is the proxy's inbound port.
         url = f"http://web.default.svc.cluster.local:{app_port}/"
-        deadline = time.monotonic() + 30
-        while True:
-            client = subprocess.run(
-                [
-                    *(TETHER, "run", "--state-dir", str(mesh.state_dir), "--name", "client", "--port", "1"),
-                    *("--", "curl", "-sS", "--fail", url),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=clean_env(),
-            )
-            if client.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert client.returncode == 0, client.stderr
+        client = _run_until_success(
+            [
+                *(TETHER, "run", "--state-dir", str(mesh.state_dir), "--name", "client", "--port", "1"),
+                *("--", "curl", "-sS", "--fail", url),
+            ],
+            "curl through the mesh",
+        )
         assert "Directory listing" in client.stdout, client.stdout
         assert proxy_metric(admin, "request_total", direction="inbound", tls="true") >= 1
         assert (
@@ -167,22 +176,14 @@ def test_an_unmodified_grpcio_client_and_server_are_meshed_and_seen_in_stat(mesh
         assert server.stderr is not None
         assert PROXY_LINE.search(server.stderr.readline())
         target = f"health.grpcdemo.svc.cluster.local:{app_port}"
-        deadline = time.monotonic() + 30
-        while True:
-            client = subprocess.run(
-                [
-                    *(TETHER, "run", *flags, "--name", "prober", "--port", "1"),
-                    *("--", sys.executable, "-c", GRPC_CLIENT, target, "5"),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=clean_env(),
-            )
-            if client.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert client.returncode == 0 and "all served" in client.stdout, client.stderr[-2000:]
+        client = _run_until_success(
+            [
+                *(TETHER, "run", *flags, "--name", "prober", "--port", "1"),
+                *("--", sys.executable, "-c", GRPC_CLIENT, target, "5"),
+            ],
+            "the grpcio client through the mesh",
+        )
+        assert "all served" in client.stdout, client.stderr[-2000:]
         health = _await_stat(mesh, "health", 5, "deploy", "-n", "grpcdemo")
         assert health["success_rate"] == 1.0 and health["tls_share"] == 1.0, health
         assert health["latency_ms_p50"] is not None

@@ -31,6 +31,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tether.shared.testing import eventually_sync
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 REBOUND = "rebound.test"  # the attacker's name, resolved to 127.0.0.1 by the browser (DNS rebinding)
@@ -108,16 +110,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     argv = [harness.TETHER, "demo", "--state-dir", str(running.state), "--port-base", str(running.base)]
     with open(running.output, "wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=harness.clean_env())
+
+    def traffic() -> bool:
+        assert process.poll() is None, running.output.read_text()[-3000:]
+        return _traffic(running)
+
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, running.output.read_text()[-3000:]
-            assert time.monotonic() < deadline, (
-                "no demo traffic in 90 s: " + running.output.read_text()[-3000:]
-            )
-            if _traffic(running):
-                break
-            time.sleep(0.5)
+        eventually_sync(traffic, 90, lambda: "demo traffic: " + running.output.read_text()[-3000:], 0.5)
         yield running
     finally:
         process.send_signal(signal.SIGTERM)  # the demo's own teardown: its application, then the mesh
@@ -345,14 +344,19 @@ def test_a_tapped_script_in_a_path_is_shown_as_text(demo: Demo, page: Page, tmp_
         r"proxy outbound 127\.0\.0\.1:(\d+)", (demo.state / "logs" / "demo-vote-bot.log").read_text()
     )
     shown = page.locator("#tap-events td.details", has_text=path)
-    deadline = time.monotonic() + 15
-    while not shown.count():  # the tap reaches the proxies within a report or two: send until it shows
-        assert time.monotonic() < deadline, "the tapped request never showed"
+
+    def sent_and_shown() -> bool:
+        """The tap reaches the proxies within a report or two: send, let the page update, until it shows."""
+        if shown.count():
+            return True
         conn = http.client.HTTPConnection("127.0.0.1", bot, timeout=5)  # vote-bot's sidecar, through the mesh
         conn.request("GET", f"http://web.demo.svc.cluster.local:{web}{path}")
         conn.getresponse().read()
         conn.close()
-        page.wait_for_timeout(300)
+        page.wait_for_timeout(300)  # the pause between polls, taken by Playwright (not time.sleep)
+        return False
+
+    eventually_sync(sent_and_shown, 15, "the tapped request in the tap's events", interval=0)
     expect(shown.first).to_be_visible()
     assert page.evaluate("window.__tapped") is None  # neither the script nor the onerror handler ran
     assert page.locator("#tap-events script, #tap-events img").count() == 0

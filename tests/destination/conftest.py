@@ -25,6 +25,7 @@ import pytest
 from tether.shared.natsserver import free_port
 from tether.shared.proto.destination.v1 import destination_pb2 as pb
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
+from tether.shared.testing import eventually
 
 DEADLINE = 20.0
 
@@ -73,15 +74,14 @@ class Replica:
         log.close()
 
     async def wait_ready(self, timeout: float = DEADLINE) -> None:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
+        async def ready() -> bool:
             assert self.process is not None and self.process.poll() is None, self.logs()[-3000:]
             with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
                 status, _ = await http_get(self.admin_port, "/ready")
-                if status == 200:
-                    return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{self.name} not ready: {self.logs()[-3000:]}")
+                return status == 200
+            return False
+
+        await eventually(ready, timeout, lambda: f"{self.name} ready: {self.logs()[-3000:]}", interval=0.05)
 
     async def is_leader(self) -> bool:
         with contextlib.suppress(OSError, TimeoutError, ValueError, IndexError):
@@ -213,13 +213,17 @@ class Mesh:
         return client
 
     async def leader(self, timeout: float = DEADLINE) -> Replica:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
+        leaders: list[Replica] = []
+
+        async def elected() -> bool:
             for replica in self.replicas:
                 if replica.process is not None and await replica.is_leader():
-                    return replica
-            await asyncio.sleep(0.05)
-        raise AssertionError("no leader elected")
+                    leaders.append(replica)
+                    return True
+            return False
+
+        await eventually(elected, timeout, "a leader elected", interval=0.05)
+        return leaders[0]
 
     async def close(self) -> None:
         for client in self.clients:

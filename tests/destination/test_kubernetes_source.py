@@ -348,21 +348,19 @@ async def kube_api() -> AsyncIterator[FakeKubeApi]:
 
 async def converged(kv: KeyValue, deployment: Deployment, what: str) -> None:
     key = f"{deployment.namespace}.{deployment.name}"
-    latest: list[Any] = [None]
+    latest: Any = None
 
-    async def poll() -> None:
-        while True:
-            latest[0] = await bucket_view(kv, key)
-            if latest[0] == deployment.expected():
-                return
-            await asyncio.sleep(0.05)
+    async def matches() -> bool:
+        nonlocal latest
+        latest = await bucket_view(kv, key)
+        return bool(latest == deployment.expected())
 
-    try:
-        await asyncio.wait_for(poll(), 20.0)
-    except TimeoutError:
-        raise AssertionError(
-            f"bucket did not converge ({what}): {latest[0]} != {deployment.expected()}"
-        ) from None
+    await eventually(
+        matches,
+        20.0,
+        lambda: f"the bucket to converge ({what}): {latest} != {deployment.expected()}",
+        interval=0.05,
+    )
 
 
 async def test_bucket_converges_to_what_the_api_says(

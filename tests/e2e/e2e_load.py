@@ -83,13 +83,14 @@ class SteadyLoad:
             ],
             log_name=f"load-{name}",
         )
-        cluster_wait = time.monotonic() + 30
-        while "ready" not in self.process.log.read_text(errors="replace"):
+
+        def started() -> bool:
+            if "ready" in self.process.log.read_text(errors="replace"):
+                return True
             assert self.process.popen.poll() is None, f"the load generator exited\n{self.process.describe()}"
-            assert time.monotonic() < cluster_wait, (
-                f"the load generator never started\n{self.process.describe()}"
-            )
-            time.sleep(0.05)
+            return False
+
+        eventually(started, 30, lambda: f"the load generator to start\n{self.process.describe()}", 0.05)
         self.summary: LoadSummary | None = None
         self._stopped_at: float | None = None
 

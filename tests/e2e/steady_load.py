@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import grpc.aio
 
+from tether.shared.testing import eventually_sync
+
 if TYPE_CHECKING:  # the harness side only; the script itself runs inside pods without it
     from e2e_cluster import Cluster, Pod
     from mesh_pods import Process
@@ -186,11 +188,14 @@ class RunningLoad:
         argv += ["--rate", f"{rate:g}", "--deadline", f"{deadline:g}", "--out", str(self.out)]
         self.process: Process = cluster.exec(pod, argv, log_name=f"steady-{name}")
         self.started = time.monotonic()
-        deadline_at = self.started + 30
-        while "ready" not in self.process.log.read_text(errors="replace").split():
+
+        def succeeded() -> bool:
+            if "ready" in self.process.log.read_text(errors="replace").split():
+                return True
             assert self.process.popen.poll() is None, f"the load client exited\n{self.process.describe()}"
-            assert time.monotonic() < deadline_at, f"no call succeeded in 30 s\n{self.process.describe()}"
-            time.sleep(0.05)
+            return False
+
+        eventually_sync(succeeded, 30, lambda: f"a call to succeed\n{self.process.describe()}", 0.05)
         self.stopped: float | None = None
 
     def calls(self) -> list[Call]:
@@ -200,15 +205,18 @@ class RunningLoad:
         """Every call so far, once all those started before ``until`` ended (waits for ``until`` first;
         ``deadline``, the calls' own, bounds the wait for those in flight)."""
         time.sleep(max(0.0, until - time.monotonic()))
-        give_up = time.monotonic() + deadline + 5
-        while True:
+        started = 0
+
+        def all_ended() -> list[Call] | None:
+            nonlocal started
             calls = self.calls()
             started = sum(1 for call in calls if call.start < until)
             last = max((call.seq for call in calls if call.start < until), default=-1)
-            if started == last + 1:
-                return calls
-            assert time.monotonic() < give_up, f"calls started before {until} never ended ({started} did)"
-            time.sleep(0.05)
+            return calls if started == last + 1 else None
+
+        return eventually_sync(
+            all_ended, deadline + 5, lambda: f"the calls started before {until} to end ({started} did)", 0.05
+        )
 
     def stop(self) -> list[Call]:
         """SIGTERM; every call sent, once those in flight ended (their deadline bounds the wait)."""

@@ -268,16 +268,19 @@ INBOUND_PORT = 4143
 ADMIN_PORT = 4191
 
 _WAIT_PORT = """
-import socket, sys, time
-deadline = time.monotonic() + float(sys.argv[3])
-while True:
+import socket, sys
+from tether.shared.testing import eventually_sync
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+def accepting():
     try:
-        socket.create_connection((sys.argv[1], int(sys.argv[2])), 1).close()
-        break
+        socket.create_connection((host, port), 1).close()
     except OSError:
-        if time.monotonic() > deadline:
-            sys.exit(f"nothing listening on {sys.argv[1]}:{sys.argv[2]} after {sys.argv[3]} s")
-        time.sleep(0.02)
+        return False
+    return True
+try:
+    eventually_sync(accepting, timeout, f"something listening on {host}:{port}", 0.02)
+except AssertionError as failed:
+    sys.exit(str(failed))
 """
 
 _FETCH = """

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -354,19 +353,24 @@ class Mesh:
 
     async def wait_served(self, service: str, expected: set[tuple[str, int]], timeout: float = 5.0) -> None:
         """Wait until the destination service serves exactly ``expected`` for ``service``."""
+        served: set[tuple[str, int]] = set()
         async with self.destination_channel() as channel:
             stub = destination_pb2_grpc.DestinationStub(channel)
-            deadline = time.monotonic() + timeout
-            while True:
+
+            async def serves_expected() -> bool:
+                nonlocal served
                 call = stub.Get(destination_pb2.GetDestination(authority=authority(service)))
                 first = await asyncio.wait_for(call.read(), timeout)
                 call.cancel()
                 served = {(str(ipaddress.IPv4Address(a.addr.ip.ipv4)), a.addr.port) for a in first.add.addrs}
-                if served == expected and (expected or first.no_endpoints.exists):
-                    return
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"destination serves {served}, expected {expected}")
-                await asyncio.sleep(0.01)
+                return served == expected and bool(expected or first.no_endpoints.exists)
+
+            await eventually(
+                serves_expected,
+                timeout,
+                lambda: f"destination to serve {expected} for {service} (it serves {served})",
+                interval=0.01,
+            )
 
     async def app(self, name: str) -> EchoApp:
         """An app outside the mesh (no proxy, not registered)."""

@@ -506,10 +506,9 @@ class ServiceProcess:
         if process is None or process.poll() is not None:
             return
         process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if process.poll() is None:
+        try:
+            await eventually(lambda: process.poll() is not None, 10, f"{self.name} to exit", interval=0.02)
+        except AssertionError:  # still running: killed, and the exit code below says so
             process.kill()
             process.wait()
         assert process.returncode == 0, f"{self.name} exited {process.returncode}: {self.logs()}"

@@ -16,6 +16,7 @@ from tether.destination.state import Applied, EndpointStore, SubscriptionRegistr
 from tether.shared.grpcserver import start_grpc_server
 from tether.shared.proto.destination.v1 import destination_pb2 as pb
 from tether.shared.proto.destination.v1 import destination_pb2_grpc
+from tether.shared.testing import eventually
 
 
 class Harness:
@@ -140,9 +141,9 @@ async def test_per_peer_stream_limit(harness: Harness) -> None:
             await next_update(extra)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         calls[0].cancel()
-        deadline = asyncio.get_running_loop().time() + 5
-        while harness.servicer.open_streams > 2 and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: harness.servicer.open_streams <= 2, 5, "the cancelled stream closed", interval=0.01
+        )
         again = stub.Get(pb.GetDestination(authority="web.ns:80"))
         assert (await next_update(again)).add.addrs
         for call in [*calls[1:], again]:

@@ -20,6 +20,7 @@ from tether.identity.__main__ import main
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.natsserver import free_port
 from tether.shared.proto.identity.v1 import identity_pb2, identity_pb2_grpc
+from tether.shared.testing import eventually
 
 WEB = WorkloadIdentity("web", "shop", "cluster.local")
 
@@ -134,12 +135,12 @@ def _get(url: str) -> str:
 
 
 async def _wait_ready(admin_port: int, process: Any) -> None:
-    deadline = asyncio.get_running_loop().time() + 20
-    while True:
+    async def ready() -> bool:
         assert process.returncode is None, "service exited"
         try:
             await asyncio.to_thread(_get, f"http://127.0.0.1:{admin_port}/ready")
-            return
         except OSError:
-            assert asyncio.get_running_loop().time() < deadline, "service did not become ready"
-            await asyncio.sleep(0.05)
+            return False
+        return True
+
+    await eventually(ready, 20, "the service to become ready (/ready)", interval=0.05)

@@ -16,6 +16,7 @@ from tether.proxy.__main__ import main
 from tether.proxy.config import ProxyConfig
 from tether.shared.config import load_config
 from tether.shared.natsserver import free_port
+from tether.shared.testing import eventually
 
 
 async def http_status(port: int, path: str) -> int | None:
@@ -53,12 +54,15 @@ async def test_run_serves_and_exits_cleanly_on_sigterm() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+    async def ready() -> bool:
+        if await http_status(admin, "/ready") == 200:
+            return True
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        return False
+
     try:
-        deadline = time.monotonic() + 10
-        while await http_status(admin, "/ready") != 200:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "never became ready"
-            await asyncio.sleep(0.05)
+        await eventually(ready, 10, "the proxy to become ready (/ready 200)", interval=0.05)
         for port in (outbound, inbound):
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()

@@ -20,6 +20,7 @@ from tether.proxy.reporting import Reporting
 from tether.proxy.tap import NO_GRPC_STATUS
 from tether.shared.config import IdentityClientConfig
 from tether.shared.proto.telemetry.v1 import telemetry_pb2 as pb
+from tether.shared.testing import eventually
 
 HOST = "127.0.0.1"
 BODY = b"hello, tap"
@@ -114,11 +115,15 @@ class Rig:
 
     async def events(self, count: int) -> list[pb.TapEvent]:
         """Wait until ``count`` events were sent (and a little longer: no more come)."""
-        deadline = time.monotonic() + 5.0
-        while len(self.reporter.sent) < count and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+
+        def phases() -> list[str | None]:
+            return [e.WhichOneof("phase") for e in self.reporter.sent]
+
+        await eventually(
+            lambda: len(self.reporter.sent) >= count, 5.0, lambda: f"{count} tap events: {phases()}", 0.01
+        )
         await asyncio.sleep(0.1)
-        assert len(self.reporter.sent) == count, [e.WhichOneof("phase") for e in self.reporter.sent]
+        assert len(self.reporter.sent) == count, phases()
         events, self.reporter.sent = self.reporter.sent, []
         return events
 
@@ -285,10 +290,7 @@ async def test_the_sweeper_expires_taps(rig: Rig) -> None:
     rig.proxy.reporting = rig.reporting  # as when the proxy reports
     rig.subscribe(expires_in=0.3)
     assert rig.metric("proxy_tap_active") == 1
-    deadline = time.monotonic() + 3.0
-    while rig.metric("proxy_tap_active") and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert rig.metric("proxy_tap_active") == 0
+    await eventually(lambda: rig.metric("proxy_tap_active") == 0, 3.0, "the sweeper to expire the tap", 0.05)
 
 
 async def test_stream_lost_forgets_taps_and_unsent_events_are_counted(rig: Rig) -> None:
