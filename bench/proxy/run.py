@@ -307,6 +307,25 @@ def _log_problem(name: str, line: str) -> tuple[tuple[str, str, str] | None, str
 
 _REEXEC = "import os, sys; os.execv(sys.executable, [sys.executable, '-c', ''])"
 
+#: The interpreter the Tether proxies run with (see ``--proxy-env``): set once, in main.
+_proxy_python = [sys.executable]
+
+
+def image_environment(directory: Path) -> str:
+    """A virtual environment holding exactly what the proxy's image holds (tools/images/install-venv.sh:
+    uv.lock's pins for tether-proxy, no dev group; tether-shared and tether-proxy built from this checkout);
+    its interpreter. The dev environment has more (rich, pygments, greenlet), which structlog imports when it
+    finds them: about 11 MB per process that no deployed proxy carries."""
+    uv_dir = REPO / ".tools" / "bin"
+    env = {**os.environ, "PATH": f"{uv_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run(
+        ["sh", str(REPO / "tools" / "images" / "install-venv.sh"), "proxy", str(directory), sys.executable],
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
+    return str(directory / "bin" / "python")
+
 
 @functools.cache
 def proxy_user() -> tuple[str, ...]:
@@ -316,7 +335,7 @@ def proxy_user() -> tuple[str, ...]:
     system's standard library rather than the venv's. Both Tether scenarios run the same way, so they
     compare."""
     user = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
-    if subprocess.run([*user, sys.executable, "-c", _REEXEC], capture_output=True, check=False).returncode:
+    if subprocess.run([*user, _proxy_python[0], "-c", _REEXEC], capture_output=True, check=False).returncode:
         user += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
     return tuple(user)
 
@@ -326,11 +345,13 @@ def start_proxy(namespace: Namespace, logs: Logs, name: str, log_level: str, *ex
     off unless ``extra`` turns them on), but as ``proxy_user()``; its output goes to ``logs``."""
     process = namespace.spawn(
         [
-            *proxy_user(), sys.executable, "-m", "tether.proxy", "run",
+            *proxy_user(), _proxy_python[0], "-m", "tether.proxy", "run",
             "--outbound-addr", f"127.0.0.1:{OUTBOUND_PORT}",
             "--inbound-addr", f"0.0.0.0:{INBOUND_PORT}",
             "--admin-addr", f"0.0.0.0:{ADMIN_PORT}",
             "--destination-addr", "",
+            # No telemetry service runs here: without this the proxies would retry its cluster name.
+            "--telemetry-addr", "",
             "--identity-disabled", "true",
             "--log-format", "json",
             "--log-level", log_level,
@@ -969,6 +990,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--logs", type=Path, help="keep the Tether processes' logs here, one folder per scenario"
     )
+    parser.add_argument(
+        "--proxy-env",
+        choices=("image", "dev"),
+        default="image",
+        help="run the proxies from an environment holding what the image holds (default), or from this "
+        "development environment",
+    )
     attack.add_arguments(parser)
     protocols.add_arguments(parser)
     args = parser.parse_args(argv)
@@ -989,6 +1017,10 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = args.scenarios.split(",")
     attack_phase = None
     with tempfile.TemporaryDirectory(prefix="tether-bench-") as tmp:
+        if args.proxy_env == "image":
+            os.chmod(tmp, 0o755)
+            print("building the proxy's image environment ...", file=sys.stderr, flush=True)
+            _proxy_python[0] = image_environment(Path(tmp) / "proxy-venv")
         for scenario in [name for name in scenarios if name != "attack"]:
             workdir = Path(tmp) / scenario
             workdir.mkdir()
@@ -1028,6 +1060,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": args.seconds,
             "open_loop_rate": args.rate,
             "open_loop_connections": args.open_loop_connections,
+            "proxy_env": args.proxy_env,
         },
         "proxy_user": " ".join(proxy_user()),
         "results": [asdict(r) for r in results],

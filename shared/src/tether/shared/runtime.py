@@ -237,6 +237,7 @@ class Runtime:
         # What starting allocated (modules, configuration, contexts, caches) lives as long as the process:
         # out of the collector's generations, so full collections stop rescanning it. At saturation the
         # proxy's took 10-57 ms every 1-2 s and freed nothing, a latency spike each time.
+        gc.collect()  # not to freeze start-up's garbage along with it
         gc.freeze()
         if self.bus is not None:
             self.supervisor.spawn("heartbeats", self._heartbeats)
