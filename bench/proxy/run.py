@@ -757,18 +757,26 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
         # The control plane (mtls) shares the cores: what it used in the measured window.
         others = {name: ProcStat(pid) for name, pid in logs.pids.items() if name not in proxies}
         others_before = {name: stat.cpu_seconds() for name, stat in others.items()}
-        profilers = start_profilers(proxies, args, scenario) if args.profile and scenario in PROFILED else {}
+        profiling = args.profile is not None and scenario in PROFILED
+        profilers = (
+            start_profilers(proxies, args, scenario)
+            if profiling and args.profile_phase == "saturation"
+            else {}
+        )
         result.rps, result.failed = saturate(client, url, args.seconds, args.warmup, headers)
-        for name, profiler in profilers.items():
-            profiler.wait(timeout=args.seconds + 30)
-            collapsed = args.profile / f"{scenario}-{name}.txt"
-            result.profile[name] = summarise_profile(collapsed, f"{scenario} {name}")
+        collect_profiles(profilers, args, scenario, result)
         everyone = {**proxies, **others, **unnamed_processes(harness, {**proxies, **others})}
         open_loop_before = {name: stat.cpu_seconds() for name, stat in everyone.items()}
         host_before, children_before = HostCpu.sample(), children_cpu_seconds()
+        profilers = (
+            start_profilers(proxies, args, scenario)
+            if profiling and args.profile_phase == "open-loop"
+            else {}
+        )
         latency = open_loop(
             client, url, args.rate, args.seconds, workdir, headers, args.open_loop_connections
         )
+        collect_profiles(profilers, args, scenario, result)
         used = {name: stat.cpu_seconds() - open_loop_before[name] for name, stat in everyone.items()}
         used["generator"] = children_cpu_seconds() - children_before  # openloop.py, a waited-for child
         result.open_loop_cpu_seconds = {name: round(seconds, 2) for name, seconds in used.items()}
@@ -808,10 +816,19 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
     return result
 
 
+def collect_profiles(
+    profilers: dict[str, subprocess.Popen[bytes]], args: argparse.Namespace, scenario: str, result: Result
+) -> None:
+    for name, profiler in profilers.items():
+        profiler.wait(timeout=args.seconds + 30)
+        collapsed = args.profile / f"{scenario}-{name}.txt"
+        result.profile[name] = summarise_profile(collapsed, f"{scenario} {name} ({args.profile_phase})")
+
+
 def start_profilers(
     proxies: dict[str, ProcStat], args: argparse.Namespace, scenario: str
 ) -> dict[str, subprocess.Popen[bytes]]:
-    """py-spy record (collapsed stacks) of each proxy for the saturation run's measured window."""
+    """py-spy record (collapsed stacks) of each proxy for ``--profile-phase``'s measured window."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     args.profile.mkdir(parents=True, exist_ok=True)
     return {
@@ -822,7 +839,7 @@ def start_profilers(
                 "--pid",
                 str(stat.pid),
                 "--duration",
-                f"{int(args.seconds + args.warmup)}",
+                f"{int(args.seconds + (args.warmup if args.profile_phase == 'saturation' else 0))}",
                 "--rate",
                 "250",
                 "--format",
@@ -983,6 +1000,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the JSON report to this file")
     parser.add_argument(
         "--profile", type=Path, help="py-spy the Tether proxies during the saturation run; stacks go here"
+    )
+    parser.add_argument(
+        "--profile-phase",
+        choices=("saturation", "open-loop"),
+        default="saturation",
+        help="which run --profile samples: the saturation run (default) or the open-loop latency run",
     )
     parser.add_argument(
         "--proxy-log-level", default="warning", help="the Tether proxies' --log-level (default: warning)"

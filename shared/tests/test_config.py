@@ -9,7 +9,14 @@ from typing import Annotated
 import pytest
 from msgspec import Meta
 
-from tether.shared.config import AdminAddr, CommonConfig, config_from, option_specs, parse_hostport
+from tether.shared.config import (
+    AdminAddr,
+    CommonConfig,
+    config_from,
+    load_config,
+    option_specs,
+    parse_hostport,
+)
 from tether.shared.errors import ConfigError
 
 
@@ -38,6 +45,19 @@ def test_environment_then_flags_override() -> None:
     assert config.workers == 16
     assert config.tags == ("a", "b")
     assert config.strict is True
+
+
+SWITCHES = [
+    ([], False),
+    (["--strict"], True),
+    (["--strict", "false"], False),
+    (["--strict", "--workers", "2"], True),
+]
+
+
+@pytest.mark.parametrize(("argv", "strict"), SWITCHES)
+def test_a_switch_alone_means_true(argv: list[str], strict: bool) -> None:
+    assert load_config(DemoConfig, "demo", argv, {}).strict is strict
 
 
 def test_config_is_frozen() -> None:

@@ -424,12 +424,16 @@ def add_options(parser: argparse.ArgumentParser, cls: type[msgspec.Struct], serv
                 help=argparse.SUPPRESS,
             )
             continue
+        help_text = f"{spec.help} [env {spec.env}] (default: {shown}; {_describe(spec.kind)})"
+        if _is_bool(spec.kind):
+            # A switch given alone means true (--identity-disabled); "true"/"false" after it still work.
+            parser.add_argument(
+                spec.flag, dest=spec.field, default=None, nargs="?", const="true", metavar="true|false",
+                help=help_text,
+            )  # fmt: skip
+            continue
         parser.add_argument(
-            spec.flag,
-            dest=spec.field,
-            default=None,
-            metavar=spec.field.upper(),
-            help=f"{spec.help} [env {spec.env}] (default: {shown}; {_describe(spec.kind)})",
+            spec.flag, dest=spec.field, default=None, metavar=spec.field.upper(), help=help_text
         )
     if secrets:
         parser.epilog = "secrets, from the environment only: " + "; ".join(secrets)
