@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from tether.shared.bus import Bus
 
 HEARTBEAT_INTERVAL = 2.0
+#: How often readiness is looked at, to announce a change in a heartbeat at once.
+READINESS_POLL = 0.1
 # Beyond --shutdown-grace: closing NATS and the admin listener once the component has drained.
 STOP_MARGIN = 0.8
 
@@ -279,9 +281,16 @@ class Runtime:
         return AdminResponse(200, json.dumps(sorted(sys.modules)).encode(), b"application/json")
 
     async def _heartbeats(self) -> None:
+        # Every HEARTBEAT_INTERVAL, and at once when readiness changes: `tether check` run just after a
+        # component turned ready (or stopped being ready) should not see the old state for two seconds.
+        last_ready: bool | None = None
+        last_sent = -HEARTBEAT_INTERVAL
         while True:
-            await self._publish_heartbeat()
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            ready, now = self.ready(), time.monotonic()
+            if ready != last_ready or now - last_sent >= HEARTBEAT_INTERVAL:
+                await self._publish_heartbeat()
+                last_ready, last_sent = ready, now
+            await asyncio.sleep(READINESS_POLL)
 
     async def _publish_heartbeat(self, *, confirm: bool = False) -> None:
         if self.bus is None or not self.bus.is_connected:

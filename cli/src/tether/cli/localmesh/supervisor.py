@@ -332,10 +332,15 @@ class Supervisor:
         self._start(NATS)
         if not await self._ready(NATS):
             return
+        # The public API first: it hears every other component's first heartbeat and identity's first
+        # issuer status, so `tether check` right after `tether up` sees the whole mesh.
+        self._start(PUBLIC_API)
+        if not await self._ready(PUBLIC_API):
+            return
         self._start(IDENTITY)
         if not await self._ready(IDENTITY):
             return
-        self._start(DESTINATION, TELEMETRY, PUBLIC_API)
+        self._start(DESTINATION, TELEMETRY)
         self.tasks.spawn("refresh-tokens", self._refresh_tokens, critical=True)
 
     async def _stop_child(self, child: Child) -> None:
