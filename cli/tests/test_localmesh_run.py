@@ -79,17 +79,22 @@ def _run_until_success(argv: list[str], what: str) -> subprocess.CompletedProces
     return eventually_sync(succeeded, 30, lambda: f"{what} to succeed; last stderr: {failed}", 0.5)
 
 
-def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: LocalMesh) -> None:
-    app_port = _free_port()
-    server = subprocess.Popen(
-        [
-            *(TETHER, "run", "--state-dir", str(mesh.state_dir), "--name", "web", "--port", str(app_port)),
-            *("--", sys.executable, "-m", "http.server", str(app_port), "--bind", "127.0.0.1"),
-        ],
+def _meshed_server(run_flags: tuple[str, ...], command: tuple[str, ...]) -> subprocess.Popen[str]:
+    """``tether run <run_flags> -- <command>``; its stderr (the proxy's line first) is for the caller."""
+    return subprocess.Popen(
+        [TETHER, "run", *run_flags, "--", *command],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=clean_env(),
+    )
+
+
+def test_curl_reaches_a_meshed_http_server_through_both_proxies_over_mtls(mesh: LocalMesh) -> None:
+    app_port = _free_port()
+    server = _meshed_server(
+        ("--state-dir", str(mesh.state_dir), "--name", "web", "--port", str(app_port)),
+        (sys.executable, "-m", "http.server", str(app_port), "--bind", "127.0.0.1"),
     )
     try:
         assert server.stderr is not None
@@ -162,15 +167,9 @@ print("all served")
 def test_an_unmodified_grpcio_client_and_server_are_meshed_and_seen_in_stat(mesh: LocalMesh) -> None:
     app_port = _free_port()
     flags = ("--state-dir", str(mesh.state_dir), "--namespace", "grpcdemo")
-    server = subprocess.Popen(
-        [
-            *(TETHER, "run", *flags, "--name", "health", "--port", str(app_port)),
-            *("--", sys.executable, "-c", GRPC_SERVER, str(app_port)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
+    server = _meshed_server(
+        (*flags, "--name", "health", "--port", str(app_port)),
+        (sys.executable, "-c", GRPC_SERVER, str(app_port)),
     )
     try:
         assert server.stderr is not None
