@@ -108,6 +108,8 @@ class Result:
     scenario: str
     rps: float = 0.0
     failed: int = 0
+    #: Every saturation run's req/s (``--saturation-runs``); ``rps`` is the best of them.
+    rps_runs: list[float] = field(default_factory=list)
     latency_p50_ms: float = 0.0
     latency_p99_ms: float = 0.0
     latency_max_ms: float = 0.0
@@ -763,7 +765,13 @@ def run_scenario(scenario: str, args: argparse.Namespace, workdir: Path) -> Resu
             if profiling and args.profile_phase == "saturation"
             else {}
         )
-        result.rps, result.failed = saturate(client, url, args.seconds, args.warmup, headers)
+        # Best of a few: on shared cores other work only ever takes throughput away, by a different amount
+        # each time, so the best run is the closest to what the path can do (all are kept in the JSON).
+        for _ in range(args.saturation_runs):
+            rps, failed = saturate(client, url, args.seconds, args.warmup, headers)
+            result.rps_runs.append(rps)
+            result.failed += failed
+        result.rps = max(result.rps_runs)
         collect_profiles(profilers, args, scenario, result)
         everyone = {**proxies, **others, **unnamed_processes(harness, {**proxies, **others})}
         open_loop_before = {name: stat.cpu_seconds() for name, stat in everyone.items()}
@@ -991,6 +999,12 @@ def main(argv: list[str] | None = None) -> int:
         "phase, bench/proxy/attack.py)",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
+    parser.add_argument(
+        "--saturation-runs",
+        type=int,
+        default=3,
+        help="saturation runs per scenario; the best counts (default 3)",
+    )
     parser.add_argument("--warmup", type=float, default=1.0, help="h2load warm-up before the saturation run")
     parser.add_argument("--rate", type=float, default=1000.0, help="requests/s of the open-loop latency run")
     parser.add_argument(
