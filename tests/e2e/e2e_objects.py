@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 import yaml
 from e2e_kube import ContainerRun, Doc, PodRun
 from e2e_node import CLUSTER_DOMAIN
-from mesh_pods import Process, inside
+from mesh_pods import Process, http_get
 from netns_harness import Namespace
 
 BIN = Path(sys.executable).parent
@@ -138,15 +136,4 @@ class Workload:
 
 def http_status(namespace: Namespace, url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     """GET ``url`` from inside ``namespace`` without any proxy settings; (0, b"") when nothing answered."""
-
-    def get() -> tuple[int, bytes]:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(url, timeout=timeout) as response:
-                return int(response.status), bytes(response.read())
-        except urllib.error.HTTPError as error:
-            return int(error.code), bytes(error.read())
-        except (OSError, ValueError):
-            return 0, b""
-
-    return inside(namespace, get)
+    return http_get(namespace, url, timeout)
