@@ -36,10 +36,13 @@ class Replica:
 
 class ServiceAddress:
     """One address in front of the replicas, as a Service gives them: each new connection goes to the
-    current backend; a backend's death resets the connections it held."""
+    current backend; a backend's death resets the connections it held. ``hold`` keeps what the replicas
+    send back to the proxies (their acknowledgements), as a partition would, until ``fail_over``."""
 
     def __init__(self) -> None:
         self.backend = ""
+        self.flowing = asyncio.Event()
+        self.flowing.set()
         self._server: asyncio.Server | None = None
         self._held: set[asyncio.StreamWriter] = set()
 
@@ -48,10 +51,14 @@ class ServiceAddress:
         self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
         return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
+    def hold(self) -> None:
+        self.flowing.clear()
+
     def fail_over(self, backend: str) -> None:
         self.backend = backend
         for writer in list(self._held):
             writer.transport.abort()
+        self.flowing.set()
 
     async def close(self) -> None:
         self.fail_over("")
@@ -65,17 +72,22 @@ class ServiceAddress:
         except OSError:
             writer.transport.abort()
             return
-        self._held |= {writer, up_writer}
+        held = {writer, up_writer}
+        self._held |= held
 
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, holdable: bool) -> None:
             with contextlib.suppress(OSError):
                 while data := await source.read(65536):
+                    if holdable:
+                        await self.flowing.wait()
+                    if sink.transport.is_closing():
+                        return
                     sink.write(data)
                     await sink.drain()
             sink.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._held -= {writer, up_writer}
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+        self._held -= held
 
 
 async def reporting_pod(

@@ -13,72 +13,14 @@ replicas is a TCP forwarder that can hold what the replicas send back, as a part
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 from proxy_mesh import Mesh, Pod, authority, unary
-from telemetry_harness import Replica, reporting_pod
+from telemetry_harness import Replica, ServiceAddress, reporting_pod
 
 from tether.shared import subjects
 from tether.shared.bus import Bus
 from tether.shared.events import TelemetryRollup
 from tether.shared.testing import eventually
 from tether.telemetry.rollups import merge_rollups
-
-
-class AckHolder:
-    """One address in front of the replicas; ``hold`` keeps what they send to the proxies (their
-    acknowledgements), ``fail_over`` resets every connection and sends new ones to another replica."""
-
-    def __init__(self) -> None:
-        self.backend = ""
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self._server: asyncio.Server | None = None
-        self._held: set[asyncio.StreamWriter] = set()
-
-    async def start(self, backend: str) -> str:
-        self.backend = backend
-        self._server = await asyncio.start_server(self._forward, "127.0.0.1", 0)
-        return f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
-
-    def hold(self) -> None:
-        self.flowing.clear()
-
-    def fail_over(self, backend: str) -> None:
-        self.backend = backend
-        for writer in list(self._held):
-            writer.transport.abort()
-        self.flowing.set()
-
-    async def close(self) -> None:
-        self.fail_over("")
-        if self._server is not None:
-            self._server.close()
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        host, port = self.backend.rsplit(":", 1)
-        try:
-            up_reader, up_writer = await asyncio.open_connection(host, int(port))
-        except OSError:
-            writer.transport.abort()
-            return
-        held = {writer, up_writer}
-        self._held |= held
-
-        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, holdable: bool) -> None:
-            with contextlib.suppress(OSError):
-                while data := await source.read(65536):
-                    if holdable:
-                        await self.flowing.wait()
-                    if sink.transport.is_closing():
-                        return
-                    sink.write(data)
-                    await sink.drain()
-            sink.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
-        self._held -= held
 
 
 def _counted(rollups: list[TelemetryRollup], name: str, direction: str) -> int:
@@ -105,7 +47,7 @@ async def test_acknowledgements_lost_after_publishing_are_not_counted_twice_else
     meshed: Mesh, replicas: list[Replica]
 ) -> None:
     first, second = replicas
-    address = AckHolder()
+    address = ServiceAddress()
     addr = await address.start(first.addr)
     server = await reporting_pod(meshed, addr, "echo", "server")
     client = await reporting_pod(meshed, addr, None, "client")
