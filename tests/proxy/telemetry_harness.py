@@ -8,6 +8,9 @@ import contextlib
 from prometheus_client import CollectorRegistry
 from proxy_mesh import Mesh, Pod, ready_pod
 
+from tether.shared import subjects
+from tether.shared.bus import Bus
+from tether.shared.events import TelemetryRollup
 from tether.shared.identity_names import WorkloadIdentity
 from tether.shared.runtime import Runtime
 from tether.telemetry.config import TelemetryConfig
@@ -104,3 +107,15 @@ async def reporting_pod(
         report_interval=report_interval,
         workload_labels=(f"deployment={serviceaccount}",),
     )
+
+
+async def rollup_consumer(mesh: Mesh) -> tuple[Bus, list[TelemetryRollup]]:
+    """A NATS client receiving every rollup the replicas publish, into the returned list (close the bus)."""
+    received: list[TelemetryRollup] = []
+    bus = await Bus.connect(mesh.nats.settings(None), name="rollup-consumer")
+
+    async def on_rollup(rollup: TelemetryRollup, _subject: str) -> None:
+        received.append(rollup)
+
+    await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
+    return bus, received

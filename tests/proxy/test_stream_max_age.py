@@ -22,12 +22,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 from proxy_mesh import Mesh, Pod, authority, unary
 from structlog.testing import capture_logs
-from telemetry_harness import TELEMETRY, ServiceAddress, reporting_pod
+from telemetry_harness import TELEMETRY, ServiceAddress, reporting_pod, rollup_consumer
 
 from tether.destination.config import DestinationConfig
 from tether.destination.service import DestinationService
-from tether.shared import subjects
-from tether.shared.bus import Bus
 from tether.shared.events import TelemetryRollup
 from tether.shared.runtime import Runtime
 from tether.shared.testing import eventually
@@ -212,14 +210,8 @@ async def test_report_streams_end_at_their_age_and_the_totals_stay_exact(
     first, second = aging_replicas
     front = ServiceAddress()
     addr = await front.start(first.addr)
-    received: list[TelemetryRollup] = []
-    bus = await Bus.connect(meshed.nats.settings(None), name="rollup-consumer")
+    bus, received = await rollup_consumer(meshed)
     traffic: Traffic | None = None
-
-    async def on_rollup(rollup: TelemetryRollup, _subject: str) -> None:
-        received.append(rollup)
-
-    await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
     try:
         server = await reporting_pod(meshed, addr, "echo", "server")
         client = await reporting_pod(meshed, addr, None, "client")

@@ -15,10 +15,8 @@ import grpc
 import grpc.aio
 import pytest
 from proxy_mesh import NAMESPACE, Mesh, Pod, authority, unary
-from telemetry_harness import Replica, ServiceAddress, reporting_pod
+from telemetry_harness import Replica, ServiceAddress, reporting_pod, rollup_consumer
 
-from tether.shared import subjects
-from tether.shared.bus import Bus
 from tether.shared.events import TelemetryRollup
 from tether.shared.testing import eventually
 from tether.telemetry.rollups import merge_rollups
@@ -60,13 +58,7 @@ async def test_golden_metrics_are_exact_across_two_replicas(meshed: Mesh, replic
     server = await reporting_pod(meshed, second.addr, "echo", "server")
     client = await reporting_pod(meshed, first.addr, None, "client")
     await meshed.register("echo", [server])
-    received: list[TelemetryRollup] = []
-    bus = await Bus.connect(meshed.nats.settings(None), name="rollup-consumer")
-
-    async def on_rollup(rollup: TelemetryRollup, _subject: str) -> None:
-        received.append(rollup)
-
-    await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
+    bus, received = await rollup_consumer(meshed)
     try:
         await make_calls(client, range(CALLS))
         # The edge: the client's outbound scopes towards the server's workload (named by discovery).
@@ -105,13 +97,7 @@ async def test_a_replica_dying_mid_run_loses_nothing_and_counts_nothing_twice(
     server = await reporting_pod(meshed, addr, "echo", "server")
     client = await reporting_pod(meshed, addr, None, "client")
     await meshed.register("echo", [server])
-    received: list[TelemetryRollup] = []
-    bus = await Bus.connect(meshed.nats.settings(None), name="rollup-consumer")
-
-    async def on_rollup(rollup: TelemetryRollup, _subject: str) -> None:
-        received.append(rollup)
-
-    await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
+    bus, received = await rollup_consumer(meshed)
     edge = {"dst_name": "echo", "server_id": server.identity or ""}
     try:
         await make_calls(client, range(CALLS // 2))
@@ -146,13 +132,7 @@ async def test_a_stopping_proxy_reports_what_it_counted_since_its_last_report(
     server = await reporting_pod(meshed, first.addr, "echo", "server", report_interval=60.0)
     client = await reporting_pod(meshed, first.addr, None, "client", report_interval=60.0)
     await meshed.register("echo", [server])
-    received: list[TelemetryRollup] = []
-    bus = await Bus.connect(meshed.nats.settings(None), name="rollup-consumer")
-
-    async def on_rollup(rollup: TelemetryRollup, _subject: str) -> None:
-        received.append(rollup)
-
-    await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
+    bus, received = await rollup_consumer(meshed)
     try:
         await eventually(
             lambda: client.proxy.reporter is not None and client.proxy.reporter.connected,

@@ -14,10 +14,8 @@ replicas is a TCP forwarder that can hold what the replicas send back, as a part
 from __future__ import annotations
 
 from proxy_mesh import Mesh, Pod, authority, unary
-from telemetry_harness import Replica, ServiceAddress, reporting_pod
+from telemetry_harness import Replica, ServiceAddress, reporting_pod, rollup_consumer
 
-from tether.shared import subjects
-from tether.shared.bus import Bus
 from tether.shared.events import TelemetryRollup
 from tether.shared.testing import eventually
 from tether.telemetry.rollups import merge_rollups
@@ -52,13 +50,7 @@ async def test_acknowledgements_lost_after_publishing_are_not_counted_twice_else
     server = await reporting_pod(meshed, addr, "echo", "server")
     client = await reporting_pod(meshed, addr, None, "client")
     await meshed.register("echo", [server])
-    received: list[TelemetryRollup] = []
-    bus = await Bus.connect(meshed.nats.settings(None), name="rollup-consumer")
-
-    async def on_rollup(rollup: TelemetryRollup, _subject: str) -> None:
-        received.append(rollup)
-
-    await bus.subscribe(subjects.ROLLUP_ALL, TelemetryRollup, on_rollup)
+    bus, received = await rollup_consumer(meshed)
     try:
         await _calls(client, 50)
         await eventually(lambda: _counted(received, "server", "inbound") == 50, 15.0, "the first calls")
