@@ -155,15 +155,7 @@ class ServiceEndpoints:
                 "serviceaccount": pod.run.meta.service_account,
             }
             endpoints.append(endpoint)
-        entry = {
-            "namespace": service.namespace,
-            "name": service.name,
-            "addresses": [service.vip],
-            "ports": ports,
-        }
-        if endpoints:
-            entry["endpoints"] = endpoints
-        return entry
+        return _service_entry(service, ports, endpoints)
 
     @staticmethod
     def _manual_entry(service: Service) -> dict[str, Any]:
@@ -188,15 +180,7 @@ class ServiceEndpoints:
             if manual.labels:
                 endpoint["labels"] = dict(manual.labels)
             endpoints.append(endpoint)
-        entry = {
-            "namespace": service.namespace,
-            "name": service.name,
-            "addresses": [service.vip],
-            "ports": ports,
-        }
-        if endpoints:
-            entry["endpoints"] = endpoints
-        return entry
+        return _service_entry(service, ports, endpoints)
 
     def _write_registry(self, services: Sequence[Mapping[str, Any]]) -> None:
         path = self.registry_dir / "registry.yaml"
@@ -229,3 +213,18 @@ class ServiceEndpoints:
         eventually(
             lambda: self.endpoints(authority) == wanted, timeout, f"{authority} → {wanted}", interval=0.2
         )
+
+
+def _service_entry(
+    service: Service, ports: list[dict[str, Any]], endpoints: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One service of the local registry the harness writes (endpoints left out when it has none)."""
+    entry: dict[str, Any] = {
+        "namespace": service.namespace,
+        "name": service.name,
+        "addresses": [service.vip],
+        "ports": ports,
+    }
+    if endpoints:
+        entry["endpoints"] = endpoints
+    return entry
