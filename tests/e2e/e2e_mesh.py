@@ -364,12 +364,26 @@ class Mesh:
         """Every pod Ready with every container running (what a scenario may assume when it starts)."""
         from mesh_pods import eventually
 
-        def healthy() -> bool:
-            return all(
-                pod.ready
-                and all(c.running for c in pod.containers.values() if not c.run.init or c.run.sidecar)
-                for pod in self.cluster.pods.values()
-                if not pod.terminating
-            )
+        eventually(lambda: not self.unhealthy(), timeout, self._describe_unhealthy, interval=0.2)
 
-        eventually(healthy, timeout, "every pod ready with every container running", interval=0.2)
+    def unhealthy(self) -> list[str]:
+        """What keeps the cluster from being healthy: a line per pod not Ready or container not running."""
+        found = []
+        for pod in list(self.cluster.pods.values()):
+            if pod.terminating:
+                continue
+            stopped = [
+                container
+                for container in pod.containers.values()
+                if (not container.run.init or container.run.sidecar) and not container.running
+            ]
+            for container in stopped:
+                found.append(
+                    container.process.describe() if container.process else f"{pod.name}/{container.run.name}"
+                )
+            if not pod.ready and not stopped:
+                found.append(f"{pod.name} not ready")
+        return found
+
+    def _describe_unhealthy(self) -> str:
+        return "every pod ready with every container running; still not:\n" + "\n".join(self.unhealthy())
