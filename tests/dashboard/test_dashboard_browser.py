@@ -306,7 +306,10 @@ def test_the_workload_page_shows_its_edges_secured(demo: Demo, page: Page, tmp_p
     expect(page.locator("tr[data-pod]")).to_have_count(1)
     expect(page.locator('tr[data-window="1m"]')).to_be_visible()
     expect(page.get_by_role("img", name=re.compile("Requests per second"))).to_be_visible()  # the chart
-    expect(page.locator("svg rect.bar").first).to_be_attached()  # samples taken since the mesh started
+    # A bar per 10-second sample taken since the mesh started. The dashboard samples every 10 s, so the
+    # first sample holding web's traffic may come up to 10 s after the traffic did, and the page polls every
+    # 3 s: allow two sampling intervals.
+    expect(page.locator("svg rect.bar").first).to_be_attached(timeout=25_000)
     screenshot(page, tmp_path, "workload")
 
 

@@ -239,9 +239,11 @@ def record_result(
     failed: int,
     recovered: float | None,
     measured: Mapping[str, tuple[float, str]] | None = None,
+    failures: str = "",
 ) -> None:
     """Write what was measured through the e2e ``record`` fixture (``e2e_record``'s format, marked passed
-    only if the test passes; ``measured``: name → (value, unit)), then assert the declared bounds on it."""
+    only if the test passes; ``measured``: name → (value, unit)), then assert the declared bounds on it
+    (``failures``: the failed calls described, for that assertion's message)."""
     entry = record(scenario.title, load=scenario.load_text, faults=scenario.faults)
     entry.traffic(requests, failed, scenario.max_failed)
     if recovered is not None and scenario.bound is not None:
@@ -249,7 +251,7 @@ def record_result(
     for name, (value, unit) in (measured or {}).items():
         entry.measure(name, value, unit=unit)
     problems = scenario.problems(requests, failed, recovered)
-    assert not problems, f"{scenario.title}: " + "; ".join(problems)
+    assert not problems, f"{scenario.title}: " + "; ".join(problems) + (f"\n{failures}" if failures else "")
 
 
 def load_results(directory: Path) -> tuple[dict[str, Result], list[str]]:

