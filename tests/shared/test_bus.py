@@ -186,6 +186,36 @@ async def test_kv_watch_initial_values_then_changes(nats_server: EmbeddedNats) -
     await bus.close()
 
 
+async def test_kv_watch_is_synced_only_after_its_initial_values(nats_server: EmbeddedNats) -> None:
+    """SYNCED never comes before a value the bucket held when the watch started.
+
+    nats-server sends a new consumer's messages and its answer to consumer info independently, so that answer
+    can say "nothing pending" before the client has received the one value (a destination replica would then
+    serve an empty endpoint set for a moment). A race: 800 watches of a one-key bucket, 20 at a time.
+    """
+    bus = await Bus.connect(nats_server.url, name="test")
+    kv = await bus.kv("sync_bucket")
+    await kv.put("only", Ping(seq=1))
+
+    async def first_items() -> list[str]:
+        watch = kv.watch(Ping)
+        seen: list[str] = []
+        try:
+            async with asyncio.timeout(5):
+                async for item in watch:
+                    seen.append("SYNCED" if isinstance(item, Synced) else item.key)
+                    if isinstance(item, Synced):
+                        return seen
+        finally:
+            await watch.aclose()
+        return seen
+
+    for _ in range(40):
+        rounds = await asyncio.gather(*(first_items() for _ in range(20)))
+        assert all(seen == ["only", "SYNCED"] for seen in rounds), rounds
+    await bus.close()
+
+
 async def test_kv_watch_survives_nats_restart(tmp_path: object) -> None:
     """Kill nats-server (SIGKILL), restart it on the same port and store: the watch delivers every value."""
     server = EmbeddedNats(str(tmp_path) + "/nats", port=free_port())

@@ -799,7 +799,13 @@ class KvWatch(Generic[T]):
             info = await self._sub.consumer_info()
         except (nats.errors.Error, TimeoutError) as exc:
             raise BusError(f"watching {self._kv.bucket} failed: {exc}") from exc
-        if info.num_pending == 0 and self._sub.delivered == 0:
+        # Empty only if the server has delivered nothing to this consumer. The server sends its deliveries
+        # and this reply independently, so the reply can overtake a message already counted as delivered
+        # (num_pending 0) that this client has not received yet: judged by the client's own count, the
+        # watch would say SYNCED before the initial values. Anything delivered ends in a message whose
+        # own num_pending is 0, and _on_message marks the watch synced there.
+        delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+        if info.num_pending == 0 and delivered == 0:
             self._mark_synced()
 
     def _mark_synced(self) -> None:
