@@ -355,7 +355,7 @@ class Cluster(ServiceEndpoints, Operations):
     def await_ready(self, pod: Pod, timeout: float = 90.0) -> None:
         """Wait for every container's readiness probe, then make the pod an endpoint of its Services."""
         for container in pod.containers.values():
-            if container.run.init and not container.run.sidecar:
+            if not container.long_running:
                 continue
             self._await_probe(pod, container, container.run.readiness, timeout)
         with self._lock:
@@ -372,7 +372,7 @@ class Cluster(ServiceEndpoints, Operations):
                     ready = all(
                         c.running and (c.run.readiness is None or self.probe(pod, c.run.readiness, c))
                         for c in pod.containers.values()
-                        if not (c.run.init and not c.run.sidecar)
+                        if c.long_running
                     )
                     if ready != pod.ready:
                         with self._lock:

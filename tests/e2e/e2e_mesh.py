@@ -375,7 +375,7 @@ class Mesh:
             stopped = [
                 container
                 for container in pod.containers.values()
-                if (not container.run.init or container.run.sidecar) and not container.running
+                if container.long_running and not container.running
             ]
             for container in stopped:
                 found.append(

@@ -36,6 +36,12 @@ class Container:
     def running(self) -> bool:
         return self.process is not None and self.process.popen.poll() is None
 
+    @property
+    def long_running(self) -> bool:
+        """Runs for the pod's whole life: an app container or a native sidecar, not an init container that
+        exits once done."""
+        return not self.run.init or self.run.sidecar
+
 
 @dataclass
 class Pod:

@@ -153,7 +153,7 @@ def _killed_restarted(run: Run) -> Iterator[None]:
     for workload in (*CONTROL, "tether-nats"):
         for pod in _control(run.mesh, workload):
             for name, container in pod.containers.items():
-                if not container.running and not (container.run.init and not container.run.sidecar):
+                if container.long_running and not container.running:
                     run.cluster.restart(pod, name)
 
 
@@ -177,10 +177,8 @@ def _explained(run: Run, failed: list[Call], limit: int = 3) -> str:
     lines = [describe(failed)] if failed else []
     offset = time.time() - time.monotonic()  # the load's times are this machine's monotonic clock
     for call in failed[:limit]:
-        earlier = [(at, name) for name, at in run.faults.items() if at <= call.start]
-        after = (
-            f"{call.start - max(earlier)[0]:.1f} s after {max(earlier)[1]}" if earlier else "before any fault"
-        )
+        last = max(((at, name) for name, at in run.faults.items() if at <= call.start), default=None)
+        after = f"{call.start - last[0]:.1f} s after {last[1]}" if last else "before any fault"
         lines.append(f"#{call.seq}, {after}; the client's proxy logged:")
         around = call.start + offset
         for when, entry in _proxy_log(run.client, "", around - 2.0):
